@@ -1,0 +1,3 @@
+from graft_ui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""The merge-method registry: a plain dict from name to `Method`.
+
+Every method module defines one `Method` and registers it with `register`. The CLI
+(`python -m graft_ui methods`), the recipe validator and the UI's Fuse tab all read
+`METHODS`, so a method exists in one place only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable parameter of a method, with the range the validator enforces."""
+
+    name: str
+    default: Any
+    kind: str = "float"  # float | int | bool | choice
+    low: float | None = None  # inclusive bounds, None = unbounded
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    def check(self, value: Any) -> Any:
+        """Return `value` coerced to this parameter's type, or raise ValueError naming it."""
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"parameter {self.name!r}={value!r} is not one of {list(self.choices)}")
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"parameter {self.name!r}={value!r} must be true or false")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"parameter {self.name!r}={value!r} must be a number")
+        if self.kind == "int":
+            if int(value) != value:
+                raise ValueError(f"parameter {self.name!r}={value!r} must be an integer")
+            value = int(value)
+        else:
+            value = float(value)
+        if self.low is not None and value < self.low:
+            raise ValueError(f"parameter {self.name!r}={value!r} is below its minimum {self.low}")
+        if self.high is not None and value > self.high:
+            raise ValueError(f"parameter {self.name!r}={value!r} is above its maximum {self.high}")
+        return value
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered merge method.
+
+    `merge(base, experts, weights, params, generator)` merges ONE tensor (or row block):
+    `base` is the backbone tensor (None when the method does not need it), `experts` the
+    experts' tensors in fusion order, all the same shape. It returns `(merged, stats)`,
+    stats being a small JSON-able dict for gates.json.
+    """
+
+    name: str
+    merge: Callable[..., tuple[Any, dict]]
+    params: tuple[Param, ...]
+    paper: str
+    summary: str
+    needs_base: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"merge method {method.name!r} is registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    from graft_ui import merging  # noqa: F401  (importing the package registers every method)
+
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown merge method {name!r}; known: {sorted(METHODS)}") from None
+
+
+def validate_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Fill defaults and check ranges; unknown keys are rejected by name."""
+    method = get_method(name)
+    known = {p.name: p for p in method.params}
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for method {name!r}; allowed: {sorted(known)}")
+    return {n: p.check(params.get(n, p.default)) for n, p in known.items()}
+
+
+def describe(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """JSON-able description of the registry (for `methods` and the UI)."""
+    get_method("graft")  # ensure registration
+    out = []
+    for name in names or sorted(METHODS):
+        m = METHODS[name]
+        out.append(
+            {
+                "name": m.name,
+                "summary": m.summary,
+                "paper": m.paper,
+                "needs_base": m.needs_base,
+                "params": [
+                    {k: v for k, v in vars(p).items() if v not in ((), None, "")} for p in m.params
+                ],
+            }
+        )
+    return out

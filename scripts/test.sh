@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up (venv + pinned packages + Debian chromium for browser tests) and run the test suite.
+# Extra arguments go to pytest, e.g. scripts/test.sh tests/merging -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh requirements-dev.txt
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "test: installing Debian chromium for the browser tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "test: could not install chromium; browser tests will be skipped" >&2
+fi
+export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLELISM=false
+export GRAFT_ZOO_DIR="${GRAFT_ZOO_DIR:-$PWD/.zoo}"
+exec .venv/bin/python -m pytest "${@:-tests}"

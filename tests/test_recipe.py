@@ -1,0 +1,67 @@
+"""Recipe <-> YAML round trip and the rejections that name the bad key or value."""
+
+import pytest
+
+from graft_ui.recipe import ALL_MODULES, Recipe
+
+YAML = """
+method: graft
+base: some/base
+experts:
+  - {path: experts/math-lora, weight: 1.0}
+  - {path: experts/code-lora, weight: 1.0}
+params: {a: 0.4, c: 500, bins: 10, gates: dual, global_form: algorithm}
+scope: {modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj], layers: all, vision: false}
+output: {kind: adapter, rank: null, dtype: float32}
+seed: 0
+device: auto
+"""
+
+
+def test_round_trip_is_identity():
+    r = Recipe.from_yaml(YAML)
+    assert r.scope.modules == ALL_MODULES
+    assert r.params["a"] == 0.4 and r.params["bins"] == 10
+    again = Recipe.from_yaml(r.to_yaml())
+    assert again == r
+    assert again.to_dict() == r.to_dict()
+
+
+def test_defaults_are_filled_and_layers_range_round_trips():
+    r = Recipe.from_dict(
+        {"method": "graft", "experts": ["a", "b"], "scope": {"layers": [1, 2]}, "calibrate": {"steps": 3}}
+    )
+    assert r.params["c"] == 500 and r.params["gates"] == "dual"
+    assert r.scope.layers == (1, 2) and r.scope.layer_in_scope(2) and not r.scope.layer_in_scope(3)
+    assert Recipe.from_yaml(r.to_yaml()) == r
+
+
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"colour": "red"}, "colour"),
+        ({"params": {"a": 0.4, "zeta": 1}}, "zeta"),
+        ({"params": {"bins": 0}}, "bins"),
+        ({"params": {"gates": "both"}}, "gates"),
+        ({"scope": {"modules": ["q_proj", "lm_head"]}}, "lm_head"),
+        ({"scope": {"layers": [3, 1]}}, "scope.layers"),
+        ({"scope": {"depth": 2}}, "depth"),
+        ({"output": {"kind": "gguf"}}, "gguf"),
+        ({"output": {"rank": 0}}, "output.rank"),
+        ({"method": "nearswap"}, "nearswap"),
+        ({"experts": [{"path": "a"}]}, "two or more"),
+        ({"experts": [{"path": "a", "wieght": 1}, {"path": "b"}]}, "wieght"),
+        ({"device": "tpu"}, "tpu"),
+        ({"calibrate": {"steps": -1}}, "calibrate.steps"),
+    ],
+)
+def test_rejections_name_the_problem(patch, needle):
+    data = Recipe.from_yaml(YAML).to_dict()
+    data.update(patch)
+    with pytest.raises(ValueError, match=needle):
+        Recipe.from_dict(data)
+
+
+def test_invalid_yaml_is_a_value_error():
+    with pytest.raises(ValueError, match="YAML"):
+        Recipe.from_yaml("method: [graft")
