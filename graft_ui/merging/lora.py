@@ -1,0 +1,216 @@
+"""Graft for LoRA experts, exact at rank rb + rg. https://arxiv.org/abs/2506.23940 (GraftLoRA; DESIGN.md 2.4)
+
+Both gates give one weight per output row and wb + wg = 1, so with dW = scale * B @ A:
+    diag(wb) dWb + diag(wg) dWg = [diag(wb) sb Bb | diag(wg) sg Bg] @ [Ab ; Ag]
+Gates are computed on the deltas streamed in row blocks (the M x N product is never
+materialised whole). Optional compression to rank r: QR of each factor + SVD of the small
+core (no dense product); `dense_to_lowrank` covers baselines that need a dense delta.
+
+Scales are folded into B, so the fused adapter must be used with scale 1: in peft terms
+r = rb + rg, lora_alpha = r, use_rslora = False (or lora_alpha = sqrt(r) with rsLoRA).
+Callers pass each expert's own scale (lora_alpha / r, or lora_alpha / sqrt(r) for rsLoRA),
+so different ranks and alphas mix freely.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .graft import GATE_BLOCK_ELEMS, graft_pair, graft_row_weights_from_blocks
+from .steps import auto_block_rows, row_slices
+
+log = logging.getLogger(__name__)
+
+
+def _check_factors(B: torch.Tensor, A: torch.Tensor, name: str) -> None:
+    if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
+        raise ValueError(f"{name}: B {tuple(B.shape)} and A {tuple(A.shape)} are not LoRA factors (M, r) @ (r, N)")
+
+
+def lora_delta_blocks(
+    B: torch.Tensor, A: torch.Tensor, scale: float = 1.0, block_rows: int | None = None
+) -> Iterator[torch.Tensor]:
+    """Yield row blocks of scale * B @ A (float32), top to bottom. B (M, r), A (r, N)."""
+    _check_factors(B, A, "lora_delta_blocks")
+    Af = A.float()
+    step = block_rows or auto_block_rows(A.shape[1], GATE_BLOCK_ELEMS)
+    for sl in row_slices(B.shape[0], step):
+        yield (B[sl].float() @ Af).mul_(scale)  # (r_blk, N)
+
+
+def concat_lora(
+    Bs: Sequence[torch.Tensor],
+    As: Sequence[torch.Tensor],
+    scales: Sequence[float],
+    row_weights: Sequence[torch.Tensor | float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[diag(w_1) s_1 B_1 | ... ] and [A_1; ...]: sum_i diag(w_i) s_i B_i A_i as one scale-1 adapter."""
+    cols = []
+    for B, s, w in zip(Bs, scales, row_weights):
+        w = torch.as_tensor(w, dtype=torch.float32, device=B.device)
+        cols.append(B.float() * (w.reshape(-1, 1) * s if w.dim() else w * s))
+    return torch.cat(cols, dim=1), torch.cat([A.float() for A in As], dim=0)
+
+
+def graft_lora(
+    Bb: torch.Tensor,
+    Ab: torch.Tensor,
+    scale_b: float,
+    Bg: torch.Tensor,
+    Ag: torch.Tensor,
+    scale_g: float,
+    *,
+    block_rows: int | None = None,
+    **graft_kw: Any,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Exact Graft of two LoRA deltas: (B_cat (M, rb+rg), A_cat (rb+rg, N), stats), float32.
+
+    B_cat @ A_cat == wb * dWb + (1 - wb) * dWg with the gates of `graft_row_weights`
+    computed on dWb = scale_b Bb Ab and dWg = scale_g Bg Ag. Use the result with scale 1.
+    """
+    _check_factors(Bb, Ab, "graft_lora base")
+    _check_factors(Bg, Ag, "graft_lora graft")
+    if Bb.shape[0] != Bg.shape[0] or Ab.shape[1] != Ag.shape[1]:
+        raise ValueError(
+            f"graft_lora: deltas have shapes ({Bb.shape[0]}, {Ab.shape[1]}) and ({Bg.shape[0]}, {Ag.shape[1]})"
+        )
+    rows = Bb.shape[0]
+    pairs = lambda: zip(  # noqa: E731
+        lora_delta_blocks(Bb, Ab, scale_b, block_rows), lora_delta_blocks(Bg, Ag, scale_g, block_rows)
+    )
+    wb, stats = graft_row_weights_from_blocks(pairs, rows, device=Bb.device, **graft_kw)
+    B_cat, A_cat = concat_lora([Bb, Bg], [Ab, Ag], [scale_b, scale_g], [wb, 1.0 - wb])
+    stats["rank"] = int(A_cat.shape[0])
+    return B_cat, A_cat, stats
+
+
+def graft_lora_chain(
+    factors: Sequence[tuple[torch.Tensor, torch.Tensor, float]], **graft_kw: Any
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Left-to-right Graft of k LoRA experts [(B, A, scale), ...]: rank grows to sum of ranks.
+
+    stats: last step's stats, plus "steps" when there are more than two experts.
+    """
+    if not factors:
+        raise ValueError("graft_lora_chain: no experts given")
+    B, A, s = factors[0]
+    B, A = B.float() * s, A.float()
+    steps = []
+    for Bg, Ag, sg in factors[1:]:
+        B, A, st = graft_lora(B, A, 1.0, Bg, Ag, sg, **graft_kw)
+        steps.append(st)
+    stats = dict(steps[-1]) if steps else {}
+    if len(steps) > 1:
+        stats["steps"] = steps
+    return B, A, stats
+
+
+def graft_lora_factor(
+    Bb: torch.Tensor,
+    Ab: torch.Tensor,
+    scale_b: float,
+    Bg: torch.Tensor,
+    Ag: torch.Tensor,
+    scale_g: float,
+    **graft_kw: Any,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """For comparison only: the literal reading, Graft B with B and A with A (equal ranks).
+
+    The product of two fused factors has cross terms Bb Ag, Bg Ab, so this is NOT a gated
+    mix of the two deltas; scales are folded into B first (result has scale 1).
+    """
+    if Ab.shape != Ag.shape or Bb.shape != Bg.shape:
+        raise ValueError(f"graft_lora_factor needs equal ranks: A {tuple(Ab.shape)} vs {tuple(Ag.shape)}")
+    B, st_b = graft_pair(Bb.float() * scale_b, Bg.float() * scale_g, **graft_kw)
+    A, st_a = graft_pair(Ab.float(), Ag.float(), **graft_kw)
+    return B, A, {"B": st_b, "A": st_a}
+
+
+def _split_sqrt(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # balanced factors (both carry sqrt(S)) keep B and A on similar scales, as LoRA training does
+    r = S.sqrt()
+    return U * r, r.reshape(-1, 1) * Vh
+
+
+def compress_lowrank(
+    B: torch.Tensor, A: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Best rank-`rank` approximation of B @ A without the dense product: (B_r, A_r, rel_err).
+
+    B = Qb Rb, A^T = Qa Ra  =>  B A = Qb (Rb Ra^T) Qa^T; the SVD of the small core
+    (r x r) gives the exact SVD of B A. rel_err = ||BA - B_r A_r||_F / ||BA||_F from the
+    discarded singular values (0 when rank >= the true rank). The output rank is
+    min(rank, r), so asking for more than the adapter has returns it unchanged in value.
+    """
+    _check_factors(B, A, "compress_lowrank")
+    if int(rank) != rank or rank < 1:
+        raise ValueError(f"rank={rank!r} must be a positive integer")
+    Qb, Rb = torch.linalg.qr(B.float())  # (M, q), (q, r)
+    Qa, Ra = torch.linalg.qr(A.float().T)  # (N, p), (p, r)
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)  # core (q, p)
+    k = min(int(rank), S.numel())
+    total = float(S.double().square().sum())
+    tail = float(S[k:].double().square().sum())
+    rel_err = math.sqrt(tail / total) if total > 0 else 0.0
+    Bu, Av = _split_sqrt(U[:, :k], S[:k], Vh[:k])
+    return Qb @ Bu, Av @ Qa.T, rel_err
+
+
+def dense_to_lowrank(
+    delta: torch.Tensor,
+    rank: int,
+    generator: torch.Generator | None = None,
+    exact: bool = False,
+    *,
+    niter: int = 2,
+    oversample: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Rank-`rank` factors of a dense delta (M, N): (B (M, k), A (k, N), rel_err).
+
+    For baselines (TIES, DARE) whose merged delta only exists densely. Default: randomized
+    `torch.svd_lowrank` with `niter` power iterations, seeded from `generator` (its global
+    RNG draw is isolated with fork_rng); wide matrices are factored transposed (~3x
+    cheaper). exact=True uses the full `torch.linalg.svd`. rel_err is measured, not estimated.
+    """
+    if delta.dim() != 2:
+        raise ValueError(f"dense_to_lowrank: delta must be 2-D, got shape {tuple(delta.shape)}")
+    if int(rank) != rank or rank < 1:
+        raise ValueError(f"rank={rank!r} must be a positive integer")
+    X = delta.float()
+    M, N = X.shape
+    k = min(int(rank), M, N)
+    if exact:
+        U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+        U, S, Vh = U[:, :k], S[:k], Vh[:k]
+    else:
+        if generator is None:
+            raise ValueError("dense_to_lowrank(exact=False) needs a seeded torch.Generator; got generator=None")
+        wide = M < N
+        Y = X.T if wide else X  # tall: the sketch is taken on the short side
+        q = min(k + oversample, M, N)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        devices = [X.device] if X.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            U, S, V = torch.svd_lowrank(Y, q=q, niter=niter)
+        U, S, V = U[:, :k], S[:k], V[:, :k]
+        if wide:  # Y = X^T = U S V^T  =>  X = V S U^T
+            U, V = V, U
+        Vh = V.T
+    B, A = _split_sqrt(U, S, Vh)
+    rel_err = _rel_residual(X, B, A)
+    return B, A, rel_err
+
+
+def _rel_residual(X: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> float:
+    """||X - B A||_F / ||X||_F in row blocks."""
+    num = den = 0.0
+    for sl in row_slices(X.shape[0], auto_block_rows(X.shape[1], GATE_BLOCK_ELEMS)):
+        blk = X[sl]
+        num += float((blk - B[sl] @ A).double().square().sum())
+        den += float(blk.double().square().sum())
+    return math.sqrt(num / den) if den > 0 else 0.0
