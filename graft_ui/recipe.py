@@ -223,5 +223,17 @@ class Recipe:
         experts = tuple(dataclasses.replace(e, path=fix(e.path)) for e in self.experts)
         return dataclasses.replace(self, base=fix(self.base), experts=experts)
 
+    def resolve_names(self, manifest) -> "Recipe":
+        """Expert paths that are names of `manifest` experts become their folders; a missing
+        base (or the manifest base's name) becomes the manifest's base."""
+        by_name = {e.name: e for e in manifest.experts}
+        experts = tuple(
+            dataclasses.replace(e, path=by_name[e.path].path, name=e.name or e.path)
+            if e.path in by_name and not Path(e.path).exists() else e
+            for e in self.experts
+        )
+        base = manifest.base.path if self.base in (None, manifest.base.name) else self.base
+        return dataclasses.replace(self, experts=experts, base=base)
+
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)

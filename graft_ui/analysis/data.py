@@ -1,0 +1,104 @@
+"""Target samples for the analysis: a zoo/manifest domain, a user's JSONL, or a union.
+
+JSONL format: docs/CONTRACTS.md (one sample per line with `messages`, optional `answer`;
+image paths relative to the JSONL file). Selection is seeded: the same (dataset, K, seed)
+always gives the same samples in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from graft_ui.models.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    messages: list[dict]
+    answer: str | None
+    root: str  # folder that image paths are relative to
+    domain: str | None = None
+
+
+def read_jsonl(path: str | Path) -> list[Sample]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {str(path)!r} does not exist")
+    out = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{str(path)!r} line {lineno} is not valid JSON: {exc}") from None
+            if not isinstance(d, dict) or not isinstance(d.get("messages"), list) or not d["messages"]:
+                raise ValueError(f"{str(path)!r} line {lineno} needs a non-empty 'messages' list")
+            answer = d.get("answer")
+            out.append(Sample(
+                id=str(d.get("id", f"{path.stem}-{lineno}")), messages=d["messages"],
+                answer=None if answer is None else str(answer), root=str(path.parent), domain=d.get("domain"),
+            ))
+    if not out:
+        raise ValueError(f"dataset file {str(path)!r} holds no samples")
+    return out
+
+
+def select(samples: Sequence[Sample], k: int, seed: int = 0) -> list[Sample]:
+    """K samples chosen with a seeded permutation (all of them, in file order, if K >= len)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive integer")
+    if k >= len(samples):
+        if k > len(samples):
+            log.warning("asked for K=%d samples, the dataset has %d; using all", k, len(samples))
+        return list(samples)
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(len(samples), generator=g)[:k].tolist()
+    return [samples[i] for i in idx]
+
+
+def dataset_path(spec: str, manifest: Manifest | None) -> str:
+    """A JSONL path for `spec`: an existing file, or a manifest domain's eval split."""
+    if Path(spec).is_file():
+        return spec
+    if manifest is not None and spec in manifest.datasets:
+        return manifest.dataset(spec).eval
+    known = sorted(manifest.datasets) if manifest is not None else []
+    raise FileNotFoundError(f"dataset {spec!r} is neither a JSONL file nor a manifest domain (known domains: {known})")
+
+
+def load_target(spec: str, k: int, *, manifest: Manifest | None = None, seed: int = 0) -> list[Sample]:
+    """K target samples. `spec` is a JSONL path, a manifest domain, or a union `dom1+dom2[+...]`.
+
+    A union takes K // n samples from each part (the first K % n parts take one more),
+    each part selected with the same seed, so the target is balanced across domains.
+    """
+    parts = [p for p in spec.split("+") if p] if "+" in spec and not Path(spec).is_file() else [spec]
+    if len(parts) == 1:
+        return select(read_jsonl(dataset_path(spec, manifest)), k, seed)
+    if k < len(parts):
+        raise ValueError(f"k={k} is smaller than the number of datasets in the union {spec!r}")
+    out: list[Sample] = []
+    for i, part in enumerate(parts):
+        kk = k // len(parts) + (1 if i < k % len(parts) else 0)
+        out.extend(select(read_jsonl(dataset_path(part, manifest)), kk, seed))
+    return out
+
+
+def iter_inputs(processor, samples: Sequence[Sample], *, with_answer: bool = False) -> Iterator[Any]:
+    """Model inputs per sample (prompt with generation prompt; plus the answer if asked and present)."""
+    from graft_ui.models.inputs import build_inputs
+
+    for s in samples:
+        answer = s.answer if with_answer else None
+        yield build_inputs(processor, s.messages, answer=answer, root=s.root)

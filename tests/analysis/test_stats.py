@@ -1,0 +1,190 @@
+"""Activation statistics equal the formulas (paper eqs 9-11); hooks never outlive an analysis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from graft_ui.analysis.modules import parse_name, scope_modules
+from graft_ui.analysis.stats import StatsAccumulator, collect_stats, count_forward_hooks
+from graft_ui.recipe import Scope
+
+NAME = "model.language_model.layers.0.mlp.up_proj"
+NAME2 = "model.language_model.layers.1.self_attn.q_proj"
+
+
+class Fixed(torch.nn.Module):
+    """Returns the activation it is given: the hooked output is exactly the test's tensor."""
+
+    def forward(self, x):
+        return x
+
+
+class Toy(torch.nn.Module):
+    def __init__(self, fail: bool = False, twice: bool = False):
+        super().__init__()
+        self.a, self.b, self.fail, self.twice = Fixed(), Fixed(), fail, twice
+
+    def forward(self, x, y=None, use_cache=False, logits_to_keep=1):
+        out = self.a(x)
+        if self.twice:
+            out = self.a(y)
+        if self.fail:
+            raise RuntimeError("boom inside the forward pass")
+        return self.b(2 * x)
+
+
+def ref(acts, eps):
+    """eqs 9-11 straight from the definitions, in float64."""
+    acts = [a.double() for a in acts]
+    mu = np.mean([a.abs().mean().item() for a in acts])
+    s = np.mean([(a.abs() < eps).double().mean().item() for a in acts])
+    v = np.mean([a.var(unbiased=False).item() for a in acts])
+    return mu, s, v
+
+
+def test_statistics_equal_formulas():
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(1, 5, 8, generator=g) * (k + 1) for k in range(4)]
+    xs[1][0, :2] = 0.0  # exact zeros count as sparse
+    xs[2][0, 0, :3] = 5e-4  # below eps
+    model = Toy()
+    st = collect_stats(model, [{"x": x} for x in xs], modules={NAME: model.a, NAME2: model.b}, source="output", eps=1e-3)
+    assert st.k == 4 and st.source == "output"
+    for name, acts in ((NAME, xs), (NAME2, [2 * x for x in xs])):
+        mu, s, v = ref(acts, 1e-3)
+        m = st.modules[name]
+        assert m.mu == pytest.approx(mu, rel=1e-6)
+        assert m.s == pytest.approx(s, abs=1e-12)
+        assert m.v == pytest.approx(v, rel=1e-5)
+        assert m.calls == 4 and m.elements == 4 * 40
+    assert st.modules[NAME].s > 0
+
+
+def test_eps_is_configurable():
+    x = torch.tensor([[0.0, 0.01, 0.1, 1.0]])
+    model = Toy()
+    for eps, expected in ((1e-3, 0.25), (0.05, 0.5), (0.5, 0.75)):
+        st = collect_stats(model, [{"x": x}], modules={NAME: model.a}, source="output", eps=eps)
+        assert st.modules[NAME].s == pytest.approx(expected)
+    with pytest.raises(ValueError, match="eps"):
+        collect_stats(model, [{"x": x}], modules={NAME: model.a}, source="output", eps=0)
+
+
+def test_module_called_twice_pools_both_calls_per_sample():
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(3, 4, generator=g) for _ in range(2)]
+    ys = [torch.randn(2, 4, generator=g) + 3 for _ in range(2)]
+    model = Toy(twice=True)
+    st = collect_stats(model, [{"x": x, "y": y} for x, y in zip(xs, ys)], modules={NAME: model.a}, source="output")
+    pooled = [torch.cat([x.reshape(-1), y.reshape(-1)]) for x, y in zip(xs, ys)]
+    mu, s, v = ref(pooled, 1e-3)
+    m = st.modules[NAME]
+    assert (m.mu, m.v) == (pytest.approx(mu, rel=1e-6), pytest.approx(v, rel=1e-5))
+    assert m.calls == 4
+
+
+def test_variance_is_accurate_for_offset_activations():
+    """Large mean, small spread: shifted sums keep the variance exact where E[x^2] - E[x]^2 would not."""
+    g = torch.Generator().manual_seed(2)
+    xs = [1000.0 + 0.01 * torch.randn(1, 64, 32, generator=g) for _ in range(3)]
+    model = Toy()
+    st = collect_stats(model, [{"x": x} for x in xs], modules={NAME: model.a}, source="output")
+    mu, s, v = ref(xs, 1e-3)
+    assert st.modules[NAME].v == pytest.approx(v, rel=1e-3)
+    assert st.modules[NAME].mu == pytest.approx(mu, rel=1e-6)
+
+
+def test_half_precision_activations_are_reduced_in_float32():
+    x = (torch.randn(1, 64, 16) * 3).to(torch.bfloat16)
+    model = Toy()
+    st = collect_stats(model, [{"x": x}], modules={NAME: model.a}, source="output")
+    mu, s, v = ref([x.float()], 1e-3)
+    assert st.modules[NAME].v == pytest.approx(v, rel=1e-5)
+
+
+def test_hooks_removed_after_analysis_and_after_an_exception():
+    model = Toy(fail=True)
+    before = count_forward_hooks(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        collect_stats(model, [{"x": torch.ones(2, 2)}], modules={NAME: model.a, NAME2: model.b}, source="output")
+    assert count_forward_hooks(model) == before == 0
+    model.fail = False
+    collect_stats(model, [{"x": torch.ones(2, 2)}], modules={NAME: model.a}, source="output")
+    assert count_forward_hooks(model) == 0
+
+
+def test_accumulator_keeps_only_scalars():
+    """Memory is bounded: pending entries are scalar reductions, never the activation itself."""
+    acc = StatsAccumulator([NAME], 1e-3)
+    big = torch.randn(64, 512)
+    acc.observe(NAME, big)
+    pending = acc._l1 + acc._x0 + acc._sd + acc._sq + acc._big
+    assert len(pending) == 5 and all(t.dim() == 0 for t in pending)
+    # no pending scalar is a view keeping the activation's storage alive
+    assert all(t.untyped_storage().nbytes() <= 8 for t in pending)
+    acc.end_sample()
+    assert acc._meta == [] and acc._l1 == [] and acc.k == 1
+
+
+def test_adapter_branch_is_scaled_lora_output():
+    """source='adapter' observes scale * B A x, the LoRA branch alone; 'output' the whole module."""
+    from peft import LoraConfig, get_peft_model
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(6, 5)
+
+        def forward(self, x, use_cache=False, logits_to_keep=1):
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    net = get_peft_model(Net(), LoraConfig(r=2, lora_alpha=6, target_modules=["proj"], init_lora_weights=False))
+    layer = net.base_model.model.proj
+    x = torch.randn(1, 7, 6)
+    branch = (x @ layer.lora_A["default"].weight.T @ layer.lora_B["default"].weight.T) * layer.scaling["default"]
+    full = layer.base_layer(x) + branch
+    for source, expected in (("adapter", branch), ("output", full)):
+        st = collect_stats(net, [{"x": x}], modules={NAME: layer}, source=source, eps=0.05)
+        mu, s, v = ref([expected.detach()], 0.05)
+        m = st.modules[NAME]
+        assert (m.mu, m.s, m.v) == (pytest.approx(mu, rel=1e-5), pytest.approx(s), pytest.approx(v, rel=1e-5))
+    st = collect_stats(net, [{"x": x}], modules={NAME: layer}, source="auto")
+    assert st.source == "adapter"
+    assert count_forward_hooks(net) == 0
+    with pytest.raises(ValueError, match="LoRA"):
+        collect_stats(net, [{"x": x}], modules={NAME: layer.base_layer}, source="adapter")
+
+
+def test_scope_and_names_on_tiny_qwen2vl(tiny_model):
+    mods = scope_modules(tiny_model)
+    assert len(mods) == 2 * 7
+    assert "model.language_model.layers.1.mlp.down_proj" in mods
+    assert parse_name("model.language_model.layers.1.mlp.down_proj") == ("language", 1, "down_proj")
+    assert len(scope_modules(tiny_model, Scope(modules=("q_proj", "o_proj"), layers=(1, 1)))) == 2
+    with_vision = scope_modules(tiny_model, Scope(vision=True))
+    assert len(with_vision) == 2 * 7 + 4
+    assert "model.visual.blocks.0.attn.qkv" in with_vision
+
+
+def test_stats_on_tiny_qwen2vl_are_deterministic_and_finite(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(2, 100, (1, 9 + i), generator=g)} for i in range(3)]
+    a = collect_stats(tiny_model, batches)
+    b = collect_stats(tiny_model, batches)
+    assert a.to_dict() == b.to_dict()
+    assert len(a.modules) == 14 and a.k == 3
+    assert all(np.isfinite([m.mu, m.s, m.v]).all() and m.mu > 0 for m in a.modules.values())
+    assert count_forward_hooks(tiny_model) == 0
+
+
+def test_sparsity_threshold_boundary_is_exact():
+    """Values at and just below eps are counted exactly (|a| < eps is sparse, |a| = eps is not)."""
+    eps = 1e-3
+    below = float(np.nextafter(np.float32(eps), np.float32(0)))
+    x = torch.tensor([[eps, below, -below, 0.0, 2 * eps, -eps]], dtype=torch.float32)
+    model = Toy()
+    st = collect_stats(model, [{"x": x}], modules={NAME: model.a}, source="output", eps=eps)
+    assert st.modules[NAME].s == pytest.approx(3 / 6)

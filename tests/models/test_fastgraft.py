@@ -1,0 +1,127 @@
+"""The streaming kernels give the reference functions' results (graft_ui.merging)."""
+
+import math
+
+import pytest
+import torch
+
+from graft_ui.merging.graft import apply_row_weights, entropy, graft_row_weights
+from graft_ui.merging.lora import graft_lora
+from graft_ui.merging.steps import magnitude_threshold
+from graft_ui.models.checkpoint import check_finite
+from graft_ui.models.fastgraft import (
+    entropy16,
+    fuse_into,
+    graft_lora_fast,
+    graft_row_weights_dense,
+    kth_largest_abs,
+    minmax,
+)
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    yield torch.randn(300, 170, generator=g) * 0.02
+    yield torch.randn(64, 9, generator=g).exp()  # skewed
+    yield torch.arange(-50, 51, dtype=torch.float32).reshape(101, 1) / 7  # values on bin edges
+    yield torch.tensor([[0.0, -0.0, 1.0, 1.0, 2.0]])
+    yield torch.full((4, 4), 3.0)  # constant: entropy 0
+    yield torch.linspace(-1, 1, 4097).reshape(17, 241)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bins", [2, 10, 37])
+def test_entropy16_equals_reference(dtype, bins):
+    for x in _cases():
+        x = x.to(dtype)
+        lo, hi = minmax(x, "x")
+        assert entropy16(x, bins, lo, hi) == entropy(x, bins), (x.shape, bins)
+
+
+@pytest.mark.parametrize("gates", ["dual", "local", "global"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dense_row_weights_and_fusion_equal_reference(gates, dtype):
+    g = torch.Generator().manual_seed(1)
+    Wb = (torch.randn(257, 96, generator=g) * 0.02).to(dtype)
+    Wg = (Wb.float() + torch.randn(257, 96, generator=g) * 0.003).to(dtype)
+    kw = {"a": 0.4, "c": 500.0, "bins": 10, "gates": gates, "global_form": "algorithm", "alpha": -1.5, "beta": 0.25}
+    diff = torch.empty(257, 96)
+    wb, st = graft_row_weights_dense(Wb, Wg, diff, kw, ("b", "g"))
+    wb_ref, st_ref = graft_row_weights(Wb, Wg, **kw)
+    torch.testing.assert_close(wb, wb_ref, rtol=1e-6, atol=1e-7)
+    assert st.keys() == st_ref.keys()
+    for k in st:
+        if isinstance(st[k], float):
+            assert math.isclose(st[k], st_ref[k], rel_tol=1e-6, abs_tol=1e-9), k
+        else:
+            assert st[k] == st_ref[k], k
+    fused = fuse_into(diff, wb_ref, Wg)
+    assert torch.equal(fused, apply_row_weights(wb_ref, Wb, Wg, out_dtype=torch.float32))
+
+
+def test_nan_and_inf_are_caught_cheaply():
+    x = torch.zeros(10, 10, dtype=torch.bfloat16)
+    check_finite(x, "x")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[3, 4] = bad
+        with pytest.raises(ValueError, match="y contains NaN or inf"):
+            check_finite(y, "y")
+        with pytest.raises(ValueError, match="y contains NaN or inf"):
+            minmax(y, "y")
+
+
+def test_graft_lora_fast_equals_reference():
+    g = torch.Generator().manual_seed(2)
+    Bb, Ab = torch.randn(80, 4, generator=g), torch.randn(4, 50, generator=g)
+    Bg, Ag = torch.randn(80, 7, generator=g), torch.randn(7, 50, generator=g)
+    kw = {"a": 0.4, "c": 500.0, "bins": 10, "gates": "dual", "global_form": "algorithm", "alpha": 1.0, "beta": 0.0}
+    bufs = (torch.empty(80 * 50), torch.empty(80 * 50))
+    B, A, st = graft_lora_fast(Bb, Ab, 2.0, Bg, Ag, 0.5, kw, bufs)
+    B_ref, A_ref, st_ref = graft_lora(Bb, Ab, 2.0, Bg, Ag, 0.5, **kw)
+    torch.testing.assert_close(B @ A, B_ref @ A_ref, rtol=1e-5, atol=1e-6)
+    assert st["rank"] == st_ref["rank"] == 11
+    assert math.isclose(st["w_glob"], st_ref["w_glob"], rel_tol=1e-9)
+    # a missing expert (rank 0) is a zero delta
+    B0, A0, _ = graft_lora_fast(Bb, Ab, 1.0, torch.zeros(80, 0), torch.zeros(0, 50), 1.0, kw, bufs)
+    assert B0.shape == (80, 4)
+
+
+@pytest.mark.parametrize("density", [0.001, 0.2, 0.5, 0.9999])
+def test_kth_largest_abs_equals_kthvalue(density):
+    g = torch.Generator().manual_seed(3)
+    for x in (torch.randn(200_003, generator=g) * 0.01,
+              torch.randint(-3, 4, (50_000,), generator=g).float(),  # many ties and zeros
+              torch.randn(70_000, generator=g).exp()):
+        absx = x.abs()
+        k = int(density * absx.numel())
+        if k == 0:
+            continue
+        assert kth_largest_abs(absx.clone(), k) == magnitude_threshold(x, density)
+
+
+@pytest.mark.parametrize("bins", [2, 10, 37, 300])
+def test_entropy32_equals_reference(bins):
+    from graft_ui.models.fastgraft import entropy32
+
+    for x in _cases():
+        lo, hi = minmax(x, "x")
+        assert entropy32(x, bins, lo, hi) == entropy(x, bins), (x.shape, bins)
+
+
+@pytest.mark.parametrize("weights, lam", [([1.0, 1.0], 1.0), ([0.7, 0.4, 1.2], 0.8)])
+def test_ties_dense_equals_ties_merge(weights, lam):
+    from graft_ui.merging.ties import ties_merge
+    from graft_ui.models.fastgraft import ties_dense, ties_thresholds
+
+    g = torch.Generator().manual_seed(4)
+    base = (torch.randn(300, 200, generator=g) * 0.02).to(torch.bfloat16)
+    experts = [(base.float() + torch.randn(300, 200, generator=g) * 0.003).to(torch.bfloat16) for _ in weights]
+    n = base.numel()
+    thr = ties_thresholds(base, experts, 0.2, torch.empty(n))
+    pool = {}
+    bufs = lambda r: pool.setdefault(r, torch.empty(n, dtype=torch.bool if r == "mask" else torch.float32))  # noqa: E731
+    got, st = ties_dense(base, experts, weights, thr, lam, bufs)
+    ref, st_ref = ties_merge(base, experts, weights, density=0.2, lam=lam, block_rows=7)
+    torch.testing.assert_close(got.to(torch.bfloat16), ref, rtol=0, atol=0)
+    assert st == st_ref
