@@ -1,0 +1,43 @@
+"""Graft Studio: `python app.py [--manifest PATH] [--zoo-profile full|ci] [--host 127.0.0.1] [--port 7860]
+[--auth user:pass] [--device auto]`. Without --manifest, the offline demo zoo is used (built on first run)."""
+
+import argparse
+import logging
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", help="manifest YAML (or folder with manifest.yaml); default: the demo zoo")
+    p.add_argument("--zoo-profile", default=os.environ.get("GRAFT_ZOO_PROFILE", "full"), choices=["full", "ci"])
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--auth", default=os.environ.get("GRAFT_AUTH"), help="user:password required to open the app")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--work-dir", help="where fused variants and exports go (default ./runs/studio)")
+    p.add_argument("--votes", help="arena vote store: SQLite path or database URL")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from graft_ui.zoo import ensure_zoo
+
+    zoo = str(ensure_zoo(args.zoo_profile) / "manifest.yaml") if not args.manifest else None
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    if args.auth and (len(auth) != 2 or not all(auth)):
+        raise SystemExit("--auth must be user:password")
+    from graft_ui.ui.app import build_app, launch_kwargs, make_context
+
+    ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
+                       zoo_manifest=zoo)
+    build_app(ctx).launch(**launch_kwargs(host=args.host, port=args.port, auth=auth))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,584 @@
+"""The app's state as a library (no gradio): models, fused variants, device, chat pool.
+
+A `Studio` holds the active manifest (base + experts + target datasets), one chat
+`ModelPool` over that base, and the fused variants made in this session, each with its
+recipe and output folder. The UI's callbacks are thin wrappers around these methods;
+scripts and tests can drive the same flow without a browser:
+
+    studio = Studio.from_manifest(zoo_dir / "manifest.yaml")
+    result = studio.analyze("math", ["math-lora", "code-lora"], k=16)
+    variant = studio.fuse(studio.build_recipe("graft", ["math-lora", "code-lora"]), "graft-1")
+    studio.export_zip("graft-1")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from graft_ui.chat.pool import ModelPool
+from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
+from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
+from graft_ui.recipe import ALL_MODULES, Recipe
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+MAX_UPLOAD_JSONL_BYTES = 20 * 2**20
+MAX_UPLOAD_SAMPLES = 5000
+
+
+def default_work_dir() -> Path:
+    """`$GRAFT_STUDIO_DIR`, else `./runs/studio` (gitignored)."""
+    return Path(os.environ.get("GRAFT_STUDIO_DIR") or Path.cwd() / "runs" / "studio")
+
+
+def check_variant_name(name: str) -> str:
+    name = (name or "").strip()
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"name {name!r} is not usable: 1-48 characters, letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )
+    return name
+
+
+def folder_bytes(path: str | Path) -> int | None:
+    """Bytes of weight files in a local folder (None for a hub id or a missing folder)."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _model_config(path: str) -> dict:
+    p = Path(path, "config.json")
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"config {str(p)!r} is unreadable: {exc}") from None
+
+
+def _shape_signature(cfg: Mapping[str, Any]) -> tuple:
+    text = cfg.get("text_config") or cfg
+    return tuple(text.get(k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))
+
+
+def validate_entry(entry: ModelEntry, base: ModelEntry | None = None) -> None:
+    """Raise a readable ValueError/FileNotFoundError if `entry` cannot be used (cheap: no weights loaded)."""
+    ref = check_reference(entry.path)
+    if not Path(ref).is_dir():
+        return  # a cached hub id: its files are checked when it loads
+    if entry.kind == "lora":
+        if not is_adapter(ref):
+            raise ValueError(f"{entry.name!r}: {ref!r} has no adapter_config.json, so it is not a LoRA adapter folder")
+        cfg = adapter_config(ref)
+        if cfg.get("peft_type") != "LORA":
+            raise ValueError(f"{entry.name!r}: adapter peft_type={cfg.get('peft_type')!r}; only LoRA adapters are supported")
+        weights = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if Path(ref, f).is_file()]
+        if not weights:
+            raise ValueError(f"{entry.name!r}: adapter folder {ref!r} has no adapter_model.safetensors")
+        if weights[0].endswith(".safetensors"):
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(Path(ref, weights[0])), framework="pt") as f:
+                    keys = list(f.keys())
+            except Exception as exc:  # safetensors raises its own error types for corrupt headers
+                raise ValueError(f"{entry.name!r}: adapter weights {weights[0]!r} are unreadable ({exc})") from None
+            if not any("lora_" in k for k in keys):
+                raise ValueError(f"{entry.name!r}: adapter weights {weights[0]!r} hold no LoRA tensors")
+    else:
+        cfg = _model_config(ref)
+        if not cfg:
+            if is_adapter(ref):
+                raise ValueError(f"{entry.name!r}: {ref!r} is a LoRA adapter folder; add it with kind 'lora'")
+            raise ValueError(f"{entry.name!r}: {ref!r} has no config.json, so it is not a model folder")
+        if cfg.get("model_type") not in ("qwen2_vl", None):
+            raise ValueError(f"{entry.name!r}: model_type={cfg.get('model_type')!r}; Graft Studio runs Qwen2-VL models")
+        if not any(f.suffix in WEIGHT_SUFFIXES for f in Path(ref).iterdir()):
+            raise ValueError(f"{entry.name!r}: model folder {ref!r} has no weight files")
+        if base is not None and base is not entry and Path(base.path).is_dir():
+            want, got = _shape_signature(_model_config(base.path)), _shape_signature(cfg)
+            if all(want) and want != got:
+                raise ValueError(
+                    f"{entry.name!r} does not fit base {base.name!r}: (hidden, layers, intermediate, vocab) {got} vs {want}"
+                )
+
+
+@dataclass
+class FusedVariant:
+    """A fusion made in this session: its recipe, where it was written, and how it went."""
+
+    name: str
+    recipe: Recipe
+    out_dir: Path
+    kind: str  # lora | full
+    summary: dict = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    @property
+    def gates_path(self) -> Path | None:
+        p = self.out_dir / "gates.json"
+        return p if p.is_file() else None
+
+    def row(self) -> dict:
+        return {
+            "name": self.name,
+            "method": self.recipe.method,
+            "experts": " → ".join(e.name or Path(e.path).name for e in self.recipe.experts),
+            "kind": self.kind,
+            "modules": self.summary.get("modules_fused", "—"),
+            "seconds": self.summary.get("seconds", "—"),
+            "device": self.summary.get("device", "—"),
+            "folder": str(self.out_dir),
+        }
+
+
+class Studio:
+    """See the module docstring. Thread-safe for the UI: state changes hold `self.lock`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        device: str = "auto",
+        work_dir: str | Path | None = None,
+        votes: str | None = None,
+        max_full: int = 2,
+    ):
+        self.device = resolve_device(device)
+        self.device_label = device_label(self.device)
+        self.work_dir = Path(work_dir) if work_dir else default_work_dir()
+        self.votes = votes  # vote store target (SQLite path or DB URL); None = the arena's default
+        self.max_full = max_full
+        self.lock = threading.RLock()
+        self.variants: dict[str, FusedVariant] = {}
+        self.version = 0  # bumped whenever models or variants change (the UI refreshes its choices)
+        self._manifest: Manifest | None = None
+        self.pool: ModelPool | None = None
+        self.set_manifest(manifest)
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, **kwargs) -> "Studio":
+        return cls(load_manifest(path), **kwargs)
+
+    # ---- models ----------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def set_manifest(self, manifest: Manifest) -> None:
+        """Switch to another base/experts set. Fused variants of the old base are dropped from chat."""
+        validate_entry(manifest.base)
+        with self.lock:
+            if self.pool is not None:
+                self.pool.close()
+            self._manifest = manifest
+            self.pool = ModelPool(manifest.base.path, device=self.device, max_full=self.max_full,
+                                  base_name=manifest.base.name)
+            for e in manifest.experts:
+                self.pool.register(e.name, e.path, e.kind, role="expert")
+            if self.variants:
+                log.info("manifest changed: %d fused variant(s) of the previous base are no longer chat-able",
+                         len(self.variants))
+            self.variants.clear()
+            self.version += 1
+            self.release_memory()
+
+    def load_manifest(self, path: str | Path) -> Manifest:
+        manifest = load_manifest(path)
+        self.set_manifest(manifest)
+        return manifest
+
+    def set_base(self, ref: str, name: str | None = None) -> Manifest:
+        """Start a new model set on base `ref` (a folder or hub id), with no experts yet."""
+        ref = (ref or "").strip()
+        if not ref:
+            raise ValueError("give the base model as a local folder or a hub id (owner/name)")
+        name = check_variant_name(name or Path(ref).name or "base")
+        base = ModelEntry(name=name, path=ref, kind="full")
+        validate_entry(base)
+        self.set_manifest(Manifest(base=base, experts=(), datasets={}, name="custom"))
+        return self.manifest
+
+    def add_expert(self, ref: str, name: str | None = None, domain: str | None = None, kind: str = "auto") -> ModelEntry:
+        """Add an expert (LoRA adapter folder or full fine-tune; folder or hub id) to the current set."""
+        ref = (ref or "").strip()
+        if not ref:
+            raise ValueError("give the expert as a local folder or a hub id (owner/name)")
+        check_reference(ref)
+        if kind == "auto":
+            kind = "lora" if is_adapter(ref) or (looks_like_hub_id(ref) and not Path(ref).exists() and _hub_is_adapter(ref)) else "full"
+        name = check_variant_name(name or Path(ref).name)
+        with self.lock:
+            if name in self.pool.names() or name in self.variants:
+                raise ValueError(f"a model named {name!r} is already loaded; choose another name")
+            entry = ModelEntry(name=name, path=ref, kind=kind, domain=(domain or None))
+            validate_entry(entry, self.manifest.base)
+            self._manifest = dataclasses.replace(self.manifest, experts=self.manifest.experts + (entry,))
+            self.pool.register(entry.name, entry.path, entry.kind, role="expert")
+            self.version += 1
+        return entry
+
+    def remove_expert(self, name: str) -> None:
+        with self.lock:
+            self.manifest.expert(name)
+            self._manifest = dataclasses.replace(self.manifest, experts=tuple(e for e in self.manifest.experts if e.name != name))
+            self.pool.unregister(name)
+            self.version += 1
+
+    def model_rows(self) -> list[dict]:
+        """One row per model: name, role, domain, kind, rank, size, base it belongs to, status."""
+        m = self.manifest
+        rows = []
+        for role, e in [("base", m.base)] + [("expert", e) for e in m.experts]:
+            rank, status = "—", "ready"
+            try:
+                validate_entry(e, m.base if role == "expert" else None)
+                if e.kind == "lora" and Path(e.path).is_dir():
+                    rank = adapter_config(e.path).get("r", "?")
+            except (ValueError, FileNotFoundError) as exc:
+                status = f"⚠ {exc}"
+            rows.append({
+                "name": e.name, "role": role, "domain": e.domain or "—", "kind": "base" if role == "base" else e.kind,
+                "rank": rank, "size": human_bytes(folder_bytes(e.path)),
+                "base": "—" if role == "base" else m.base.name, "path": e.path, "status": status,
+            })
+        for v in self.variants.values():
+            rank = "—"
+            if v.kind == "lora":
+                try:
+                    rank = adapter_config(v.out_dir).get("r", "?")
+                except ValueError:
+                    rank = "?"
+            rows.append({
+                "name": v.name, "role": "fused", "domain": "+".join(sorted({self._domain_of(x) for x in v.recipe.experts})),
+                "kind": v.kind, "rank": rank, "size": human_bytes(folder_bytes(v.out_dir)), "base": m.base.name,
+                "path": str(v.out_dir), "status": "ready",
+            })
+        return rows
+
+    def _domain_of(self, ref) -> str:
+        for e in self.manifest.experts:
+            if e.path == ref.path or e.name == ref.name:
+                return e.domain or e.name
+        return ref.name or Path(ref.path).name
+
+    def expert_names(self, kind: str | None = None) -> list[str]:
+        return [e.name for e in self.manifest.experts if kind is None or e.kind == kind]
+
+    def chat_names(self) -> list[str]:
+        """Everything one can chat with: base, experts, fused variants."""
+        return self.pool.names()
+
+    def num_layers(self) -> int:
+        """Language-model layers of the base (for the layer-range controls); 28 if unknown (Qwen2-VL-2B)."""
+        try:
+            cfg = _model_config(self.manifest.base.path)
+        except ValueError:
+            cfg = {}
+        text = cfg.get("text_config") or cfg
+        return int(text.get("num_hidden_layers") or 28)
+
+    def dataset_names(self) -> list[str]:
+        return sorted(self.manifest.datasets)
+
+    # ---- analysis --------------------------------------------------------------------
+
+    def analyze(
+        self,
+        dataset: str,
+        experts: Sequence[str] | None = None,
+        *,
+        k: int = 16,
+        eps: float | None = None,
+        threshold: float | None = None,
+        progress: bool | Callable[[int, int], None] | None = True,
+    ):
+        """Activation statistics and compatibility of `experts` on `dataset` (domain name or JSONL path)."""
+        from graft_ui.analysis.analyze import analyze_experts
+        from graft_ui.analysis.scores import DEFAULT_THRESHOLD
+        from graft_ui.analysis.stats import DEFAULT_EPS
+
+        if isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= 512:
+            raise ValueError(f"K={k!r} must be an integer between 1 and 512")
+        if eps is not None and not float(eps) > 0:
+            raise ValueError(f"eps={eps!r} must be positive")
+        if not dataset:
+            raise ValueError("choose a target dataset (a domain or an uploaded JSONL file)")
+        experts = list(experts or self.expert_names())
+        if not experts:
+            raise ValueError("choose at least one expert to analyse")
+        with self.lock:
+            manifest = self.manifest
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        try:
+            return analyze_experts(
+                manifest, experts, dataset, k=int(k), eps=float(eps if eps is not None else DEFAULT_EPS),
+                threshold=float(threshold if threshold is not None else DEFAULT_THRESHOLD),
+                device=str(self.device), dtype=dtype, progress=progress,
+            )
+        finally:
+            self.release_memory()
+
+    def import_dataset(self, files: Sequence[str | Path]) -> Path:
+        """Copy an uploaded JSONL (plus the image files it names) into `<work_dir>/uploads/<id>/`.
+
+        Image references are matched to the uploaded files by file name only and
+        rewritten to the copies, so a sample can never point at a path or URL of its
+        choosing. Every image is checked to open as an image.
+        """
+        import uuid
+
+        from PIL import Image, UnidentifiedImageError
+
+        files = [Path(f) for f in files or []]
+        jsonls = [f for f in files if f.suffix.lower() == ".jsonl"]
+        if len(jsonls) != 1:
+            raise ValueError(f"upload exactly one .jsonl file (with the images it uses); got {len(jsonls)} JSONL files")
+        src = jsonls[0]
+        if src.stat().st_size > MAX_UPLOAD_JSONL_BYTES:
+            raise ValueError(f"{src.name!r} is larger than {MAX_UPLOAD_JSONL_BYTES // 2**20} MB")
+        images = {f.name: f for f in files if f != src}
+        dest = self.work_dir / "uploads" / uuid.uuid4().hex[:12]
+        (dest / "images").mkdir(parents=True, exist_ok=True)
+        lines, copied = [], set()
+        for lineno, line in enumerate(src.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{src.name!r} line {lineno} is not valid JSON: {exc}") from None
+            msgs = sample.get("messages") if isinstance(sample, dict) else None
+            if not isinstance(msgs, list) or not msgs:
+                raise ValueError(f"{src.name!r} line {lineno} needs a non-empty 'messages' list (see docs/CONTRACTS.md)")
+            for msg in msgs:
+                content = msg.get("content") if isinstance(msg, dict) else None
+                for item in content if isinstance(content, list) else []:
+                    if not isinstance(item, dict) or item.get("type") != "image":
+                        continue
+                    ref = str(item.get("image", ""))
+                    if "://" in ref or ref.startswith("data:"):
+                        raise ValueError(f"{src.name!r} line {lineno}: image {ref[:60]!r} is a URL; upload the image file instead")
+                    fname = Path(ref).name
+                    if fname not in images:
+                        raise ValueError(f"{src.name!r} line {lineno} uses image {fname!r}: upload it together with the JSONL")
+                    if fname not in copied:
+                        try:
+                            with Image.open(images[fname]) as im:
+                                im.verify()
+                        except (UnidentifiedImageError, OSError, SyntaxError):
+                            raise ValueError(f"uploaded file {fname!r} is not a readable image") from None
+                        shutil.copyfile(images[fname], dest / "images" / fname)
+                        copied.add(fname)
+                    item["image"] = f"images/{fname}"
+            lines.append(json.dumps(sample))
+            if len(lines) > MAX_UPLOAD_SAMPLES:
+                raise ValueError(f"{src.name!r} has more than {MAX_UPLOAD_SAMPLES} samples; analysis needs only K of them")
+        if not lines:
+            raise ValueError(f"{src.name!r} holds no samples")
+        out = dest / src.name
+        out.write_text("\n".join(lines) + "\n")
+        return out
+
+    # ---- fusion ----------------------------------------------------------------------
+
+    def build_recipe(
+        self,
+        method: str,
+        experts: Sequence[str],
+        params: Mapping[str, Any] | None = None,
+        *,
+        modules: Sequence[str] = ALL_MODULES,
+        layers: str | tuple[int, int] = "all",
+        vision: bool = False,
+        output_kind: str | None = None,
+        rank: int | None = None,
+        calibrate: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> Recipe:
+        """A recipe over the named experts of the current manifest, in the given order."""
+        if not experts:
+            raise ValueError("choose the experts to fuse (in fusion order)")
+        entries = [self.manifest.expert(n) for n in experts]
+        kinds = {e.kind for e in entries}
+        if len(kinds) > 1:
+            raise ValueError(f"cannot fuse LoRA adapters with full fine-tunes in one recipe: {[(e.name, e.kind) for e in entries]}")
+        if output_kind is None:
+            output_kind = "adapter" if kinds == {"lora"} else "full"
+        data: dict[str, Any] = {
+            "method": method,
+            "base": self.manifest.base.path,
+            "experts": [{"path": e.path, "name": e.name} for e in entries],
+            "params": dict(params or {}),
+            "scope": {"modules": list(modules), "layers": layers if layers == "all" else list(layers), "vision": bool(vision)},
+            "output": {"kind": output_kind, "rank": rank,
+                       "dtype": "bfloat16" if self.device.type == "cuda" and output_kind == "full" else "float32"},
+            "seed": int(seed),
+            "device": "cuda" if self.device.type == "cuda" else "cpu",
+        }
+        if calibrate:
+            data["calibrate"] = dict(calibrate)
+        if name:
+            data["name"] = name
+        return Recipe.from_dict(data)
+
+    def parse_recipe(self, text: str) -> Recipe:
+        """A pasted recipe (YAML). Relative paths and expert names resolve against the current manifest."""
+        if not (text or "").strip():
+            raise ValueError("the recipe is empty: paste a recipe YAML")
+        recipe = Recipe.from_yaml(text)
+        if self.manifest.source:
+            recipe = recipe.resolve_paths(Path(self.manifest.source).parent)
+        return recipe.resolve_names(self.manifest)
+
+    def fuse(
+        self,
+        recipe: Recipe,
+        name: str,
+        *,
+        overwrite: bool = False,
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> FusedVariant:
+        """Run `recipe` into `<work_dir>/fused/<name>`, keep it as a chat-able variant."""
+        from graft_ui.models.merge import run_recipe
+
+        name = check_variant_name(name)
+        with self.lock:
+            if name in self.pool.names() and name not in self.variants:
+                raise ValueError(f"{name!r} is the name of a loaded model; choose another name for the fused variant")
+            if name in self.variants and not overwrite:
+                raise ValueError(f"a fused variant named {name!r} exists; choose another name or allow overwriting")
+        for ref in recipe.experts:
+            check_reference(ref.path)
+        if name in self.variants:
+            out_dir = self.variants[name].out_dir  # overwrite=True: replace this session's own output
+        else:
+            # a folder left by an earlier session is never overwritten: take the next free one
+            out_dir, i = self.work_dir / "fused" / name, 2
+            while out_dir.exists():
+                out_dir, i = self.work_dir / "fused" / f"{name}-{i}", i + 1
+        recipe = recipe.replace(name=name)
+        t0 = time.perf_counter()
+        try:
+            result = run_recipe(recipe, out_dir, overwrite=name in self.variants, progress=progress,
+                                manifest=self.manifest)
+        finally:
+            self.release_memory()
+        recipe = result.recipe
+        summary = _summary(result, time.perf_counter() - t0, self.device_label)
+        if result.calibration is not None:
+            summary["calibration"] = result.calibration
+        kind = "lora" if is_adapter(out_dir) else "full"
+        variant = FusedVariant(name=name, recipe=recipe, out_dir=out_dir, kind=kind, summary=summary)
+        with self.lock:
+            self.variants[name] = variant
+            self.pool.register(name, str(out_dir), kind, role="fused")
+            self.version += 1
+        return variant
+
+    def variant(self, name: str) -> FusedVariant:
+        try:
+            return self.variants[name]
+        except KeyError:
+            raise KeyError(f"no fused variant named {name!r}; made so far: {list(self.variants)}") from None
+
+    def remove_variant(self, name: str) -> None:
+        with self.lock:
+            self.variant(name)
+            self.variants.pop(name)
+            self.pool.unregister(name)
+            self.version += 1
+
+    def export_zip(self, name: str) -> Path:
+        """A zip of the variant's folder (weights, recipe.yaml, gates.json) under `<work_dir>/exports`."""
+        v = self.variant(name)
+        if not (v.out_dir / "recipe.yaml").is_file():
+            (v.out_dir / "recipe.yaml").write_text(v.recipe.to_yaml())
+        exports = self.work_dir / "exports"
+        exports.mkdir(parents=True, exist_ok=True)
+        archive = shutil.make_archive(str(exports / name), "zip", root_dir=v.out_dir.parent, base_dir=v.out_dir.name)
+        return Path(archive)
+
+    # ---- housekeeping ----------------------------------------------------------------
+
+    def release_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def memory(self) -> dict:
+        return self.pool.memory()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.pool is not None:
+                self.pool.close()
+
+
+def _hub_is_adapter(ref: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(ref, "adapter_config.json")
+    return isinstance(hit, str)
+
+
+def _summary(result: Any, seconds: float, device: str) -> dict:
+    """A small JSON-able summary of a merge result (whatever shape run_recipe returns)."""
+    d: dict[str, Any] = {}
+    if callable(getattr(result, "summary", None)):
+        d = dict(result.summary())
+    elif dataclasses.is_dataclass(result):
+        d = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    elif isinstance(result, Mapping):
+        d = dict(result)
+    elif hasattr(result, "__dict__"):
+        d = dict(vars(result))
+    out = {
+        "seconds": round(float(d.get("seconds") or seconds), 2),
+        "device": str(d.get("device_label") or d.get("device") or device),
+    }
+    for key in ("modules_fused", "modules", "n_modules", "fused_modules"):
+        if key in d:
+            v = d[key]
+            out["modules_fused"] = len(v) if isinstance(v, (list, tuple, dict, set)) else v
+            break
+    for key in ("copied", "modules_copied", "tensors_copied"):  # tensors (full) or modules (LoRA) kept from expert 1
+        if key in d:
+            v = d[key]
+            out["modules_copied"] = len(v) if isinstance(v, (list, tuple, dict, set)) else v
+            break
+    for key in ("method", "experts_kind", "output_kind", "out_dir", "rank", "svd_error", "relative_error"):
+        if key in d and d[key] is not None:
+            out[key] = d[key] if isinstance(d[key], (int, float, str, bool)) else str(d[key])
+    if d.get("notes"):
+        out["notes"] = [str(n) for n in d["notes"]]
+    return out

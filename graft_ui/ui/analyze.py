@@ -1,0 +1,131 @@
+"""Analyze tab: per-module sensitivity and compatibility of experts on a target dataset."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from graft_ui.ui.common import choices_update, friendly, guarded, hint, ok, section, table
+from graft_ui.ui.context import AppContext
+
+TITLE = "② Analyze"
+UPLOAD = "uploaded JSONL"
+EXPERT_COLUMNS = ["expert", "kind", "domain", "score", "pass"]
+PAIR_COLUMNS = ["pair", "score", "pass"]
+HEIGHT_EMPTY = 320
+
+
+def _plots():
+    from graft_ui.analysis import plots
+
+    return plots
+
+
+def _result(state):
+    from graft_ui.analysis.analyze import AnalysisResult
+
+    if not state:
+        raise ValueError("run the analysis first")
+    return AnalysisResult.from_dict(state)
+
+
+def bars(state, threshold):
+    """Compatibility bars re-coloured for `threshold` from the stored result (no recomputation)."""
+    if not state:
+        return None, None, None
+    res = _result(state)
+    plots = _plots()
+    scores = {n: e.compatibility for n, e in res.experts.items()}
+    fig = plots.compatibility_bars(scores, float(threshold), title=f"Compatibility on {res.dataset} (K={res.k})")
+    # the threshold is named in the title: a label on the line collides with bar values near it
+    fig.update_layout(annotations=[], title=f"Compatibility on {res.dataset} (K={res.k}) · threshold {float(threshold):g} (dashed)")
+    rows = [{"expert": n, "kind": e.kind, "domain": e.domain or "—", "score": round(e.compatibility, 4),
+             "pass": "yes" if e.compatibility >= threshold else "no"} for n, e in res.experts.items()]
+    pairs = [{"pair": f"{p['a']} + {p['b']}", "score": round(p["score"], 4),
+              "pass": "yes" if p["score"] >= threshold else "no"} for p in res.pairs]
+    return fig, table(rows, EXPERT_COLUMNS), table(pairs, PAIR_COLUMNS)
+
+
+def heatmap(state, which):
+    if not state or not which:
+        return None
+    res = _result(state)
+    plots = _plots()
+    if " − " in which:
+        a, b = which.split(" − ", 1)
+        return plots.sensitivity_difference(res.experts[a], res.experts[b], names=(a, b))
+    return plots.sensitivity_heatmap(res.experts[which], title=f"Sensitivity ρ′ — {which} on {res.dataset}")
+
+
+def heatmap_choices(state) -> list[str]:
+    if not state:
+        return []
+    names = list(state["experts"])
+    return names + ([f"{names[0]} − {names[1]}"] if len(names) >= 2 else [])
+
+
+def render(ctx: AppContext) -> None:
+    studio = ctx.studio
+    from graft_ui.analysis.scores import DEFAULT_THRESHOLD
+    from graft_ui.analysis.stats import DEFAULT_EPS
+
+    hint("How strongly each expert's modules respond to a target dataset (ρ′ = normalised mean magnitude × "
+         "(1 − sparsity) × √variance, paper §3.4), and a compatibility score per expert and pair. "
+         "Move the threshold to re-colour the bars; nothing is recomputed.")
+    state = gr.State(None)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            section("Target data")
+            datasets = studio.dataset_names()
+            dataset = gr.Dropdown(datasets + [UPLOAD], value=(datasets[0] if datasets else UPLOAD), label="Dataset", allow_custom_value=True,
+                                  info="a domain's eval split, or your own JSONL", elem_id="gs-an-dataset")
+            upload = gr.File(label="JSONL + its images", file_count="multiple", file_types=[".jsonl", "image"],
+                             visible=not datasets, height=120)
+            experts = gr.Dropdown(studio.expert_names(), value=studio.expert_names(), multiselect=True, allow_custom_value=True,
+                                  label="Experts", elem_id="gs-an-experts")
+            with gr.Row():
+                k = gr.Slider(1, 64, value=16, step=1, label="K samples", elem_id="gs-an-k")
+                eps = gr.Number(value=DEFAULT_EPS, label="eps (sparsity)", minimum=0, step=1e-4)
+            run_btn = gr.Button("Run analysis", variant="primary", elem_id="gs-an-run")
+            threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Acceptance threshold",
+                                  elem_id="gs-an-threshold")
+            status = gr.Markdown("", elem_classes=["gs-status-box"])
+        with gr.Column(scale=3, min_width=520):
+            bars_plot = gr.Plot(label="Compatibility", elem_id="gs-an-bars")
+            with gr.Row():
+                expert_table = gr.Dataframe(headers=EXPERT_COLUMNS, interactive=False, label="Compatibility per expert", wrap=True)
+                pair_table = gr.Dataframe(headers=PAIR_COLUMNS, interactive=False, label="Pair scores", wrap=True)
+            which = gr.Dropdown([], label="Heatmap", allow_custom_value=True, info="one expert, or the difference of the first two",
+                                elem_id="gs-an-which")
+            heat_plot = gr.Plot(label="Sensitivity heatmap", elem_id="gs-an-heatmap")
+
+    @guarded(7, status=6)
+    def run(dataset, files, experts, k, eps, threshold, progress=gr.Progress(track_tqdm=True)):
+        if dataset == UPLOAD:
+            if not files:
+                raise ValueError("upload a JSONL file (and the images it uses), or pick a domain")
+            target = str(studio.import_dataset([getattr(f, "name", f) for f in files]))
+        else:
+            target = dataset
+        progress(0, desc="loading models")
+        res = studio.analyze(target, experts, k=int(k), eps=float(eps), threshold=float(threshold), progress=True)
+        d = res.to_dict()
+        fig, t1, t2 = bars(d, threshold)
+        choices = heatmap_choices(d)
+        label = "your JSONL" if dataset == UPLOAD else dataset
+        msg = ok(f"Analysed {len(res.experts)} expert(s) on **{label}**, K = {res.k}.")
+        return d, fig, t1, t2, gr.update(choices=choices, value=choices[0]), heatmap(d, choices[0]), msg
+
+    run_btn.click(run, [dataset, upload, experts, k, eps, threshold],
+                  [state, bars_plot, expert_table, pair_table, which, heat_plot, status],
+                  api_name="run_analysis", **ctx.gpu)
+    threshold.change(friendly(bars), [state, threshold], [bars_plot, expert_table, pair_table],
+                     api_name="recolour", show_progress="hidden", queue=False)
+    which.change(friendly(heatmap), [state, which], heat_plot, api_visibility="private", show_progress="hidden")
+    dataset.change(lambda d: gr.update(visible=d == UPLOAD), dataset, upload, api_visibility="private", queue=False)
+
+    def refresh(current_dataset, current_experts):
+        names = studio.dataset_names()
+        return (choices_update(names + [UPLOAD], value=names[0] if names else UPLOAD, keep=current_dataset),
+                choices_update(studio.expert_names(), value=studio.expert_names(), keep=current_experts))
+
+    ctx.on_models_changed(refresh, [dataset, experts], inputs=[dataset, experts])

@@ -1,0 +1,99 @@
+"""The Gradio app: one Blocks, one tab per module, each module exposing `render(ctx)`.
+
+Tabs are listed in `TABS` as (module, title). A module that does not exist yet (e.g. the
+arena tabs before they are written) is skipped, so other developers plug a tab in by
+adding `graft_ui/ui/<name>.py` with `render(ctx: AppContext)` (and optionally `TITLE`).
+See graft_ui/ui/context.py for what ctx offers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from graft_ui.studio import Studio
+from graft_ui.ui import theme as T
+from graft_ui.ui.context import AppContext
+
+log = logging.getLogger(__name__)
+
+TABS: list[tuple[str, str]] = [
+    ("experts", "① Experts"),
+    ("analyze", "② Analyze"),
+    ("fuse", "③ Fuse"),
+    ("chat", "④ Chat"),
+    ("arena", "⑤ Arena"),
+    ("leaderboard", "⑥ Leaderboard"),
+]
+QUEUE_MAX_SIZE = 16
+MAX_FILE_SIZE = "20mb"
+
+
+def tab_modules(tabs=TABS) -> list[tuple[str, str, object]]:
+    """(name, title, module) of every tab module that exists."""
+    out = []
+    for name, title in tabs:
+        modname = f"graft_ui.ui.{name}"
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name != modname:
+                raise  # the tab exists but one of its imports is missing: a real error
+            log.info("tab %r not available yet (%s); skipped", name, modname)
+            continue
+        out.append((name, getattr(module, "TITLE", title), module))
+    return out
+
+
+def header(ctx: AppContext) -> str:
+    s = ctx.studio
+    return T.header_html(s.device_label, s.manifest.name, len(s.manifest.experts), len(s.variants))
+
+
+def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
+    """Build the Blocks (not launched). Each tab's `render(ctx)` runs inside its own gr.Tab."""
+    with gr.Blocks(title="Graft Studio", analytics_enabled=False) as app:
+        head = gr.HTML(header(ctx), elem_id="gs-header-box", padding=False)
+        ctx.models_changed = gr.State(ctx.studio.version)
+        with gr.Tabs(elem_id="gs-tabs"):
+            for name, title, module in tab_modules(tabs):
+                with gr.Tab(title, id=name, elem_id=f"gs-tab-{name}"):
+                    module.render(ctx)
+        ctx.on_models_changed(lambda: header(ctx), [head])
+        ctx.wire_refreshers()
+        app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
+    app.queue(max_size=ctx_queue_size(ctx), default_concurrency_limit=4)
+    return app
+
+
+def ctx_queue_size(ctx: AppContext) -> int:
+    return getattr(ctx, "queue_size", None) or QUEUE_MAX_SIZE
+
+
+def launch_kwargs(*, host: str = "127.0.0.1", port: int | None = 7860, auth: tuple[str, str] | None = None,
+                  max_file_size: str = MAX_FILE_SIZE, quiet: bool = False) -> dict:
+    """Keyword arguments for `Blocks.launch` with the app's safety defaults and look."""
+    kw = dict(
+        server_name=host, server_port=port, auth=auth, max_file_size=max_file_size, theme=T.theme(), css=T.css(),
+        favicon_path=str(T.LOGO) if T.LOGO.is_file() else None, show_error=False, quiet=quiet,
+        footer_links=[], allowed_paths=[str(Path(__file__).resolve().parents[2] / "examples")],
+        ssr_mode=False, mcp_server=False, pwa=False,
+    )
+    if auth:
+        kw["auth_message"] = "Graft Studio — sign in"
+    return kw
+
+
+def make_context(
+    manifest: str | Path,
+    *,
+    device: str = "auto",
+    work_dir: str | Path | None = None,
+    votes: str | None = None,
+    zoo_manifest: str | None = None,
+) -> AppContext:
+    studio = Studio.from_manifest(manifest, device=device, work_dir=work_dir, votes=votes)
+    return AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest)

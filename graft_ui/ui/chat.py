@@ -1,0 +1,191 @@
+"""Chat tab: one prompt (text + optional image) to base, experts and fused variants side by side."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from graft_ui.chat import GenerationSettings, MAX_NEW_TOKENS_CAP, SideBySide
+from graft_ui.ui.common import choices_update, guarded, hint
+from graft_ui.ui.context import AppContext
+
+TITLE = "④ Chat"
+MAX_COLUMNS = 6
+MIN_INTERVAL_S = 0.08  # at most ~12 UI updates a second per request; the final state always goes out
+
+
+def default_columns(studio) -> list[str]:
+    """Base, the first two experts (LoRA first) and the newest fused variant."""
+    names = studio.chat_names()
+    experts = studio.expert_names("lora") or studio.expert_names()
+    cols = [studio.manifest.base.name] + experts[:2] + list(studio.variants)[-1:]
+    return [c for c in dict.fromkeys(cols) if c in names][:MAX_COLUMNS]
+
+
+def column_title(studio, name: str) -> str:
+    """Header of a chat column: the model name and what it is."""
+    try:
+        spec = studio.pool.spec(name)
+    except KeyError:
+        return f"**{name}**"
+    what = {"base": "base model", "expert": "expert", "fused": "fused"}.get(spec.role, spec.role)
+    kind = "" if spec.kind == "base" else (" · LoRA" if spec.kind == "lora" else " · full")
+    return f"**{name}** <span class='gs-col-kind'>{what}{kind}</span>"
+
+
+def slot_updates(studio, columns) -> tuple[list, list]:
+    """Visibility of the fixed chat slots and their headers for the chosen columns."""
+    columns = list(columns or [])[:MAX_COLUMNS]
+    vis = [gr.update(visible=j < len(columns)) for j in range(MAX_COLUMNS)]
+    heads = [column_title(studio, columns[j]) if j < len(columns) else "" for j in range(MAX_COLUMNS)]
+    return vis, heads
+
+
+def displays(session: SideBySide, columns, live=None) -> list:
+    columns = list(columns or [])[:MAX_COLUMNS]
+    return [session.display(columns[j], live) if j < len(columns) else [] for j in range(MAX_COLUMNS)]
+
+
+def render(ctx: AppContext) -> None:
+    studio = ctx.studio
+    cols0 = default_columns(studio)
+    hint("Every column gets the same prompt. LoRA experts and fused adapters share one loaded base and stream "
+         "together; full models run after them. Images are resized to at most 512 visual tokens.")
+    session = gr.State(SideBySide())
+    with gr.Row(equal_height=False):
+        columns = gr.Dropdown(studio.chat_names(), value=cols0, multiselect=True, max_choices=MAX_COLUMNS, allow_custom_value=True,
+                              label=f"Columns (up to {MAX_COLUMNS})", scale=4, elem_id="gs-chat-columns")
+        with gr.Column(scale=3, min_width=320):
+            with gr.Accordion("Generation settings", open=False):
+                with gr.Row():
+                    max_new = gr.Slider(8, MAX_NEW_TOKENS_CAP, value=128, step=8, label="max new tokens")
+                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="temperature")
+                    greedy = gr.Checkbox(True, label="greedy", info="off = sample with the temperature")
+    with gr.Row(elem_classes=["gs-chat-row"], equal_height=True):
+        slots, heads, bots = [], [], []
+        for j in range(MAX_COLUMNS):
+            with gr.Column(visible=j < len(cols0), min_width=220, elem_classes=["gs-chat-slot"]) as slot:
+                heads.append(gr.Markdown(column_title(studio, cols0[j]) if j < len(cols0) else "",
+                                         elem_classes=["gs-col-head"], elem_id=f"gs-chat-head-{j}"))
+                bots.append(gr.Chatbot(
+                    [], show_label=False, height=420, elem_id=f"gs-chat-col-{j}", elem_classes=["gs-chat-col"],
+                    buttons=["copy"], feedback_options=None, layout="bubble", placeholder="Answers stream here.",
+                    allow_file_downloads=False,
+                ))
+            slots.append(slot)
+    box = gr.MultimodalTextbox(
+        placeholder="Ask something; attach an image with the clip button", file_types=["image"], file_count="single",
+        sources=["upload"], show_label=False, elem_id="gs-chat-input", max_plain_text_length=8000, submit_btn="Send",
+    )
+    with gr.Row(elem_classes=["gs-controls"]):
+        stop_btn = gr.Button("■ Stop", variant="stop", size="sm", elem_id="gs-chat-stop")
+        regen_btn = gr.Button("↻ Regenerate", size="sm", elem_id="gs-chat-regen")
+        clear_btn = gr.Button("Clear", size="sm", elem_id="gs-chat-clear")
+        status = gr.Markdown("", elem_classes=["gs-status-box"], elem_id="gs-chat-status")
+    if ctx.examples:
+        gr.Examples(
+            examples=[[{"text": e["text"], "files": [e["image"]] if e["image"] else []}] for e in ctx.examples],
+            example_labels=[e["label"] for e in ctx.examples], inputs=[box], label="Example prompts",
+            examples_per_page=8,
+        )
+
+    def check_columns(cols) -> list[str]:
+        cols = list(dict.fromkeys(cols or []))
+        if not cols:
+            raise ValueError("choose at least one column (model) to chat with")
+        if len(cols) > MAX_COLUMNS:
+            raise ValueError(f"{len(cols)} columns chosen; at most {MAX_COLUMNS} fit side by side")
+        unknown = [c for c in cols if c not in studio.chat_names()]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; available: {studio.chat_names()}")
+        return cols
+
+    def settings_of(max_new, temperature, greedy) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=int(max_new), temperature=float(temperature), greedy=bool(greedy))
+
+    def stream(sess: SideBySide, cols, settings, request):
+        stop = ctx.new_stop(request)
+        last = 0.0
+        update = None
+        t0 = time.perf_counter()
+        for update in sess.run(studio.pool, cols, settings, stop):
+            now = time.perf_counter()
+            if now - last >= MIN_INTERVAL_S or update.finished:
+                last = now
+                yield [sess] + displays(sess, cols, update) + [_status(update, now - t0)]
+        yield [sess] + displays(sess, cols) + [_status(update, time.perf_counter() - t0) if update else ""]
+
+    @guarded(MAX_COLUMNS + 3, status=MAX_COLUMNS + 1)
+    def send(value, sess, cols, max_new, temperature, greedy, request: gr.Request):
+        value = value or {}
+        text, files = (value.get("text") or ""), list(value.get("files") or [])
+        cols = check_columns(cols)
+        if len(files) > 1:
+            raise ValueError("attach at most one image per message")
+        image = None
+        if files:
+            f = files[0]
+            image = ctx.check_image(f if isinstance(f, str) else (f.get("path") if isinstance(f, dict) else f.path))
+        settings = settings_of(max_new, temperature, greedy)
+        sess.ask(text, image)
+        yield [sess] + displays(sess, cols) + ["", gr.update(value=None)]
+        for item in stream(sess, cols, settings, request):
+            yield item + [gr.update()]
+
+    @guarded(MAX_COLUMNS + 2, status=MAX_COLUMNS + 1)
+    def regenerate(sess, cols, max_new, temperature, greedy, request: gr.Request):
+        cols = check_columns(cols)
+        sess.reopen_last()
+        yield from stream(sess, cols, settings_of(max_new, temperature, greedy), request)
+
+    def stop(request: gr.Request):
+        ctx.stop(request)
+        return "■ stopped"
+
+    def clear(request: gr.Request):
+        ctx.stop(request)
+        return [SideBySide()] + [[] for _ in range(MAX_COLUMNS)] + [""]
+
+    outs = [session] + bots + [status]
+    box.submit(send, [box, session, columns, max_new, temperature, greedy], outs + [box],
+                          api_name="chat", **ctx.gpu)
+    regen_btn.click(regenerate, [session, columns, max_new, temperature, greedy], outs,
+                                api_name="regenerate", **ctx.gpu)
+    # Stop runs outside the GPU queue (its own group, no limit) so it is never stuck behind the work it stops
+    stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None, queue=False)
+    clear_btn.click(clear, None, outs, api_name="clear", concurrency_limit=None, queue=False)
+    def on_columns(sess, cols):
+        vis, titles = slot_updates(studio, cols)
+        return vis + titles + displays(sess, cols)
+
+    columns.change(on_columns, [session, columns], slots + heads + bots,
+                   api_visibility="private", queue=False, show_progress="hidden")
+
+    def refresh(current):
+        names = studio.chat_names()
+        keep = [c for c in (current or []) if c in names]
+        new_variants = [v for v in list(studio.variants)[-1:] if v not in keep]
+        value = (keep + new_variants)[:MAX_COLUMNS] if keep else default_columns(studio)
+        return choices_update(names, value=value)
+
+    ctx.on_models_changed(refresh, [columns], inputs=[columns])
+
+
+def _status(update, seconds: float) -> str:
+    if update is None:
+        return ""
+    n = len(update.names)
+    done = sum(s == "done" for s in update.status)
+    errors = sum(s == "error" for s in update.status)
+    stopped = sum(s == "stopped" for s in update.status)
+    if update.finished:
+        parts = [f"{done}/{n} answered in {seconds:.1f} s"]
+        if stopped:
+            parts.append(f"{stopped} stopped")
+        if errors:
+            parts.append(f"⚠ {errors} failed")
+        return " · ".join(parts)
+    loading = [nm for nm, s in zip(update.names, update.status) if s == "loading"]
+    return f"loading {', '.join(loading)}…" if loading else f"generating… {seconds:.1f} s"
+

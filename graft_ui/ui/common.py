@@ -1,0 +1,138 @@
+"""Small helpers shared by the tabs: error translation, GPU-queue settings, tables."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from typing import Any, Callable, Iterable, Sequence
+
+import gradio as gr
+import pandas as pd
+
+log = logging.getLogger("graft_ui.ui")
+
+# Library errors name the bad value: show them as they are. Anything else is a bug: say so briefly.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError)
+
+# Every event that runs a model (analysis, fusion, generation) shares this concurrency
+# group, so two users cannot run the GPU out of memory at once.
+GPU_EVENT = {"concurrency_id": "gpu", "concurrency_limit": 1}
+
+
+def message_of(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, USER_ERRORS):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc} (details in the server log)"
+
+
+def to_gr_error(exc: BaseException) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if not isinstance(exc, USER_ERRORS):
+        log.exception("callback failed", exc_info=exc)
+    return gr.Error(message_of(exc), duration=12)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Wrap a callback (plain or generator) so library errors reach the user as gr.Error toasts."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise to_gr_error(exc) from None
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise to_gr_error(exc) from None
+
+    return wrapper
+
+
+def guarded(outputs: int, status: int | None = None):
+    """Like `friendly`, for callbacks with a status box: a failure leaves every output as it
+    was (gr.skip), writes the message into output `status`, and shows it as a toast.
+
+    Raising gr.Error instead would stamp a red "Error" over each output component (tables,
+    plots, chat columns), hiding what the user was looking at.
+    """
+
+    def fail(exc: BaseException):
+        msg = message_of(exc)
+        if not isinstance(exc, USER_ERRORS):
+            log.exception("callback failed", exc_info=exc)
+        gr.Warning(msg, duration=12)
+        out = [gr.skip()] * outputs
+        if status is not None:
+            out[status] = warn(msg)
+        return out[0] if outputs == 1 else tuple(out)
+
+    def deco(fn: Callable) -> Callable:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen_wrapper(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as exc:
+                    yield fail(exc)
+
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                return fail(exc)
+
+        return wrapper
+
+    return deco
+
+
+def table(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
+    """A DataFrame with exactly `columns` (missing values as "—"), strings for display."""
+    data = [[("—" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]
+    return pd.DataFrame(data, columns=list(columns))
+
+
+def hint(text: str) -> gr.Markdown:
+    return gr.Markdown(text, elem_classes=["gs-hint"])
+
+
+def section(title: str) -> gr.Markdown:
+    return gr.Markdown(f"### {title}", elem_classes=["gs-section-title"])
+
+
+def ok(text: str) -> str:
+    return f"✓ {text}"
+
+
+def warn(text: str) -> str:
+    return f"⚠ {text}"
+
+
+def choices_update(choices: Iterable[str], value: Any = None, keep: Any = None) -> dict:
+    """A dropdown update that keeps the current selection where it is still a choice."""
+    choices = list(choices)
+    if keep is not None:
+        if isinstance(keep, (list, tuple)):
+            value = [k for k in keep if k in choices] or value
+        elif keep in choices:
+            value = keep
+    return gr.update(choices=choices, value=value)

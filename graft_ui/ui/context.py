@@ -1,0 +1,120 @@
+"""What every tab module gets: `render(ctx)` receives one `AppContext`.
+
+    ctx.studio            graft_ui.studio.Studio — manifest, pool (chat ModelPool), variants
+                          (name -> FusedVariant with .recipe, .out_dir, .kind), device_label,
+                          chat_names(), expert_names(), dataset_names()
+    ctx.pool              shortcut for ctx.studio.pool (the model pool may be replaced when
+                          the manifest changes: read it at call time, not at build time)
+    ctx.votes             vote store target (SQLite path or database URL; None = arena default)
+    ctx.vote_store()      the opened graft_ui.arena.store.VoteStore (lazily, once)
+    ctx.gpu               event kwargs for anything that runs a model: `btn.click(fn, ..., **ctx.gpu)`
+    ctx.models_changed    a gr.State bumped whenever models or fused variants change;
+    ctx.on_models_changed(fn, outputs, inputs=None)
+                          register a refresh: fn(*inputs) -> updates for `outputs`, on every change
+    ctx.new_stop(request) / ctx.stop(request)
+                          per-browser-session threading.Event for Stop buttons
+    ctx.check_image(path) an uploaded image path, checked to be an image inside the upload area
+    ctx.examples          example prompts: list of {"text", "image" (path or None), "domain"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+from gradio.utils import get_upload_folder
+
+from graft_ui.chat.session import check_image_upload
+from graft_ui.studio import Studio
+from graft_ui.ui.common import GPU_EVENT
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load_examples(root: Path = EXAMPLES_DIR) -> list[dict]:
+    """examples/prompts.json: [{"text", "image" (relative to examples/) or null, "domain"}]."""
+    path = root / "prompts.json"
+    if not path.is_file():
+        return []
+    out = []
+    for item in json.loads(path.read_text()):
+        image = item.get("image")
+        out.append({
+            "text": item["text"],
+            "image": str((root / image).resolve()) if image else None,
+            "domain": item.get("domain"),
+            "label": item.get("label") or item["text"][:40],
+        })
+    return out
+
+
+@dataclass
+class AppContext:
+    studio: Studio
+    votes: str | None = None
+    gpu: dict = field(default_factory=lambda: dict(GPU_EVENT))
+    examples: list[dict] = field(default_factory=load_examples)
+    upload_roots: list[str] = field(default_factory=lambda: [get_upload_folder(), str(EXAMPLES_DIR)])
+    models_changed: Any = None  # gr.State, created in build_app
+    _refreshers: list[tuple] = field(default_factory=list)
+    zoo_manifest: str | None = None  # the demo zoo's manifest, for 'back to the zoo'
+    _stops: dict[str, threading.Event] = field(default_factory=dict)
+    _store: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def pool(self):
+        return self.studio.pool
+
+    # ---- cross-tab refresh -----------------------------------------------------------
+
+    def on_models_changed(self, fn: Callable[..., Any], outputs: list, inputs: list | None = None) -> None:
+        self._refreshers.append((fn, outputs, inputs))
+
+    def bump(self) -> int:
+        """The value to write into `models_changed` after changing models/variants."""
+        return self.studio.version
+
+    def wire_refreshers(self) -> None:
+        for fn, outputs, inputs in self._refreshers:
+            self.models_changed.change(fn, inputs=inputs, outputs=outputs, api_visibility="private",
+                                       show_progress="hidden", queue=False)
+
+    # ---- stop events -----------------------------------------------------------------
+
+    @staticmethod
+    def _session(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or "default"
+
+    def new_stop(self, request: gr.Request | None) -> threading.Event:
+        ev = threading.Event()
+        with self._lock:
+            self._stops[self._session(request)] = ev
+        return ev
+
+    def stop(self, request: gr.Request | None) -> bool:
+        with self._lock:
+            ev = self._stops.get(self._session(request))
+        if ev is not None:
+            ev.set()
+        return ev is not None
+
+    # ---- uploads and votes -----------------------------------------------------------
+
+    def check_image(self, path: str) -> str:
+        return check_image_upload(path, self.upload_roots)
+
+    def vote_store(self):
+        with self._lock:
+            if self._store is None:
+                from graft_ui.arena.store import open_store
+
+                self._store = open_store(self.votes)
+            return self._store

@@ -1,0 +1,304 @@
+"""Fuse tab: method and its parameters (from the registry), scope, expert order, run, keep, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from graft_ui.recipe import ALL_MODULES
+from graft_ui.ui.common import choices_update, guarded, hint, ok, section, table
+from graft_ui.ui.context import AppContext
+
+TITLE = "③ Fuse"
+VARIANT_COLUMNS = ["name", "method", "experts", "kind", "modules", "seconds", "device"]
+DEFAULT_METHOD = "graft"
+
+
+def _describe() -> list[dict]:
+    from graft_ui.merging.registry import describe
+
+    return describe()
+
+
+def param_widget(p: dict):
+    """A widget for one registry parameter: slider for small ranges, number otherwise."""
+    name, kind, default = p["name"], p.get("kind", "float"), p["default"]
+    info = p.get("help")
+    low, high = p.get("low"), p.get("high")
+    if kind == "choice":
+        return gr.Radio(list(p["choices"]), value=default, label=name, info=info)
+    if kind == "bool":
+        return gr.Checkbox(value=bool(default), label=name, info=info)
+    bounded = low is not None and high is not None
+    if kind == "int":
+        if bounded and high - low <= 128:
+            return gr.Slider(low, high, value=default, step=1, label=name, info=info)
+        return gr.Number(value=default, precision=0, minimum=low, maximum=high, label=name, info=info)
+    if bounded and high - low <= 20:
+        step = 0.01 if high - low <= 2 else 0.05
+        return gr.Slider(low, high, value=default, step=step, label=name, info=info)
+    return gr.Number(value=default, minimum=low, maximum=high, label=name, info=info)
+
+
+def method_md(m: dict) -> str:
+    return f"{m['summary']}. [paper]({m['paper']})" + ("" if m["needs_base"] else " · needs no base")
+
+
+def next_name(studio, method: str) -> str:
+    i = 1
+    while f"{method}-{i}" in studio.variants or f"{method}-{i}" in studio.chat_names():
+        i += 1
+    return f"{method}-{i}"
+
+
+def device_md(studio) -> str:
+    return f"Runs on **{studio.device_label}**"
+
+
+def order_md(experts) -> str:
+    if not experts:
+        return "*Pick two or more experts; the order you pick them in is the fusion order.*"
+    return "**Fusion order:** " + " → ".join(f"`{e}`" for e in experts)
+
+
+def summary_md(v) -> str:
+    s = v.summary
+    rows = [("method", v.recipe.method),
+            ("experts", " → ".join(e.name or Path(e.path).name for e in v.recipe.experts)),
+            ("device", s.get("device", "—")), ("time", f"{s.get('seconds', '—')} s"),
+            ("modules fused", s.get("modules_fused", "—")), ("kept from first expert", s.get("modules_copied", "—")),
+            ("folder", f"`{v.out_dir}`")]
+    cal = s.get("calibration")
+    if cal:
+        rows.append(("φ calibration", f"{cal['steps']} steps on {cal['samples']} samples: "
+                                      f"loss {cal['loss_before']:.4f} → {cal['loss_after']:.4f}"))
+    kind = "LoRA adapter" if v.kind == "lora" else "full checkpoint"
+    lines = [f"| **{v.name}** | {kind} |", "|:--|:--|"] + [f"| {k} | {val} |" for k, val in rows]
+    for note in s.get("notes", [])[:4]:
+        lines.append(f"\n> {note}")
+    return "\n".join(lines)
+
+
+def render(ctx: AppContext) -> None:
+    studio = ctx.studio
+    methods = _describe()
+    by_name = {m["name"]: m for m in methods}
+    default_method = DEFAULT_METHOD if DEFAULT_METHOD in by_name else methods[0]["name"]
+    n_layers = studio.num_layers()
+    lora_experts = studio.expert_names("lora")
+    first_two = (lora_experts or studio.expert_names())[:2]
+
+    hint("Graft fuses experts pairwise with a per-channel local gate and an entropy-based global gate (paper §3); "
+         "several experts fuse left to right. Baselines come from the same registry.")
+    with gr.Row(equal_height=False):
+        # ---------------------------------------------------------------- method and its parameters
+        with gr.Column(scale=1, min_width=360):
+            section("Method")
+            method = gr.Dropdown([m["name"] for m in methods], value=default_method, show_label=False,
+                                 elem_id="gs-fuse-method")
+            method_info = gr.Markdown(method_md(by_name[default_method]), elem_classes=["gs-hint"])
+            param_boxes, param_inputs = {}, []  # method -> Group; [(method, name, component)]
+            for m in methods:
+                with gr.Group(visible=m["name"] == default_method) as box:
+                    params = list(m["params"])
+                    for i in range(0, len(params), 2):
+                        with gr.Row():
+                            for p in params[i:i + 2]:
+                                param_inputs.append((m["name"], p["name"], param_widget(p)))
+                    if not params:
+                        gr.Markdown("*This method has no parameters.*", padding=True)
+                param_boxes[m["name"]] = box
+            with gr.Group(visible=default_method == "graft") as cal_box:
+                calibrate = gr.Checkbox(False, label="Calibrate φ on target data",
+                                        info="learn α, β per module with a few Adam steps (off = fixed rule)")
+                with gr.Row():
+                    cal_steps = gr.Slider(1, 200, value=20, step=1, label="steps")
+                    cal_samples = gr.Slider(1, 64, value=16, step=1, label="samples")
+                    cal_dataset = gr.Dropdown(["auto"] + studio.dataset_names(), allow_custom_value=True,
+                                              value="auto", label="data", info="auto: expert 1's domain")
+        # ---------------------------------------------------------------- experts, scope, run
+        with gr.Column(scale=1, min_width=360):
+            section("Experts and scope")
+            experts = gr.Dropdown(studio.expert_names(), value=first_two, multiselect=True, label="Experts", allow_custom_value=True,
+                                  info="LoRA adapters or full fine-tunes (not mixed)", elem_id="gs-fuse-experts")
+            with gr.Row(equal_height=True):
+                order = gr.Markdown(order_md(first_two))
+                reverse_btn = gr.Button("⇅ Reverse", size="sm", scale=0, min_width=90)
+            modules = gr.CheckboxGroup(list(ALL_MODULES), value=list(ALL_MODULES), label="Module types",
+                                       info="attention q, k, v, o · MLP gate, up, down")
+            with gr.Row():
+                first_layer = gr.Slider(0, max(0, n_layers - 1), value=0, step=1, label="from layer")
+                last_layer = gr.Slider(0, max(0, n_layers - 1), value=n_layers - 1, step=1, label="to layer")
+            with gr.Row(equal_height=True):
+                vision = gr.Checkbox(False, label="vision-tower blocks", info="fuse them too")
+                rank = gr.Number(0, precision=0, minimum=0, label="rank (0 = exact)", min_width=100)
+                seed = gr.Number(0, precision=0, label="seed", min_width=80)
+            with gr.Row(equal_height=True):
+                name = gr.Textbox(next_name(studio, default_method), label="Variant name", elem_id="gs-fuse-name",
+                                  scale=2)
+                device = gr.Markdown(device_md(studio), elem_classes=["gs-hint"])
+            fuse_btn = gr.Button("Fuse", variant="primary", elem_id="gs-fuse-run")
+    # -------------------------------------------------------------------- results
+    section("Result")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            summary = gr.Markdown("*No fusion yet in this session.*", elem_classes=["gs-summary"],
+                                  elem_id="gs-fuse-summary")
+            with gr.Accordion("Recipe (YAML): copy it, or paste one and load it", open=False):
+                recipe_code = gr.Code("", language="yaml", label="recipe.yaml", interactive=True,
+                                      elem_id="gs-fuse-recipe", max_lines=30)
+                with gr.Row():
+                    compose_btn = gr.Button("Write from the form", size="sm")
+                    load_btn = gr.Button("Load into the form", size="sm")
+                    run_yaml_btn = gr.Button("Fuse this YAML", size="sm")
+        with gr.Column(scale=3, min_width=480):
+            gates_plot = gr.Plot(label="Gate maps", elem_id="gs-fuse-gates")
+    section("Fused variants in this session")
+    variants_df = gr.Dataframe(table([], VARIANT_COLUMNS), headers=VARIANT_COLUMNS, interactive=False,
+                               wrap=True, show_label=False, elem_id="gs-variants")
+    with gr.Row(equal_height=False):
+        chosen = gr.Dropdown([], label="Variant", scale=2, min_width=160, allow_custom_value=True)
+        show_btn = gr.Button("Show", size="sm", scale=1, min_width=70)
+        export_btn = gr.Button("Export .zip", size="sm", scale=1, min_width=90)
+        remove_btn = gr.Button("Remove", size="sm", variant="stop", scale=1, min_width=80)
+        export_file = gr.File(label="Download", interactive=False, visible=False, height=60, scale=2)
+
+    flat_params = [c for _, _, c in param_inputs]
+    form = [method, experts, modules, first_layer, last_layer, vision, rank, seed,
+            calibrate, cal_steps, cal_samples, cal_dataset] + flat_params
+
+    # ---------------------------------------------------------------- callbacks
+    def on_method(m, current_name):
+        auto = not current_name or any(current_name.startswith(f"{x}-") for x in by_name)
+        return ([gr.update(visible=(k == m)) for k in param_boxes]
+                + [gr.update(visible=m == "graft"), method_md(by_name[m]),
+                   gr.update(value=next_name(studio, m)) if auto else gr.update()])
+
+    method.change(on_method, [method, name], list(param_boxes.values()) + [cal_box, method_info, name],
+                  api_visibility="private", queue=False, show_progress="hidden")
+    experts.change(order_md, experts, order, api_visibility="private", queue=False, show_progress="hidden")
+    reverse_btn.click(lambda e: list(reversed(e or [])), experts, experts, api_visibility="private", queue=False)
+
+    def recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values):
+        params = {pn: v for (mn, pn, _), v in zip(param_inputs, values) if mn == m}
+        params = {k: (int(v) if isinstance(v, float) and v.is_integer() and _is_int(by_name[m], k) else v)
+                  for k, v in params.items()}
+        lo, hi = int(lo), int(hi)
+        if lo > hi:
+            raise ValueError(f"layer range {lo}..{hi} is empty: 'from layer' must not exceed 'to layer'")
+        if not mods:
+            raise ValueError("tick at least one module type to fuse")
+        layers = "all" if (lo == 0 and hi >= studio.num_layers() - 1) else (lo, hi)
+        calib = None
+        if cal and m == "graft":
+            calib = {"steps": int(steps), "samples": int(samples),
+                     "dataset": None if cal_ds in ("auto", "", None) else cal_ds}
+        return studio.build_recipe(m, exps or [], params, modules=mods, layers=layers, vision=bool(vis),
+                                   rank=int(rk) if rk else None, calibrate=calib, seed=int(sd or 0))
+
+    def run_recipe_yaml(recipe_yaml, variant_name, progress):
+        recipe = studio.parse_recipe(recipe_yaml)
+        progress(0, desc=f"fusing on {studio.device_label}")
+        v = studio.fuse(recipe, (variant_name or "").strip())
+        names = list(studio.variants)
+        return (ok("Fused.") + "\n\n" + summary_md(v), gates_fig(v), v.recipe.to_yaml(), variants_table(),
+                gr.update(choices=names, value=v.name), ctx.bump(), next_name(studio, v.recipe.method))
+
+    run_outputs = [summary, gates_plot, recipe_code, variants_df, chosen, ctx.models_changed, name]
+
+    @guarded(len(run_outputs), status=0)
+    def fuse_form(variant_name, m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds,
+                  progress=gr.Progress(track_tqdm=True), *values):
+        recipe = recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values)
+        return run_recipe_yaml(recipe.to_yaml(), variant_name, progress)
+
+    @guarded(len(run_outputs), status=0)
+    def run(recipe_yaml, variant_name, progress=gr.Progress(track_tqdm=True)):
+        return run_recipe_yaml(recipe_yaml, variant_name, progress)
+
+    @guarded(2, status=1)
+    def compose(*inputs):
+        return recipe_from_form(*inputs).to_yaml(), ok("Recipe written from the form (not fused yet).")
+
+    def variants_table():
+        return table([v.row() for v in studio.variants.values()], VARIANT_COLUMNS)
+
+    def gates_fig(v):
+        if v.gates_path is None or v.recipe.method != "graft":
+            return None
+        from graft_ui.analysis.plots import gate_maps
+
+        try:
+            return gate_maps(v.gates_path, title=f"Graft gates — {v.name}")
+        except ValueError:  # e.g. no module of a known layout in gates.json
+            return None
+
+    fuse_btn.click(fuse_form, [name] + form, run_outputs, api_name="fuse", **ctx.gpu)
+    run_yaml_btn.click(run, [recipe_code, name], run_outputs, api_name="run_fusion", **ctx.gpu)
+    compose_btn.click(compose, form, [recipe_code, summary], api_name="compose_recipe", queue=False)
+
+    @guarded(len(form) + 1, status=len(form))
+    def load_form(recipe_yaml):
+        recipe = studio.parse_recipe(recipe_yaml)
+        by_path = {e.path: e.name for e in studio.manifest.experts}
+        names = []
+        for x in recipe.experts:
+            n = by_path.get(x.path) or (x.name if x.name in studio.expert_names() else None)
+            if n is None:
+                raise ValueError(f"recipe expert {x.name or x.path!r} is not in the loaded model set; add it in ① Experts")
+            names.append(n)
+        lo, hi = (0, studio.num_layers() - 1) if recipe.scope.layers == "all" else recipe.scope.layers
+        cal = recipe.calibrate
+        updates = [recipe.method, names, list(recipe.scope.modules), lo, hi, recipe.scope.vision,
+                   recipe.output.rank or 0, recipe.seed, cal is not None,
+                   cal.steps if cal else gr.update(), cal.samples if cal else gr.update(),
+                   (cal.dataset or "auto") if cal else gr.update()]
+        for mn, pn, _ in param_inputs:
+            updates.append(recipe.params[pn] if mn == recipe.method else gr.update())
+        return updates + [ok(f"Loaded a **{recipe.method}** recipe over {len(names)} experts into the form.")]
+
+    load_btn.click(load_form, recipe_code, form + [summary], api_name="load_recipe", queue=False)
+
+    @guarded(3, status=0)
+    def show(variant):
+        v = studio.variant(variant)
+        return summary_md(v), gates_fig(v), v.recipe.to_yaml()
+
+    @guarded(2, status=1)
+    def export(variant):
+        if not variant:
+            raise ValueError("choose a fused variant to export")
+        path = studio.export_zip(variant)
+        return gr.update(value=str(path), visible=True), ok(f"Exported **{variant}** as `{path.name}` (download below).")
+
+    @guarded(4, status=3)
+    def remove(variant):
+        if not variant:
+            raise ValueError("choose a fused variant to remove")
+        studio.remove_variant(variant)
+        names = list(studio.variants)
+        return (variants_table(), gr.update(choices=names, value=names[-1] if names else None), ctx.bump(),
+                ok(f"Removed **{variant}** from this session (its folder stays on disk)."))
+
+    show_btn.click(show, chosen, [summary, gates_plot, recipe_code], api_name="show_variant", queue=False)
+    chosen.select(show, chosen, [summary, gates_plot, recipe_code], api_visibility="private", queue=False)
+    export_btn.click(export, chosen, [export_file, summary], api_name="export_variant")
+    remove_btn.click(remove, chosen, [variants_df, chosen, ctx.models_changed, summary], api_name="remove_variant")
+
+    def refresh(current_experts):
+        names = studio.expert_names()
+        default = (studio.expert_names("lora") or names)[:2]
+        return (choices_update(names, value=default, keep=current_experts),
+                gr.update(maximum=max(0, studio.num_layers() - 1)),
+                gr.update(maximum=max(0, studio.num_layers() - 1)),
+                choices_update(["auto"] + studio.dataset_names(), value="auto"),
+                variants_table(), gr.update(choices=list(studio.variants)),
+                gr.update(value=device_md(studio)))
+
+    ctx.on_models_changed(refresh, [experts, first_layer, last_layer, cal_dataset, variants_df, chosen, device],
+                          inputs=[experts])
+
+
+def _is_int(method: dict, param: str) -> bool:
+    return any(p["name"] == param and p.get("kind") == "int" for p in method["params"])

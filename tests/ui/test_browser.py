@@ -1,0 +1,116 @@
+"""Playwright (Debian chromium) clicks through the app and saves a screenshot of each tab.
+
+Screenshots land in test-artifacts/ (gitignored): ui-experts.png, ui-analyze.png,
+ui-fuse.png, ui-chat.png at 1280 px wide.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+IMAGE = ROOT / "examples" / "images" / "finance-chart.png"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        pg.set_default_timeout(120_000)
+        pg.goto(app_server[0])
+        pg.wait_for_selector("#gs-tabs")
+        yield pg
+        browser.close()
+
+
+def tab(page, name: str):
+    page.get_by_role("tab", name=re.compile(name, re.I)).click()
+    page.wait_for_timeout(600)
+
+
+def shot(page, name: str):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(ARTIFACTS / f"ui-{name}.png"), full_page=True)
+
+
+def test_click_through(page, app_server):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=120_000)  # CPU work on two shared cores
+
+    # Experts: the zoo is loaded at startup
+    expect(page.locator("#gs-models-table")).to_contain_text("math-lora")
+    expect(page.locator("#gs-device")).to_contain_text("CPU")
+    shot(page, "experts")
+
+    # Analyze: a small K on the default domain
+    tab(page, "Analyze")
+    k = page.locator("#gs-an-k input[type=number]")
+    k.fill("4")
+    k.press("Enter")
+    page.locator("#gs-an-run").click()
+    expect(page.locator("#gs-an-heatmap .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#gs-an-bars .js-plotly-plot")).to_be_visible()
+    shot(page, "analyze")
+
+    # Fuse: Graft with the defaults (the first two LoRA experts)
+    tab(page, "Fuse")
+    page.locator("#gs-fuse-run").click()
+    expect(page.locator("#gs-fuse-summary")).to_contain_text("Fused", timeout=180_000)
+    expect(page.locator("#gs-fuse-gates .js-plotly-plot")).to_be_visible()
+    variant = page.locator("#gs-variants").inner_text().split("\n")
+    shot(page, "fuse")
+
+    # Chat: image + question to base, two experts and the new fused variant
+    tab(page, "Chat")
+    cols = page.locator("#gs-chat-columns")
+    expect(cols).to_contain_text("graft-1")
+    page.locator("#gs-chat-input input[type=file]").set_input_files(str(IMAGE))
+    page.locator("#gs-chat-input textarea").fill("Which quarter had the highest revenue?")
+    page.wait_for_timeout(500)
+    page.locator("#gs-chat-input textarea").press("Enter")
+    expect(page.locator("#gs-chat-status")).to_contain_text("answered", timeout=180_000)
+    visible = [page.locator(f"#gs-chat-col-{j}") for j in range(6)]
+    shown = [c for c in visible if c.is_visible()]
+    assert len(shown) == 4
+    for c in shown:
+        expect(c.locator(".message-row").nth(1)).to_be_visible()  # the answer under the question
+        assert c.locator("img").count() >= 1  # the uploaded image is shown in every column
+    expect(page.locator("#gs-chat-status")).to_contain_text("4/4 answered")
+    # an example prompt (image from examples/) fills the input; a second turn follows in every column
+    page.get_by_text("Math · count shapes").click()
+    expect(page.locator("#gs-chat-input textarea")).to_have_value("How many circles are there?")
+    page.locator("#gs-chat-input textarea").press("Enter")
+    for c in shown:
+        expect(c.locator(".message-row")).to_have_count(4)
+    expect(page.locator("#gs-chat-status")).to_contain_text("4/4 answered")
+    shot(page, "chat")
+    assert variant
+
+    # a bad input shows a readable message (a toast, no traceback) and the app carries on
+    tab(page, "Experts")
+    page.get_by_text("Add a base or an expert").click()
+    page.locator("#gs-expert-ref textarea, #gs-expert-ref input").first.fill("/no/such/adapter")
+    page.locator("#gs-add-expert").click()
+    toast = page.locator(".toast-body").first
+    expect(toast).to_contain_text("does not exist")
+    assert "Traceback" not in toast.inner_text()
+    shot(page, "error")
+    page.locator("#gs-models-table").scroll_into_view_if_needed()
+    expect(page.locator("#gs-models-table")).to_contain_text("graft-1")
