@@ -1,0 +1,162 @@
+"""Leaderboard tab: Bradley-Terry ratings from the blind votes, 95% bootstrap intervals, the
+win-fraction and battle-count heatmaps, filters by prompt domain and voter expertise, and the
+vote exports (CSV / JSONL).
+
+Everything is computed by `graft_ui.arena` (ratings, plots, export); this module only wires it.
+The tab refreshes when it is opened, when a filter changes and on its Refresh button.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+from gradio.context import Context
+
+from graft_ui.ui.common import friendly, hint, section, table
+from graft_ui.ui.context import AppContext
+
+log = logging.getLogger(__name__)
+
+TITLE = "⑥ Leaderboard"
+ALL_DOMAINS = "all domains"
+ALL_VOTERS = "all voters"
+COLUMNS = ["rank", "variant", "rating", "95% interval", "battles", "wins", "losses", "ties", "both bad", "win rate"]
+N_BOOTSTRAP = 200
+EXPORT_KEEP_S = 600  # older export files in the app's export folder are removed at the next export
+
+_export_dir: Path | None = None
+_export_lock = threading.Lock()
+
+
+def _filter(value: str | None, everything: str) -> str | None:
+    return None if value in (None, "", everything) else value
+
+
+def filter_choices(store) -> tuple[list[str], list[str]]:
+    return [ALL_DOMAINS] + store.distinct("domain"), [ALL_VOTERS] + store.distinct("expertise")
+
+
+def rows_of(lb) -> list[dict]:
+    out = []
+    for r in lb.rows():
+        out.append({
+            "rank": r["rank"], "variant": r["variant"], "rating": r["rating"],
+            "95% interval": f"{r['ci_low']} – {r['ci_high']}", "battles": r["battles"], "wins": r["wins"],
+            "losses": r["losses"], "ties": r["ties"], "both bad": r["both_bad"], "win rate": f"{r['win_rate']:.0%}",
+        })
+    return out
+
+
+def compute(store, domain: str | None = None, expertise: str | None = None, n_bootstrap: int = N_BOOTSTRAP):
+    """(summary markdown, table, rating figure, win-fraction figure, battle-count figure) for the filters."""
+    from graft_ui.arena.plots import battle_count_figure, rating_figure, win_fraction_figure
+    from graft_ui.arena.ratings import leaderboard
+
+    domain, expertise = _filter(domain, ALL_DOMAINS), _filter(expertise, ALL_VOTERS)
+    votes = store.votes()
+    lb = leaderboard(votes, domain=domain, expertise=expertise, n_bootstrap=n_bootstrap)
+    named = sum(1 for v in votes if not v.blind)
+    parts = (f"domain **{domain}**" if domain else "", f"voters in **{expertise}**" if expertise else "")
+    scope = " · ".join(x for x in parts if x)
+    if lb.n_votes:
+        summary = (f"**{lb.n_votes}** blind vote{'s' if lb.n_votes != 1 else ''} · **{len(lb.standings)}** variants"
+                   + (f" · {scope}" if scope else "")
+                   + (f" · {named} named-mode vote{'s' if named != 1 else ''} not counted" if named else "")
+                   + f" · intervals from {n_bootstrap} bootstrap resamples")
+    else:
+        summary = ("No blind votes" + (f" for {scope}" if scope else " yet") + ": run blind battles in the Arena tab."
+                   + (f" ({named} named-mode votes are not counted.)" if named else ""))
+    return (summary, table(rows_of(lb), COLUMNS), rating_figure(lb), _title_clear(win_fraction_figure(lb)),
+            _title_clear(battle_count_figure(lb)))
+
+
+def _title_clear(fig):
+    """The heatmaps put their x axis (and its title) on top: move the figure title above it."""
+    if fig.data:
+        top = (fig.layout.margin.t or 100) + 40
+        fig.update_layout(margin={"t": top}, height=(fig.layout.height or 400) + 40,
+                          title={"y": 0.99, "yanchor": "top", "yref": "container"})
+    return fig
+
+
+def export_file(store, fmt: str) -> str:
+    """A fresh export of every vote (blind and named) in a per-process temporary folder."""
+    from graft_ui.arena.export import export_for_download
+
+    global _export_dir
+    with _export_lock:
+        if _export_dir is None or not _export_dir.is_dir():
+            _export_dir = Path(tempfile.mkdtemp(prefix="graft-vote-exports-"))
+        cutoff = time.time() - EXPORT_KEEP_S
+        for old in _export_dir.glob("votes-*"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except OSError:
+                pass
+        # a per-export subfolder: two exports in the same second never share a file name
+        folder = Path(tempfile.mkdtemp(prefix="votes-", dir=_export_dir))
+    return str(export_for_download(store, fmt, folder))
+
+
+def render(ctx: AppContext) -> None:
+    hint("Bradley-Terry ratings from **blind** votes only (1000 = average, +400 = 10:1 odds), with 95% bootstrap "
+         "intervals. Ties and “both bad” count as half a win for each side. Filter by the prompt's domain or the "
+         "voter's declared expertise.")
+    with gr.Row(equal_height=True):
+        domain = gr.Dropdown([ALL_DOMAINS], value=ALL_DOMAINS, label="Prompt domain", scale=1, min_width=180,
+                             allow_custom_value=True, elem_id="gs-lb-domain")
+        expertise = gr.Dropdown([ALL_VOTERS], value=ALL_VOTERS, label="Voter expertise", scale=1, min_width=180,
+                                allow_custom_value=True, elem_id="gs-lb-expertise")
+    with gr.Row(equal_height=True):
+        summary = gr.Markdown("", elem_classes=["gs-status-box"], elem_id="gs-lb-summary")
+        refresh_btn = gr.Button("↻ Refresh", size="sm", scale=0, min_width=110, elem_id="gs-lb-refresh")
+    board = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, show_label=False, elem_id="gs-lb-table",
+                         max_height=420)
+    rating_plot = gr.Plot(show_label=False, elem_id="gs-lb-ratings")
+    with gr.Row(equal_height=False):
+        win_plot = gr.Plot(show_label=False, elem_id="gs-lb-winfrac", min_width=420)
+        count_plot = gr.Plot(show_label=False, elem_id="gs-lb-counts", min_width=420)
+    section("Export votes")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=0, min_width=180):
+            csv_btn = gr.Button("⬇ Votes as CSV", size="sm", elem_id="gs-lb-export-csv")
+            jsonl_btn = gr.Button("⬇ Votes as JSONL", size="sm", elem_id="gs-lb-export-jsonl")
+        exported = gr.File(label="Download", interactive=False, height=90, scale=1, elem_id="gs-lb-export-file")
+    hint("Exports hold every vote, blind and named (column `blind`), with prompts, answers, settings and fused "
+         "recipes; voters' addresses appear only as salted hashes.")
+
+    @friendly
+    def refresh(domain_, expertise_):
+        store = ctx.vote_store()
+        domains, experts = filter_choices(store)
+        d = domain_ if domain_ in domains else ALL_DOMAINS
+        e = expertise_ if expertise_ in experts else ALL_VOTERS
+        return [gr.update(choices=domains, value=d), gr.update(choices=experts, value=e)] + list(compute(store, d, e))
+
+    outputs = [domain, expertise, summary, board, rating_plot, win_plot, count_plot]
+    # own concurrency group: a leaderboard never waits behind model runs
+    lb_kwargs = dict(concurrency_id="leaderboard", concurrency_limit=2, show_progress="minimal")
+    refresh_btn.click(refresh, [domain, expertise], outputs, api_name="leaderboard", **lb_kwargs)
+    for dd in (domain, expertise):
+        dd.input(refresh, [domain, expertise], outputs, api_visibility="private", **lb_kwargs)
+    parent = Context.block
+    if isinstance(parent, gr.Tab):  # opening the tab shows the votes cast since it was last seen
+        parent.select(refresh, [domain, expertise], outputs, api_visibility="private", **lb_kwargs)
+    elif Context.root_block is not None:
+        Context.root_block.load(refresh, [domain, expertise], outputs, api_visibility="private", **lb_kwargs)
+
+    def export_for(fmt: str):
+        @friendly
+        def run():
+            return export_file(ctx.vote_store(), fmt)
+
+        return run
+
+    csv_btn.click(export_for("csv"), None, exported, api_name="export_votes_csv", concurrency_id="leaderboard")
+    jsonl_btn.click(export_for("jsonl"), None, exported, api_name="export_votes_jsonl", concurrency_id="leaderboard")
