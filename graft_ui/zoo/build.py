@@ -1,0 +1,377 @@
+"""Build the demo zoo: data, tokenizer, base, experts, manifest — seeded and atomic.
+
+Stages (each timed into build_info.json):
+1. data: the four domains' train/eval splits and the general mix, drawn from the seed;
+2. tokenizer + processor (byte-level BPE trained on the corpora, stock Qwen2-VL processor);
+3. base: a fresh tiny Qwen2-VL trained on the general mix (vision tower included);
+4. experts: per domain a LoRA expert (language-model projections) and a full fine-tune of
+   the language model (vision frozen), both from the base on that domain only;
+5. manifest.yaml (docs/CONTRACTS.md format) and an optional self-check of each expert
+   against the base on its own domain's held-out split.
+
+Everything is written under a temporary sibling folder that is renamed into place at the
+end, so an interrupted build leaves no half-made zoo behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from graft_ui.zoo import domains as D
+from graft_ui.zoo.profiles import DOMAINS, Profile, get_profile
+
+log = logging.getLogger(__name__)
+
+BUILD_INFO = "build_info.json"
+MANIFEST = "manifest.yaml"
+FORMAT_VERSION = 3  # bump when the layout changes; older zoos are rebuilt
+
+
+@contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _versions() -> dict:
+    import peft
+    import tokenizers
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "tokenizers": tokenizers.__version__}
+
+
+def _corpus(samples: list[dict]):
+    """Texts the tokenizer is trained on: questions, answers, and the chat template's words."""
+    for s in samples:
+        for m in s["messages"]:
+            for item in m["content"]:
+                if item.get("type") == "text":
+                    yield item["text"]
+        yield s["answer"]
+    for _ in range(50):
+        yield "system\nYou are a helpful assistant.\nuser\nassistant\n"
+
+
+def _save_full(model, processor, path: Path) -> None:
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+def _model_card(path: Path, name: str, what: str) -> None:
+    """A short README (replacing peft's template card, which embeds build-time paths)."""
+    (path / "README.md").write_text(
+        f"# {name}\n\nPart of the Graft Studio offline demo zoo (graft_ui.zoo): {what}\n"
+        "Synthetic data, for demos and tests only.\n")
+
+
+def _fix_adapter_base(adapter_dir: Path, base_path: str) -> None:
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = base_path
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def _quiet_transformers() -> None:
+    """No per-save 'Writing model shards' bars inside our own progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _clean_stale(out_dir: Path) -> None:
+    """Remove temp folders of builds whose process is gone (killed, machine restarted)."""
+    for p in out_dir.parent.glob(f".{out_dir.name}.building-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+            continue  # still running
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        log.info("removing stale partial build %s", p)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _loss_summary(losses: list[float]) -> list[float]:
+    """[first loss, mean of the last 10]: enough to see that training did something."""
+    tail = losses[-10:]
+    return [round(losses[0], 4), round(sum(tail) / len(tail), 4)]
+
+
+def train_domain_experts(task: dict, report=None) -> dict:
+    """Train `{domain}-lora` and `{domain}-full` from the saved base; runs in a worker process.
+
+    `report(n_steps)` (or a queue with .put) receives progress. Seeds depend only on the
+    profile seed and the domain, so the result does not depend on scheduling.
+    """
+    from graft_ui.models.loading import load_model, load_processor
+    from graft_ui.zoo.profiles import ModelSize
+    from graft_ui.zoo.train import add_lora, encode_samples, freeze_vision, train_loop
+
+    _quiet_transformers()
+    settings = dict(task["settings"])
+    settings["model"] = ModelSize(**settings["model"])
+    prof = Profile(**settings)
+    torch.set_num_threads(1)
+    zoo = Path(task["zoo"])
+    d, i = task["domain"], task["index"]
+    put = (report.put if hasattr(report, "put") else report) or (lambda n: None)
+    processor = load_processor(zoo / "base")
+    data = encode_samples(processor, D.read_jsonl(zoo / "data" / d / "train.jsonl"), zoo / "data" / d)
+    result: dict = {"loss": {}, "seconds": {}}
+    for kind in ("lora", "full"):
+        t = time.time()
+        name = f"{d}-{kind}"
+        model = load_model(zoo / "base")
+        seed = prof.seed + 101 * (i + 1) + (0 if kind == "lora" else 7)
+        if kind == "lora":
+            model = add_lora(model, prof.lora_rank, prof.lora_alpha, seed)
+            params, lr = [p for p in model.parameters() if p.requires_grad], prof.lora_lr
+        else:
+            params, lr = freeze_vision(model), prof.full_lr
+        losses = train_loop(model, data, params=params, steps=prof.expert_steps, lr=lr,
+                            batch_size=prof.batch_size, seed=seed, pad_id=processor.tokenizer.pad_token_id,
+                            warmup=min(prof.warmup, prof.expert_steps // 4 + 1),
+                            on_step=lambda step, loss: put(1))
+        path = zoo / "experts" / name
+        if kind == "lora":
+            model.save_pretrained(path)
+            _fix_adapter_base(path, task["final_base"])
+            what = f"LoRA expert (r={prof.lora_rank}, language-model projections) for the {d} domain."
+        else:
+            _save_full(model, processor, path)
+            what = f"full fine-tune of the language model (vision frozen) on the {d} domain."
+        _model_card(path, name, what)
+        result["loss"][name] = _loss_summary(losses)
+        result["seconds"][name] = round(time.time() - t, 1)
+    return result
+
+
+def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[str, dict]:
+    """Run the per-domain tasks inline (workers <= 1) or in `workers` worker processes, feeding `bar`."""
+    if workers <= 1:
+        return {t["domain"]: train_domain_experts(t, bar.update) for t in tasks}
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    results: dict[str, dict] = {}
+    lock = threading.Lock()
+
+    def pump(proc, domain):
+        for line in proc.stdout:
+            if line.startswith("progress "):
+                with lock:
+                    bar.update(int(line.split()[1]))
+            elif line.startswith("result "):
+                results[domain] = json.loads(line[len("result "):])
+
+    queue, running = list(tasks), []
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                task = queue.pop(0)
+                err = tempfile.TemporaryFile(mode="w+")
+                proc = subprocess.Popen([sys.executable, "-m", "graft_ui.zoo.worker", json.dumps(task)],
+                                        stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+                reader = threading.Thread(target=pump, args=(proc, task["domain"]), daemon=True)
+                reader.start()
+                running.append((proc, reader, err, task["domain"]))
+            for item in list(running):
+                proc, reader, err, domain = item
+                if proc.poll() is None:
+                    continue
+                reader.join()
+                running.remove(item)
+                if proc.returncode != 0 or domain not in results:
+                    err.seek(0)
+                    tail = err.read()[-3000:]
+                    raise RuntimeError(f"training the {domain} experts failed (exit {proc.returncode}):\n{tail}")
+                err.close()
+            time.sleep(0.1)
+    finally:
+        for proc, _, err, _ in running:  # an error or interrupt: stop the others too
+            proc.kill()
+            proc.wait()
+            err.close()
+    return results
+
+
+def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bool = False,
+              progress: bool = True) -> Path:
+    """Build the zoo into `out_dir` (replaced only when `force`); returns `out_dir`."""
+    from tqdm.auto import tqdm
+
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    out_dir = Path(out_dir).expanduser().resolve()
+    if (out_dir / MANIFEST).is_file() and not force:
+        raise FileExistsError(f"zoo {str(out_dir)!r} already exists; pass force=True (--force) to rebuild")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out_dir)
+    _quiet_transformers()
+    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    t_start = time.time()
+    stages: dict[str, float] = {}
+    info: dict = {"format": FORMAT_VERSION, "profile": prof.name, "seed": prof.seed, "settings": prof.to_dict(),
+                  "versions": _versions(), "host": {"cpus": os.cpu_count(), "threads": prof.threads}}
+    n_experts = 2 * len(DOMAINS)
+    total_steps = prof.base_steps + n_experts * prof.expert_steps
+    bar = tqdm(total=total_steps, desc=f"zoo build ({prof.name})", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with _threads(prof.threads):
+            # 1. data
+            t = time.time()
+            bar.set_postfix_str("data")
+            data_root = tmp / "data"
+            for d in DOMAINS:
+                D.build_domain(d, data_root, prof.domain_train, prof.domain_eval, prof.seed)
+            D.build_domain("general", data_root, prof.general_train, 0, prof.seed)
+            splits = {d: D.read_jsonl(data_root / d / "train.jsonl") for d in (*DOMAINS, "general")}
+            stages["data"] = time.time() - t
+
+            # 2. tokenizer + processor
+            t = time.time()
+            bar.set_postfix_str("tokenizer")
+            from graft_ui.zoo.tokenizer import build_processor, build_tokenizer
+
+            corpus = [x for d in splits for x in _corpus(splits[d])]
+            tokenizer = build_tokenizer(corpus, prof.model.vocab_size)
+            processor = build_processor(tokenizer)
+            stages["tokenizer"] = time.time() - t
+
+            # 3. encode once, then train the base on the general mix
+            from graft_ui.zoo.model import count_parameters, make_model
+            from graft_ui.zoo.train import encode_samples, train_loop
+
+            t = time.time()
+            bar.set_postfix_str("encode")
+            encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
+            stages["encode"] = time.time() - t
+            pad_id = tokenizer.pad_token_id
+
+            def ticker(name):
+                def on_step(step, loss):
+                    bar.update(1)
+                    if step % 10 == 0:
+                        bar.set_postfix_str(f"{name} loss {loss:.3f}")
+                return on_step
+
+            t = time.time()
+            bar.set_postfix_str("base")
+            base = make_model(prof.model, tokenizer, prof.seed)
+            info["parameters"] = count_parameters(base)
+            losses = train_loop(base, encoded["general"], params=base.parameters(), steps=prof.base_steps,
+                                lr=prof.base_lr, batch_size=prof.batch_size, seed=prof.seed, pad_id=pad_id,
+                                warmup=prof.warmup, weight_decay=0.01, on_step=ticker("base"))
+            base_dir = tmp / "base"
+            _save_full(base, processor, base_dir)
+            _model_card(base_dir, "base", "tiny Qwen2-VL base trained on a general mix "
+                        "(scene/chart/slide descriptions, simple text).")
+            info["loss"] = {"base": _loss_summary(losses)}
+            stages["base"] = time.time() - t
+            del base
+
+            # 4. experts: one task per domain (LoRA + full), in parallel single-threaded workers
+            t = time.time()
+            bar.set_postfix_str("experts")
+            tasks = [dict(zoo=str(tmp), final_base=str(out_dir / "base"), domain=d, index=i,
+                          profile=prof.name, settings=prof.to_dict()) for i, d in enumerate(DOMAINS)]
+            done = _run_expert_tasks(tasks, prof.workers, bar)
+            experts, expert_times = [], {}
+            for d in DOMAINS:
+                for kind in ("lora", "full"):
+                    name = f"{d}-{kind}"
+                    experts.append({"name": name, "domain": d, "kind": kind, "path": f"experts/{name}"})
+                    info["loss"][name] = done[d]["loss"][name]
+                    expert_times[name] = done[d]["seconds"][name]
+            stages["experts"] = time.time() - t
+            info["expert_seconds"] = expert_times
+            del encoded
+
+            # 5. manifest (+ self-check)
+            from graft_ui.models.manifest import DatasetEntry, Manifest, ModelEntry
+
+            manifest = Manifest(
+                name=f"graft-demo-zoo-{prof.name}",
+                base=ModelEntry(name="base", path="base", kind="full"),
+                experts=tuple(ModelEntry(**e) for e in experts),
+                datasets={d: DatasetEntry(eval=f"data/{d}/eval.jsonl", train=f"data/{d}/train.jsonl") for d in DOMAINS},
+            )
+            manifest.save(tmp / MANIFEST)
+            if prof.self_check:
+                t = time.time()
+                bar.set_postfix_str("self-check")
+                info["self_check"] = self_check(tmp)
+                stages["self_check"] = time.time() - t
+        bar.set_postfix_str("done")
+    except BaseException:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    bar.close()
+    stages = {k: round(v, 1) for k, v in stages.items()}
+    info["stages_seconds"] = stages
+    info["seconds"] = round(time.time() - t_start, 1)
+    info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
+    if out_dir.exists():  # force: move the old zoo aside first, so the swap is one rename
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+    log.info("zoo %s built in %.0f s (%s)", out_dir, info["seconds"], stages)
+    return out_dir
+
+
+def self_check(zoo_dir: str | Path, limit: int | None = None) -> dict:
+    """Each expert vs the base on its own domain (accuracy, percent); also writes results.md."""
+    from graft_ui.models.manifest import load_manifest
+    from graft_ui.zoo.evaluate import evaluate_model, load_spec, resolve_spec, results_markdown
+
+    zoo_dir = Path(zoo_dir)
+    # the manifest resolves relative paths against its own folder, which may still be the temp one
+    manifest = load_manifest(zoo_dir / MANIFEST)
+    report: dict = {"models": {}}
+    datasets = {d: manifest.dataset(d).eval for d in manifest.datasets}
+    model, processor = load_spec(resolve_spec("base", manifest))
+    report["models"]["base"] = evaluate_model(model, processor, datasets, limit=limit)
+    for e in manifest.experts:
+        spec = resolve_spec(e.name, manifest)
+        model, processor = load_spec(spec, processor_fallback=manifest.base.path)
+        report["models"][e.name] = evaluate_model(model, processor, {e.domain: datasets[e.domain]}, limit=limit)
+    gains = {}
+    for e in manifest.experts:
+        gains[e.name] = round(report["models"][e.name]["domains"][e.domain]["accuracy"]
+                              - report["models"]["base"]["domains"][e.domain]["accuracy"], 1)
+    report["gain_over_base"] = gains
+    report["domains"] = list(datasets)
+    (zoo_dir / "self_check.md").write_text(results_markdown(report))
+    for name, gain in gains.items():
+        log.info("self-check %s: %+.1f points over base on its domain", name, gain)
+    return report

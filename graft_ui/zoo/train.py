@@ -1,0 +1,182 @@
+"""Training for the zoo: encode chat samples once, then AdamW on the answer tokens only.
+
+Samples are encoded the stock way (chat template -> qwen_vl_utils -> processor, as in
+`graft_ui.models.inputs`) a single time; batches are padded on the right and fed to the
+stock model forward, whose loss covers the assistant answer (labels elsewhere are -100).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# the language model's projections, named as in Qwen2-VL LoRA experts; the vision tower's
+# linears are called qkv / proj / fc1 / fc2 / mlp.N, so these names never match it
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def encode_samples(processor, samples: Sequence[dict], root: str | Path, chunk: int = 64, progress=None) -> list[dict]:
+    """Samples -> tensors (input_ids, labels, attention_mask, mm_token_type_ids[, pixels]).
+
+    The stock path (chat template -> qwen_vl_utils -> processor) in chunks: one processor
+    call per chunk is several times faster than one per sample, and gives the same ids.
+    """
+    from qwen_vl_utils import process_vision_info
+
+    from graft_ui.models.inputs import resolve_messages
+
+    tok = processor.tokenizer
+    merge = processor.image_processor.merge_size ** 2
+    out: list[dict] = []
+    for c0 in range(0, len(samples), chunk):
+        part = samples[c0:c0 + chunk]
+        texts, images, answers = [], [], []
+        for s in part:
+            messages = resolve_messages(s["messages"], root)
+            prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            imgs, _ = process_vision_info(messages)
+            images.extend(imgs or [])
+            answers.append(s["answer"] + "<|im_end|>")
+            texts.append(prompt + answers[-1])
+        inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        ans_ids = tok(answers, add_special_tokens=False)["input_ids"]
+        grids = inputs.get("image_grid_thw")
+        patch_counts = grids.prod(-1).tolist() if grids is not None else []
+        pix_off, img_i = 0, 0
+        for j, s in enumerate(part):
+            mask = inputs["attention_mask"][j].bool()
+            ids = inputs["input_ids"][j][mask]
+            # the answer follows "<|im_start|>assistant\n", a pre-token boundary, so its ids are
+            # the tail of the sequence; checked, because a wrong split would train on the prompt
+            start = len(ids) - len(ans_ids[j])
+            if ids[start:].tolist() != ans_ids[j]:
+                raise ValueError(f"sample {s.get('id')!r}: answer tokens do not close the sequence")
+            labels = ids.clone()
+            labels[:start] = -100
+            item = {
+                "input_ids": ids,
+                "labels": labels,
+                "attention_mask": torch.ones_like(ids),
+                "mm_token_type_ids": inputs["mm_token_type_ids"][j][mask],
+            }
+            n_img = int((ids == processor.image_token_id).sum())
+            if n_img:
+                take, k = [], 0
+                while k < n_img:  # consume this sample's images in order
+                    take.append(img_i)
+                    k += patch_counts[img_i] // merge
+                    img_i += 1
+                n_patch = sum(patch_counts[i] for i in take)
+                item["pixel_values"] = inputs["pixel_values"][pix_off:pix_off + n_patch]
+                item["image_grid_thw"] = grids[take[0]:take[-1] + 1]
+                pix_off += n_patch
+            out.append(item)
+        if progress is not None:
+            progress(len(part))
+    return out
+
+
+def collate(items: Sequence[dict], pad_id: int, left: bool = False) -> dict:
+    """Pad a list of encoded samples into one batch (right padding for training)."""
+    n = max(len(it["input_ids"]) for it in items)
+    batch = {
+        "input_ids": torch.full((len(items), n), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(items), n), dtype=torch.long),
+        "mm_token_type_ids": torch.zeros((len(items), n), dtype=items[0]["mm_token_type_ids"].dtype),
+    }
+    if "labels" in items[0]:
+        batch["labels"] = torch.full((len(items), n), -100, dtype=torch.long)
+    for i, it in enumerate(items):
+        k = len(it["input_ids"])
+        sl = slice(n - k, n) if left else slice(0, k)
+        batch["input_ids"][i, sl] = it["input_ids"]
+        batch["attention_mask"][i, sl] = it["attention_mask"]
+        batch["mm_token_type_ids"][i, sl] = it["mm_token_type_ids"]
+        if "labels" in batch:
+            batch["labels"][i, sl] = it["labels"]
+    pix = [it["pixel_values"] for it in items if "pixel_values" in it]
+    if pix:
+        batch["pixel_values"] = torch.cat(pix)  # (sum of patches, 1176)
+        batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in items if "image_grid_thw" in it])
+    return batch
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))  # cosine down to 10%
+
+
+def train_loop(
+    model,
+    data: Sequence[dict],
+    *,
+    params,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    pad_id: int,
+    warmup: int = 20,
+    weight_decay: float = 0.0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """AdamW for `steps` steps over shuffled epochs of `data`; returns the loss curve."""
+    if not data:
+        raise ValueError("no training samples")
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    losses = []
+    model.train()
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(len(data), generator=gen).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = collate([data[i] for i in idx], pad_id)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr, warmup)
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses
+
+
+def freeze_vision(model) -> list[torch.nn.Parameter]:
+    """Full fine-tunes train the language model (and head) only; returns the trainable params."""
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad = ".visual." not in f".{name}"
+        if p.requires_grad:
+            trainable.append(p)
+    return trainable
+
+
+def add_lora(model, rank: int, alpha: int, seed: int):
+    """Wrap `model` with a fresh LoRA on the language model's projections (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=LORA_TARGETS,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)  # peft initialises lora_A from the global generator
+    return get_peft_model(model, config)

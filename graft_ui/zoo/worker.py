@@ -1,0 +1,34 @@
+"""Worker process of a zoo build: `python -m graft_ui.zoo.worker TASK_JSON`.
+
+Trains one domain's two experts (see `build.train_domain_experts`). Started with
+subprocess rather than multiprocessing, so a caller's main module is never re-imported
+(a script calling `ensure_zoo()` at top level needs no `if __name__ == "__main__"` guard).
+Protocol on stdout: one `progress N` line per N finished steps, then `result {json}`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m graft_ui.zoo.worker TASK_JSON", file=sys.stderr)
+        return 2
+    task = json.loads(argv[0])
+    from graft_ui.zoo.build import train_domain_experts
+
+    def report(n: int) -> None:
+        sys.stdout.write(f"progress {n}\n")
+        sys.stdout.flush()
+
+    result = train_domain_experts(task, report)
+    sys.stdout.write("result " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""The ci zoo looks and loads like a real Qwen2-VL checkpoint with peft experts."""
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft_ui.zoo.profiles import DOMAINS
+
+EXPECTED = {f"{d}-{k}" for d in DOMAINS for k in ("lora", "full")}
+
+
+def test_manifest_lists_base_experts_and_datasets(ci_zoo, ci_manifest):
+    m = ci_manifest
+    assert Path(ci_zoo, "manifest.yaml").is_file()
+    assert m.base.name == "base" and Path(m.base.path) == Path(ci_zoo, "base")
+    assert {e.name for e in m.experts} == EXPECTED
+    for e in m.experts:
+        assert e.kind == e.name.split("-")[1] and e.domain == e.name.split("-")[0]
+        assert Path(e.path).is_dir()
+    assert set(m.datasets) == set(DOMAINS)
+    for d in DOMAINS:
+        assert Path(m.dataset(d).eval).is_file() and Path(m.dataset(d).train).is_file()
+        assert Path(m.dataset(d).eval) == Path(ci_zoo, "data", d, "eval.jsonl")
+
+
+def test_build_info(ci_zoo):
+    info = json.loads(Path(ci_zoo, "build_info.json").read_text())
+    assert info["profile"] == "ci" and isinstance(info["seed"], int)
+    assert {"torch", "transformers", "peft", "tokenizers"} <= set(info["versions"])
+    assert info["seconds"] > 0 and {"data", "tokenizer", "base", "experts"} <= set(info["stages_seconds"])
+    assert 5e5 < info["parameters"]["total"] < 2e7
+
+
+def test_base_files_and_config_look_like_qwen2_vl(ci_zoo):
+    base = Path(ci_zoo, "base")
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json", "chat_template.jinja", "processor_config.json"):
+        assert (base / name).is_file(), name
+    cfg = json.loads((base / "config.json").read_text())
+    assert cfg["model_type"] == "qwen2_vl"
+    assert cfg["architectures"] == ["Qwen2VLForConditionalGeneration"]
+    text, vision = cfg["text_config"], cfg["vision_config"]
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    assert sum(text["rope_parameters"]["mrope_section"]) == head_dim // 2
+    assert vision["hidden_size"] == text["hidden_size"]  # merger output feeds the language model
+    tok = json.loads((base / "tokenizer_config.json").read_text())
+    assert tok["tokenizer_class"] == "Qwen2Tokenizer" and tok["eos_token"] == "<|im_end|>"
+
+
+def test_special_token_ids_come_from_the_tokenizer(ci_zoo):
+    from transformers import AutoConfig, AutoProcessor
+
+    base = Path(ci_zoo, "base")
+    proc = AutoProcessor.from_pretrained(base)
+    cfg = AutoConfig.from_pretrained(base)
+    ids = proc.tokenizer.convert_tokens_to_ids
+    assert cfg.image_token_id == ids("<|image_pad|>") == proc.image_token_id
+    assert cfg.video_token_id == ids("<|video_pad|>")
+    assert cfg.vision_start_token_id == ids("<|vision_start|>")
+    assert cfg.vision_end_token_id == ids("<|vision_end|>")
+    assert cfg.text_config.eos_token_id == ids("<|im_end|>")
+    unk = proc.tokenizer.unk_token_id
+    for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+        assert ids(t) not in (None, unk)
+        assert proc.tokenizer.convert_ids_to_tokens(proc.tokenizer(t)["input_ids"]) == [t]
+    assert max(ids(t) for t in ("<|video_pad|>", "<|im_end|>")) < cfg.text_config.vocab_size
+
+
+def test_processor_round_trip_chat_template_and_image_tokens(ci_zoo, ci_manifest):
+    from qwen_vl_utils import process_vision_info
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    from graft_ui.models.inputs import resolve_messages
+    from graft_ui.zoo.domains import read_jsonl
+    from graft_ui.zoo.tokenizer import CHAT_TEMPLATE
+
+    base = Path(ci_zoo, "base")
+    proc = AutoProcessor.from_pretrained(base)
+    assert isinstance(proc, Qwen2VLProcessor)
+    assert proc.chat_template == CHAT_TEMPLATE
+    eval_path = Path(ci_manifest.dataset("math").eval)
+    sample = read_jsonl(eval_path)[0]
+    messages = resolve_messages(sample["messages"], eval_path.parent)
+    text = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in text and text.endswith("<|im_start|>assistant\n")
+    images, videos = process_vision_info(messages)
+    inputs = proc(text=[text], images=images, videos=videos, return_tensors="pt")
+    n_pad = int((inputs["input_ids"] == proc.image_token_id).sum())
+    assert n_pad == int(inputs["image_grid_thw"].prod()) // 4 and 4 <= n_pad <= 16
+    # decode(encode(text)) is the text again
+    assert proc.tokenizer.decode(proc.tokenizer(text)["input_ids"]) == text
+    model = Qwen2VLForConditionalGeneration.from_pretrained(base).eval()
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_full_expert_trains_language_model_only(ci_manifest):
+    from safetensors.torch import load_file
+
+    base = load_file(str(Path(ci_manifest.base.path, "model.safetensors")))
+    full = load_file(str(Path(ci_manifest.expert("math-full").path, "model.safetensors")))
+    assert base.keys() == full.keys()
+    # saved in the Hub layout of Qwen2-VL checkpoints: visual.* and model.layers.*
+    vision = [k for k in base if k.startswith("visual.")]
+    lm = [k for k in base if k.startswith("model.layers.")]
+    assert vision and lm
+    assert all(torch.equal(base[k], full[k]) for k in vision)
+    assert any(not torch.equal(base[k], full[k]) for k in lm)
+    assert Path(ci_manifest.expert("math-full").path, "tokenizer.json").is_file()
+
+
+def test_lora_experts_load_without_missing_keys(ci_manifest):
+    from peft import PeftModel
+    from transformers import Qwen2VLForConditionalGeneration
+
+    for name in ("math-lora", "code-lora", "finance-lora", "medical-lora"):
+        entry = ci_manifest.expert(name)
+        cfg = json.loads(Path(entry.path, "adapter_config.json").read_text())
+        assert cfg["peft_type"] == "LORA"
+        assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        base = Qwen2VLForConditionalGeneration.from_pretrained(ci_manifest.base.path)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*[Mm]issing adapter keys.*")
+            model = PeftModel.from_pretrained(base, entry.path)
+        lora = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+        assert lora and all("language_model.layers" in n for n in lora)
+        assert any(p.abs().sum() > 0 for p in lora.values())  # trained, not the zero init
+
+
+def test_loader_raises_on_missing_adapter_keys(ci_manifest, tmp_path):
+    """An adapter whose keys do not match the model (e.g. saved by old transformers) must not load silently."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from graft_ui.models.loading import load_model
+
+    src = Path(ci_manifest.expert("math-lora").path)
+    bad = tmp_path / "old-style-adapter"
+    shutil.copytree(src, bad)
+    weights = load_file(str(bad / "adapter_model.safetensors"))
+    # transformers 4.x named the text layers model.layers.*, not model.language_model.layers.*
+    save_file({k.replace("language_model.", ""): v for k, v in weights.items()}, str(bad / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="missing adapter keys"):
+        load_model(bad, base=ci_manifest.base.path)
+    model = load_model(src, base=ci_manifest.base.path)  # the real one loads
+    assert model is not None
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
+    import graft_ui.zoo.train as train_mod
+    from graft_ui.zoo.build import build_zoo
+    from graft_ui.zoo.profiles import get_profile
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "train_loop", boom)
+    tiny = get_profile("ci").with_overrides(general_train=8, domain_train=4, domain_eval=2)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(tmp_path / "zoo", tiny, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_zoo_location(monkeypatch, tmp_path):
+    from graft_ui.zoo import ensure_zoo, zoo_dir
+
+    monkeypatch.setenv("GRAFT_ZOO_DIR", str(tmp_path))
+    assert zoo_dir("ci") == tmp_path / "ci"
+    assert zoo_dir("full") == tmp_path / "full"
+    monkeypatch.delenv("GRAFT_ZOO_DIR")
+    assert zoo_dir("full") == Path.home() / ".cache" / "graft_ui" / "zoo" / "full"
+    with pytest.raises(ValueError, match="'huge'"):
+        ensure_zoo("huge")
+
+
+def test_ensure_zoo_returns_cached(ci_zoo):
+    import time
+
+    from graft_ui.zoo import ensure_zoo
+
+    t = time.monotonic()
+    assert ensure_zoo("ci") == ci_zoo
+    assert time.monotonic() - t < 2
+
+
+def test_build_is_deterministic(tmp_path):
+    """Same profile and seed -> byte-identical data, tokenizer and weights."""
+    import hashlib
+
+    from graft_ui.zoo.build import build_zoo
+    from graft_ui.zoo.profiles import get_profile
+
+    tiny = get_profile("ci").with_overrides(general_train=16, domain_train=8, domain_eval=2, base_steps=3,
+                                            expert_steps=2, batch_size=4, warmup=1)
+
+    def digest(root: Path) -> dict:
+        out = {}
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.name != "build_info.json":
+                data = p.read_bytes()
+                if p.name == "adapter_config.json":  # names its own zoo's base folder
+                    data = data.replace(str(root).encode(), b"ZOO")
+                out[str(p.relative_to(root))] = hashlib.sha256(data).hexdigest()
+        return out
+
+    a = digest(build_zoo(tmp_path / "a", tiny, progress=False))
+    b = digest(build_zoo(tmp_path / "b", tiny, progress=False))
+    assert any(k.endswith("model.safetensors") for k in a)
+    assert a == b
