@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from graft_ui.chat.pool import ModelPool
+from graft_ui.jsonl import conversation, iter_jsonl
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
 from graft_ui.recipe import ALL_MODULES, Recipe
@@ -369,16 +370,8 @@ class Studio:
         dest = self.work_dir / "uploads" / uuid.uuid4().hex[:12]
         (dest / "images").mkdir(parents=True, exist_ok=True)
         lines, copied = [], set()
-        for lineno, line in enumerate(src.read_text(errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{src.name!r} line {lineno} is not valid JSON: {exc}") from None
-            msgs = sample.get("messages") if isinstance(sample, dict) else None
-            if not isinstance(msgs, list) or not msgs:
-                raise ValueError(f"{src.name!r} line {lineno} needs a non-empty 'messages' list (see docs/CONTRACTS.md)")
+        for lineno, sample in iter_jsonl(src.read_text(errors="replace").splitlines(), repr(src.name)):
+            msgs = conversation(sample, repr(src.name), lineno)
             for msg in msgs:
                 content = msg.get("content") if isinstance(msg, dict) else None
                 for item in content if isinstance(content, list) else []:

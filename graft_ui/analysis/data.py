@@ -7,7 +7,6 @@ always gives the same samples in the same order.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from graft_ui.jsonl import conversation, iter_jsonl
 from graft_ui.models.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -35,15 +35,8 @@ def read_jsonl(path: str | Path) -> list[Sample]:
         raise FileNotFoundError(f"dataset file {str(path)!r} does not exist")
     out = []
     with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{str(path)!r} line {lineno} is not valid JSON: {exc}") from None
-            if not isinstance(d, dict) or not isinstance(d.get("messages"), list) or not d["messages"]:
-                raise ValueError(f"{str(path)!r} line {lineno} needs a non-empty 'messages' list")
+        for lineno, d in iter_jsonl(fh, repr(str(path))):
+            conversation(d, repr(str(path)), lineno)
             answer = d.get("answer")
             out.append(Sample(
                 id=str(d.get("id", f"{path.stem}-{lineno}")), messages=d["messages"],

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Iterable
 
 from graft_ui.arena.store import COLUMNS, Vote, VoteStore
+from graft_ui.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,7 @@ def read_jsonl(src: str | os.PathLike | IO[str]) -> list[Vote]:
     f, close = _open_text(src)
     try:
         out = []
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"vote JSONL line {lineno} is not JSON: {exc}") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"vote JSONL line {lineno} is a {type(rec).__name__}, not an object")
+        for lineno, rec in iter_jsonl(f, "vote JSONL"):
             try:
                 out.append(Vote.from_record(rec))
             except ValueError as exc:
