@@ -11,31 +11,18 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from _browser import ARTIFACTS, MARKS, app_page
+
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
 IMAGE = ROOT / "examples" / "images" / "finance-chart.png"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
 def page(app_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.set_default_timeout(120_000)
-        pg.goto(app_server[0])
-        pg.wait_for_selector("#gs-tabs")
+    with app_page(app_server[0]) as pg:
         yield pg
-        browser.close()
 
 
 def tab(page, name: str):

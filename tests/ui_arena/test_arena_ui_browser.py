@@ -8,37 +8,24 @@ arena-after-vote.png, arena-image-battle.png, leaderboard.png. Runs after the AP
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+
+from _browser import MARKS, app_page
 
 from _arena_ui_api import ARTIFACTS
 
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = MARKS
 
 BUTTONS = ["#gs-arena-vote-a", "#gs-arena-vote-b", "#gs-arena-vote-tie", "#gs-arena-vote-both_bad"]
 
 
 @pytest.fixture(scope="module")
 def page(arena_app):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.set_default_timeout(120_000)
-        pg.goto(arena_app.url)
-        pg.wait_for_selector("#gs-tabs")
+    with app_page(arena_app.url) as pg:
         yield pg
-        browser.close()
 
 
 def shot(page, name: str) -> None:
