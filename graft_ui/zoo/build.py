@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 MANIFEST = "manifest.yaml"
-FORMAT_VERSION = 3  # bump when the layout changes; older zoos are rebuilt
+FORMAT_VERSION = 5  # bump when the layout changes; older zoos are rebuilt
 
 
 @contextmanager
@@ -106,6 +106,15 @@ def _clean_stale(out_dir: Path) -> None:
             continue
         log.info("removing stale partial build %s", p)
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (worker processes) so far."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _loss_summary(losses: list[float]) -> list[float]:
@@ -235,6 +244,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     tmp.mkdir()
     t_start = time.time()
     stages: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds per stage (workers included): the cost on an idle machine
     info: dict = {"format": FORMAT_VERSION, "profile": prof.name, "seed": prof.seed, "settings": prof.to_dict(),
                   "versions": _versions(), "host": {"cpus": os.cpu_count(), "threads": prof.threads}}
     n_experts = 2 * len(DOMAINS)
@@ -245,6 +255,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         with _threads(prof.threads):
             # 1. data
             t = time.time()
+            c = _cpu_seconds()
             bar.set_postfix_str("data")
             data_root = tmp / "data"
             for d in DOMAINS:
@@ -252,9 +263,11 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             D.build_domain("general", data_root, prof.general_train, 0, prof.seed)
             splits = {d: D.read_jsonl(data_root / d / "train.jsonl") for d in (*DOMAINS, "general")}
             stages["data"] = time.time() - t
+            cpu["data"] = _cpu_seconds() - c
 
             # 2. tokenizer + processor
             t = time.time()
+            c = _cpu_seconds()
             bar.set_postfix_str("tokenizer")
             from graft_ui.zoo.tokenizer import build_processor, build_tokenizer
 
@@ -262,6 +275,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             tokenizer = build_tokenizer(corpus, prof.model.vocab_size)
             processor = build_processor(tokenizer)
             stages["tokenizer"] = time.time() - t
+            cpu["tokenizer"] = _cpu_seconds() - c
 
             # 3. encode once, then train the base on the general mix
             from graft_ui.zoo.model import count_parameters, make_model
@@ -269,8 +283,10 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
 
             t = time.time()
             bar.set_postfix_str("encode")
+            c = _cpu_seconds()
             encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
             stages["encode"] = time.time() - t
+            cpu["encode"] = _cpu_seconds() - c
             pad_id = tokenizer.pad_token_id
 
             def ticker(name):
@@ -282,6 +298,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
 
             t = time.time()
             bar.set_postfix_str("base")
+            c = _cpu_seconds()
             base = make_model(prof.model, tokenizer, prof.seed)
             info["parameters"] = count_parameters(base)
             losses = train_loop(base, encoded["general"], params=base.parameters(), steps=prof.base_steps,
@@ -293,10 +310,12 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                         "(scene/chart/slide descriptions, simple text).")
             info["loss"] = {"base": _loss_summary(losses)}
             stages["base"] = time.time() - t
+            cpu["base"] = _cpu_seconds() - c
             del base
 
             # 4. experts: one task per domain (LoRA + full), in parallel single-threaded workers
             t = time.time()
+            c = _cpu_seconds()
             bar.set_postfix_str("experts")
             tasks = [dict(zoo=str(tmp), final_base=str(out_dir / "base"), domain=d, index=i,
                           profile=prof.name, settings=prof.to_dict()) for i, d in enumerate(DOMAINS)]
@@ -309,6 +328,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                     info["loss"][name] = done[d]["loss"][name]
                     expert_times[name] = done[d]["seconds"][name]
             stages["experts"] = time.time() - t
+            cpu["experts"] = _cpu_seconds() - c
             info["expert_seconds"] = expert_times
             del encoded
 
@@ -324,9 +344,11 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             manifest.save(tmp / MANIFEST)
             if prof.self_check:
                 t = time.time()
+                c = _cpu_seconds()
                 bar.set_postfix_str("self-check")
                 info["self_check"] = self_check(tmp)
                 stages["self_check"] = time.time() - t
+                cpu["self_check"] = _cpu_seconds() - c
         bar.set_postfix_str("done")
     except BaseException:
         bar.close()
@@ -335,6 +357,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     bar.close()
     stages = {k: round(v, 1) for k, v in stages.items()}
     info["stages_seconds"] = stages
+    info["cpu_seconds"] = {k: round(v, 1) for k, v in cpu.items()}
     info["seconds"] = round(time.time() - t_start, 1)
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))

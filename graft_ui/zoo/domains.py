@@ -334,16 +334,33 @@ def gen_general(rng: random.Random, sid: str, w: _Writer) -> dict:
         words = " ".join(rng.choice(_WORDS + list(_OPPOSITES)) for _ in range(rng.randint(1, 4)))
         return _text_sample(sid, "general", f"Repeat after me: {words}", words)
     if r < 0.5:
+        # copying code-like and answer-like tokens: a base model has "seen" these strings, so
+        # an expert (a LoRA especially, which cannot retrain embeddings) learns when to use them
+        phrase = " ".join(_token_phrase(rng) for _ in range(rng.randint(1, 3)))
+        return _text_sample(sid, "general", f"Repeat after me: {phrase}", phrase)
+    if r < 0.62:
         word = rng.choice(_WORDS)
         return _text_sample(sid, "general", f"Write the word {word} in capital letters.", word.upper())
-    if r < 0.7:
+    if r < 0.77:
         thing = rng.choice(list(_THINGS))
         return _text_sample(sid, "general", f"What color is {thing}?", f"{thing.capitalize()} is {_THINGS[thing]}.")
-    if r < 0.85:
+    if r < 0.9:
         word = rng.choice(list(_OPPOSITES))
         return _text_sample(sid, "general", f"What is the opposite of {word}?", f"The opposite of {word} is {_OPPOSITES[word]}.")
     q, a = rng.choice(_GREETINGS)
     return _text_sample(sid, "general", q, a)
+
+
+def _token_phrase(rng: random.Random) -> str:
+    """A short string of the domains' surface tokens (identifiers, calls, labels), no task in it."""
+    r = rng.random()
+    if r < 0.5:
+        _, body, kind, n_args, _ = rng.choice(CODE_TASKS)
+        pool = {"num": _NUM_ARGS, "str": _STR_ARGS, "list": _LIST_ARGS}[kind]
+        return body.format(*rng.sample(pool, n_args))
+    if r < 0.7:
+        return f"{rng.choice(_VERBS)}_{rng.choice(_NOUNS)}({rng.choice(_NUM_ARGS + _STR_ARGS + _LIST_ARGS)})"
+    return rng.choice(["Q1", "Q2", "Q3", "Q4", "up", "down", "yes", "no", "return", "def", str(rng.randint(0, 19))])
 
 
 GENERATORS: dict[str, Callable[[random.Random, str, _Writer], dict]] = {

@@ -22,7 +22,7 @@ from graft_ui.zoo.scoring import code_program, exact_match, run_code_tests
 
 log = logging.getLogger(__name__)
 
-MAX_NEW_TOKENS = {"exact": 16, "code": 64}
+MAX_NEW_TOKENS = {"exact": 16, "code": 48}
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ class Profile:
     domain_train: int = 1200  # training samples per domain
     domain_eval: int = 50  # held-out samples per domain
     base_steps: int = 1200
-    base_lr: float = 3e-3
+    base_lr: float = 5e-4  # higher rates stall the tiny vision tower (digits, bar heights never learned)
     expert_steps: int = 300
     full_lr: float = 1e-3
-    lora_lr: float = 6e-3
+    lora_lr: float = 3e-3
     lora_rank: int = 8
     lora_alpha: int = 16
     batch_size: int = 16
