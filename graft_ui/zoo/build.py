@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 MANIFEST = "manifest.yaml"
-FORMAT_VERSION = 5  # bump when the layout changes; older zoos are rebuilt
+FORMAT_VERSION = 6  # bump when the layout changes; older zoos are rebuilt
 
 
 @contextmanager
@@ -108,6 +108,21 @@ def _clean_stale(out_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _parameters(model_dir: Path) -> dict[str, int]:
+    """Parameter counts of a saved checkpoint (vision = the `visual.*` tensors)."""
+    from safetensors import safe_open
+
+    total = vision = 0
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        for key in f.keys():
+            n = 1
+            for d in f.get_slice(key).get_shape():
+                n *= d
+            total += n
+            vision += n if key.startswith(("visual.", "model.visual.")) else 0
+    return {"total": total, "vision": vision, "language": total - vision}
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (worker processes) so far."""
     import resource
@@ -123,10 +138,106 @@ def _loss_summary(losses: list[float]) -> list[float]:
     return [round(losses[0], 4), round(sum(tail) / len(tail), 4)]
 
 
+def train_base(task: dict, report=None, *, processor=None, data=None) -> list[float]:
+    """Train the base on the general mix as rank `task["rank"]` of `task["world"]` processes.
+
+    Ranks share every batch (data parallel, gloo on this machine); rank 0 saves the model
+    to <zoo>/base. Returns the loss curve. `processor`/`data` skip re-loading on rank 0.
+    """
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from graft_ui.zoo.model import make_model
+    from graft_ui.zoo.profiles import ModelSize, Profile
+    from graft_ui.zoo.train import encode_samples, train_loop
+
+    settings = dict(task["settings"])
+    settings["model"] = ModelSize(**settings["model"])
+    prof = Profile(**settings)
+    rank, world = task["rank"], task["world"]
+    torch.set_num_threads(prof.threads)
+    zoo = Path(task["zoo"])
+    put = report or (lambda n: None)
+    if processor is None:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(zoo / "base")
+    if data is None:
+        data = encode_samples(processor, D.read_jsonl(zoo / "data" / "general" / "train.jsonl"), zoo / "data" / "general")
+    model = make_model(prof.model, processor.tokenizer, prof.seed)
+    group = None
+    if world > 1:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: talk over loopback
+        dist.init_process_group("gloo", init_method=f"file://{task['rendezvous']}", rank=rank, world_size=world,
+                                timeout=timedelta(minutes=5))
+        group = dist.group.WORLD
+    try:
+        losses = train_loop(model, data, params=model.parameters(), steps=prof.base_steps, lr=prof.base_lr,
+                            batch_size=prof.batch_size, seed=prof.seed, pad_id=processor.tokenizer.pad_token_id,
+                            warmup=prof.warmup, weight_decay=0.01, on_step=lambda step, loss: put(1), group=group)
+    finally:
+        if group is not None:
+            dist.destroy_process_group()
+    if rank == 0:
+        _save_full(model, processor, zoo / "base")
+        _model_card(zoo / "base", "base", "tiny Qwen2-VL base trained on a general mix "
+                    "(scene/chart/slide descriptions, simple text).")
+    return losses
+
+
+def _start_worker(task: dict):
+    """A `python -m graft_ui.zoo.worker` process for `task`: (process, stderr file)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    err = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "graft_ui.zoo.worker", json.dumps(task)],
+                            stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    return proc, err
+
+
+def _stderr_tail(err) -> str:
+    err.seek(0)
+    return err.read()[-3000:]
+
+
+def _train_base_parallel(task: dict, processor, data, bar) -> list[float]:
+    """Rank 0 here, ranks 1.. in worker processes; raises with a worker's stderr if one fails."""
+    world = task["world"]
+    if world <= 1:
+        return train_base(dict(task, rank=0), bar.update, processor=processor, data=data)
+    workers = [_start_worker(dict(task, job="base", rank=r)) for r in range(1, world)]
+    try:
+        try:
+            losses = train_base(dict(task, rank=0), bar.update, processor=processor, data=data)
+        except BaseException:
+            # a dead rank shows up here as a gloo error: report the rank's own error
+            for proc, err in workers:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                elif proc.returncode != 0:
+                    log.error("base training rank failed (exit %s):\n%s", proc.returncode, _stderr_tail(err))
+            raise
+        for proc, err in workers:
+            proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"base training rank failed (exit {proc.returncode}):\n{_stderr_tail(err)}")
+        return losses
+    finally:
+        for _, err in workers:
+            err.close()
+
+
 def train_domain_experts(task: dict, report=None) -> dict:
     """Train `{domain}-lora` and `{domain}-full` from the saved base; runs in a worker process.
 
-    `report(n_steps)` (or a queue with .put) receives progress. Seeds depend only on the
+    `report(n_steps)` receives progress. Seeds depend only on the
     profile seed and the domain, so the result does not depend on scheduling.
     """
     from graft_ui.models.loading import load_model, load_processor
@@ -140,7 +251,7 @@ def train_domain_experts(task: dict, report=None) -> dict:
     torch.set_num_threads(1)
     zoo = Path(task["zoo"])
     d, i = task["domain"], task["index"]
-    put = (report.put if hasattr(report, "put") else report) or (lambda n: None)
+    put = report or (lambda n: None)
     processor = load_processor(zoo / "base")
     data = encode_samples(processor, D.read_jsonl(zoo / "data" / d / "train.jsonl"), zoo / "data" / d)
     result: dict = {"loss": {}, "seconds": {}}
@@ -154,9 +265,10 @@ def train_domain_experts(task: dict, report=None) -> dict:
             params, lr = [p for p in model.parameters() if p.requires_grad], prof.lora_lr
         else:
             params, lr = freeze_vision(model), prof.full_lr
-        losses = train_loop(model, data, params=params, steps=prof.expert_steps, lr=lr,
+        steps = prof.steps_for(d)
+        losses = train_loop(model, data, params=params, steps=steps, lr=lr,
                             batch_size=prof.batch_size, seed=seed, pad_id=processor.tokenizer.pad_token_id,
-                            warmup=min(prof.warmup, prof.expert_steps // 4 + 1),
+                            warmup=min(prof.warmup, steps // 4 + 1),
                             on_step=lambda step, loss: put(1))
         path = zoo / "experts" / name
         if kind == "lora":
@@ -176,14 +288,8 @@ def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[str, dict]:
     """Run the per-domain tasks inline (workers <= 1) or in `workers` worker processes, feeding `bar`."""
     if workers <= 1:
         return {t["domain"]: train_domain_experts(t, bar.update) for t in tasks}
-    import subprocess
-    import sys
-    import tempfile
     import threading
 
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     results: dict[str, dict] = {}
     lock = threading.Lock()
 
@@ -200,9 +306,7 @@ def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[str, dict]:
         while queue or running:
             while queue and len(running) < workers:
                 task = queue.pop(0)
-                err = tempfile.TemporaryFile(mode="w+")
-                proc = subprocess.Popen([sys.executable, "-m", "graft_ui.zoo.worker", json.dumps(task)],
-                                        stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+                proc, err = _start_worker(task)
                 reader = threading.Thread(target=pump, args=(proc, task["domain"]), daemon=True)
                 reader.start()
                 running.append((proc, reader, err, task["domain"]))
@@ -213,9 +317,8 @@ def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[str, dict]:
                 reader.join()
                 running.remove(item)
                 if proc.returncode != 0 or domain not in results:
-                    err.seek(0)
-                    tail = err.read()[-3000:]
-                    raise RuntimeError(f"training the {domain} experts failed (exit {proc.returncode}):\n{tail}")
+                    raise RuntimeError(f"training the {domain} experts failed (exit {proc.returncode}):\n"
+                                       + _stderr_tail(err))
                 err.close()
             time.sleep(0.1)
     finally:
@@ -247,8 +350,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     cpu: dict[str, float] = {}  # CPU seconds per stage (workers included): the cost on an idle machine
     info: dict = {"format": FORMAT_VERSION, "profile": prof.name, "seed": prof.seed, "settings": prof.to_dict(),
                   "versions": _versions(), "host": {"cpus": os.cpu_count(), "threads": prof.threads}}
-    n_experts = 2 * len(DOMAINS)
-    total_steps = prof.base_steps + n_experts * prof.expert_steps
+    total_steps = prof.base_steps + 2 * sum(prof.steps_for(d) for d in DOMAINS)
     bar = tqdm(total=total_steps, desc=f"zoo build ({prof.name})", unit="step", disable=not progress,
                dynamic_ncols=True)
     try:
@@ -278,8 +380,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             cpu["tokenizer"] = _cpu_seconds() - c
 
             # 3. encode once, then train the base on the general mix
-            from graft_ui.zoo.model import count_parameters, make_model
-            from graft_ui.zoo.train import encode_samples, train_loop
+            from graft_ui.zoo.train import encode_samples
 
             t = time.time()
             bar.set_postfix_str("encode")
@@ -287,31 +388,20 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
             stages["encode"] = time.time() - t
             cpu["encode"] = _cpu_seconds() - c
-            pad_id = tokenizer.pad_token_id
-
-            def ticker(name):
-                def on_step(step, loss):
-                    bar.update(1)
-                    if step % 10 == 0:
-                        bar.set_postfix_str(f"{name} loss {loss:.3f}")
-                return on_step
 
             t = time.time()
-            bar.set_postfix_str("base")
             c = _cpu_seconds()
-            base = make_model(prof.model, tokenizer, prof.seed)
-            info["parameters"] = count_parameters(base)
-            losses = train_loop(base, encoded["general"], params=base.parameters(), steps=prof.base_steps,
-                                lr=prof.base_lr, batch_size=prof.batch_size, seed=prof.seed, pad_id=pad_id,
-                                warmup=prof.warmup, weight_decay=0.01, on_step=ticker("base"))
+            bar.set_postfix_str("base")
             base_dir = tmp / "base"
-            _save_full(base, processor, base_dir)
-            _model_card(base_dir, "base", "tiny Qwen2-VL base trained on a general mix "
-                        "(scene/chart/slide descriptions, simple text).")
+            processor.save_pretrained(base_dir)  # the worker ranks load the tokenizer from here
+            task = dict(zoo=str(tmp), settings=prof.to_dict(), world=prof.base_procs,
+                        rendezvous=str(tmp / f".rendezvous-{os.getpid()}"))
+            losses = _train_base_parallel(task, processor, encoded["general"], bar)
+            Path(task["rendezvous"]).unlink(missing_ok=True)
+            info["parameters"] = _parameters(base_dir)
             info["loss"] = {"base": _loss_summary(losses)}
             stages["base"] = time.time() - t
             cpu["base"] = _cpu_seconds() - c
-            del base
 
             # 4. experts: one task per domain (LoRA + full), in parallel single-threaded workers
             t = time.time()

@@ -127,10 +127,23 @@ def train_loop(
     warmup: int = 20,
     weight_decay: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
+    group=None,
 ) -> list[float]:
-    """AdamW for `steps` steps over shuffled epochs of `data`; returns the loss curve."""
+    """AdamW for `steps` steps over shuffled epochs of `data`; returns the loss curve.
+
+    With `group` (an initialised torch.distributed process group), each of its ranks takes
+    its share of every batch and the gradients are averaged: data parallel over processes,
+    identical on every rank. The batch order depends on `seed` only, so a run is the same
+    for a given world size whatever the machine's load.
+    """
     if not data:
         raise ValueError("no training samples")
+    import torch.distributed as dist
+
+    rank = dist.get_rank(group) if group is not None else 0
+    world = dist.get_world_size(group) if group is not None else 1
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} is not divisible by {world} processes")
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -141,11 +154,23 @@ def train_loop(
         if len(order) < batch_size:
             order += torch.randperm(len(data), generator=gen).tolist()
         idx, order = order[:batch_size], order[batch_size:]
-        batch = collate([data[i] for i in idx], pad_id)
+        share = batch_size // world
+        batch = collate([data[i] for i in idx[rank * share:(rank + 1) * share]], pad_id)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup)
         loss = model(**batch, use_cache=False).loss
         loss.backward()
+        if world > 1:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1)])  # one message a step
+            dist.all_reduce(flat, group=group)
+            flat /= world
+            off = 0
+            for p, g in zip(params, grads):
+                n = g.numel()
+                p.grad = flat[off:off + n].view_as(p)
+                off += n
+            loss = flat[-1]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
 """Worker process of a zoo build: `python -m graft_ui.zoo.worker TASK_JSON`.
 
-Trains one domain's two experts (see `build.train_domain_experts`). Started with
+Trains one domain's two experts (`build.train_domain_experts`), or runs one
+data-parallel rank of the base training (`build.train_base`, task `job: base`). Started with
 subprocess rather than multiprocessing, so a caller's main module is never re-imported
 (a script calling `ensure_zoo()` at top level needs no `if __name__ == "__main__"` guard).
 Protocol on stdout: one `progress N` line per N finished steps, then `result {json}`.
@@ -18,13 +19,17 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m graft_ui.zoo.worker TASK_JSON", file=sys.stderr)
         return 2
     task = json.loads(argv[0])
-    from graft_ui.zoo.build import train_domain_experts
+    from graft_ui.zoo.build import train_base, train_domain_experts
 
     def report(n: int) -> None:
         sys.stdout.write(f"progress {n}\n")
         sys.stdout.flush()
 
-    result = train_domain_experts(task, report)
+    if task.get("job") == "base":  # a data-parallel rank >= 1 of the base training
+        train_base(task)
+        result = {}
+    else:
+        result = train_domain_experts(task, report)
     sys.stdout.write("result " + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

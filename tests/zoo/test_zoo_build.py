@@ -31,6 +31,7 @@ def test_build_info(ci_zoo):
     assert info["profile"] == "ci" and isinstance(info["seed"], int)
     assert {"torch", "transformers", "peft", "tokenizers"} <= set(info["versions"])
     assert info["seconds"] > 0 and {"data", "tokenizer", "base", "experts"} <= set(info["stages_seconds"])
+    assert set(info["cpu_seconds"]) == set(info["stages_seconds"])
     assert 5e5 < info["parameters"]["total"] < 2e7
 
 
@@ -213,3 +214,21 @@ def test_build_is_deterministic(tmp_path):
     b = digest(build_zoo(tmp_path / "b", tiny, progress=False))
     assert any(k.endswith("model.safetensors") for k in a)
     assert a == b
+
+
+def test_parallel_build_uses_worker_processes(tmp_path):
+    """The full profile's layout: a data-parallel base (2 processes) and experts in 2 workers."""
+    from graft_ui.models.manifest import load_manifest
+    from graft_ui.zoo.build import build_zoo
+    from graft_ui.zoo.profiles import get_profile
+
+    tiny = get_profile("ci").with_overrides(general_train=16, domain_train=8, domain_eval=2, base_steps=4,
+                                            expert_steps=2, batch_size=4, warmup=1, base_procs=2, workers=2)
+    zoo = build_zoo(tmp_path / "zoo", tiny, progress=False)
+    info = json.loads((zoo / "build_info.json").read_text())
+    assert info["settings"]["base_procs"] == 2 and info["settings"]["workers"] == 2
+    m = load_manifest(zoo)
+    assert all(Path(e.path).is_dir() for e in m.experts) and len(m.experts) == 8
+    assert not list(zoo.glob(".rendezvous*")) and not list(tmp_path.glob(".zoo.building-*"))
+    lora = json.loads(Path(m.expert("code-lora").path, "adapter_config.json").read_text())
+    assert lora["base_model_name_or_path"] == str(zoo / "base")  # the final place, not the temp folder
