@@ -89,7 +89,7 @@ class Calibrate:
     samples: int = 16
     steps: int = 20
     lr: float = 0.05
-    dataset: str | None = None  # JSONL path or zoo domain name; None = the first expert's domain
+    dataset: str | None = None  # JSONL path, or domain(s) "math+code" (their train split); None = first expert's domain
 
     def __post_init__(self):
         for key in ("samples", "steps"):

@@ -69,7 +69,8 @@ def calibration_samples(recipe: Recipe, manifest=None, *, seed: int | None = Non
     """recipe.calibrate.samples samples of recipe.calibrate.dataset.
 
     dataset: a JSONL path, a manifest domain (or union "a+b"), or None = the first expert's
-    domain in `manifest` (matched by path or name).
+    domain in `manifest` (matched by path or name). Domains give their *train* split: phi is
+    learnt, so the eval split stays held out for the benchmark of the fused model.
     """
     cal = recipe.calibrate
     if cal is None:
@@ -89,7 +90,7 @@ def calibration_samples(recipe: Recipe, manifest=None, *, seed: int | None = Non
             raise ValueError(f"calibrate.dataset is not set and expert {first.path!r} has no domain dataset in the manifest")
     if Path(spec).is_file():
         return select(read_jsonl(spec), cal.samples, seed)
-    return load_target(spec, cal.samples, manifest=manifest, seed=seed)
+    return load_target(spec, cal.samples, manifest=manifest, seed=seed, split="train")
 
 
 def _encode(processor, samples: Sequence[Sample]) -> list[dict[str, Any]]:

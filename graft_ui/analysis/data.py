@@ -60,31 +60,44 @@ def select(samples: Sequence[Sample], k: int, seed: int = 0) -> list[Sample]:
     return [samples[i] for i in idx]
 
 
-def dataset_path(spec: str, manifest: Manifest | None) -> str:
-    """A JSONL path for `spec`: an existing file, or a manifest domain's eval split."""
+def dataset_path(spec: str, manifest: Manifest | None, split: str = "eval") -> str:
+    """A JSONL path for `spec`: an existing file, or a manifest domain's `split` ("eval" or "train").
+
+    Analysis reads the eval split (the target the scores are about); calibration, which
+    learns parameters, reads the train split so the eval benchmark stays held out. A
+    domain without a train split falls back to its eval split, with a warning.
+    """
+    if split not in ("eval", "train"):
+        raise ValueError(f"split={split!r} must be 'eval' or 'train'")
     if Path(spec).is_file():
         return spec
     if manifest is not None and spec in manifest.datasets:
-        return manifest.dataset(spec).eval
+        ds = manifest.dataset(spec)
+        if split == "train" and ds.train is None:
+            log.warning("domain %r has no train split; using its eval split %s", spec, ds.eval)
+        return ds.train if split == "train" and ds.train is not None else ds.eval
     known = sorted(manifest.datasets) if manifest is not None else []
     raise FileNotFoundError(f"dataset {spec!r} is neither a JSONL file nor a manifest domain (known domains: {known})")
 
 
-def load_target(spec: str, k: int, *, manifest: Manifest | None = None, seed: int = 0) -> list[Sample]:
-    """K target samples. `spec` is a JSONL path, a manifest domain, or a union `dom1+dom2[+...]`.
+def load_target(
+    spec: str, k: int, *, manifest: Manifest | None = None, seed: int = 0, split: str = "eval"
+) -> list[Sample]:
+    """K target samples. `spec` is a JSONL path, a manifest domain, or a union `dom1+dom2[+...]`;
+    domains read their `split` (see `dataset_path`).
 
     A union takes K // n samples from each part (the first K % n parts take one more),
     each part selected with the same seed, so the target is balanced across domains.
     """
     parts = [p for p in spec.split("+") if p] if "+" in spec and not Path(spec).is_file() else [spec]
     if len(parts) == 1:
-        return select(read_jsonl(dataset_path(spec, manifest)), k, seed)
+        return select(read_jsonl(dataset_path(spec, manifest, split)), k, seed)
     if k < len(parts):
         raise ValueError(f"k={k} is smaller than the number of datasets in the union {spec!r}")
     out: list[Sample] = []
     for i, part in enumerate(parts):
         kk = k // len(parts) + (1 if i < k % len(parts) else 0)
-        out.extend(select(read_jsonl(dataset_path(part, manifest)), kk, seed))
+        out.extend(select(read_jsonl(dataset_path(part, manifest, split)), kk, seed))
     return out
 
 
