@@ -12,8 +12,14 @@ times, each in its own process:
   and write one output with `save_file` in ~1 GB shards, no maths;
 - graft and ties (density 0.2) through `run_recipe`, output bf16;
 - LoRA: two rank-16 adapters (different alphas) on the 7 language projections of every
-  layer: Graft exact (rank 32), Graft + SVD to 16, TIES + randomized SVD to 16 (and its
-  error against the exact truncated SVD on sample modules), task_arithmetic (exact).
+  layer: a floor that only computes every dense delta scale * B @ A (exact gates need all
+  their entries), Graft exact (rank 32), Graft + SVD to 16, TIES + randomized SVD to 16 (and its
+  error against the exact truncated SVD on sample modules), task_arithmetic (exact);
+- `--peft-layers N`: peft's own `add_weighted_adapter(..., "ties_svd", density=0.2)` on
+  the first N layers of the same adapters (a child with peft on a skeleton model of
+  meta-initialised nn.Linear modules: ties_svd only reads the adapters), and ours on the
+  same N layers, with the ratio. Per-layer cost is the same in every layer, so N = 2 is
+  representative of 28; our process start (importing torch, ~3 s) is not.
 
 Reported per run: wall seconds, peak RSS (VmHWM), peak anonymous memory (sampled
 RssAnon), effective GB/s = (bytes read + bytes written) / wall, and GB/s relative to the
@@ -139,14 +145,18 @@ LORA_MODULES = [("self_attn.q_proj", "h", "h"), ("self_attn.k_proj", "kv", "h"),
                 ("mlp.down_proj", "h", "i")]
 
 
-def write_adapters(work: Path, base: Path, layers: int, rank: int, log) -> list[Path]:
+LORA_DIMS = {"h": TEXT["hidden"], "kv": TEXT["hidden"] // TEXT["heads"] * TEXT["kv_heads"], "i": TEXT["inter"]}
+
+
+def write_adapters(work: Path, base: Path, layers: int, rank: int, log, prefix: str = "lora") -> list[Path]:
+    """Two adapters, seeded per adapter: those for N layers are the first N layers of any longer pair."""
     import torch
     from safetensors.torch import save_file
 
-    dims = {"h": TEXT["hidden"], "kv": TEXT["hidden"] // TEXT["heads"] * TEXT["kv_heads"], "i": TEXT["inter"]}
+    dims = LORA_DIMS
     out = []
     for j, alpha in enumerate((2 * rank, rank)):  # different alphas -> different scales
-        folder = work / f"lora{j + 1}"
+        folder = work / f"{prefix}{j + 1}"
         out.append(folder)
         stamp = json.dumps({"layers": layers, "rank": rank, "v": 1})
         if (folder / "stamp.json").is_file() and (folder / "stamp.json").read_text() == stamp:
@@ -247,7 +257,7 @@ def child_merge(recipe: dict, out: str) -> dict:
     logging.basicConfig(level=logging.WARNING)
     os.environ["TQDM_DISABLE"] = "1"
     res = run_recipe(Recipe.from_dict(recipe), out)
-    extra = {"device": res.device, "modules": len(res.fused)}
+    extra = {"device": res.device, "modules": len(res.fused), "merge_s": res.seconds}
     errs = [st.get("lowrank_rel_err") for st in res.modules.values() if st.get("lowrank_rel_err") is not None]
     if errs:
         extra["lowrank_rel_err_mean"] = sum(errs) / len(errs)
@@ -255,34 +265,118 @@ def child_merge(recipe: dict, out: str) -> dict:
     return extra
 
 
-def child_svd_quality(adapters: list[str], layers: int, rank: int, sample: int) -> dict:
-    """Randomized vs exact truncated SVD of the dense TIES merge of a few modules: rel errors and time."""
+def child_delta_floor(adapters: list[str]) -> dict:
+    """Only the dense deltas scale * B @ A of every module of every adapter, into one reused buffer.
+
+    Exact Graft gates on LoRA need every entry of both deltas (row L1 of their difference,
+    a histogram of each), so computing them is a floor no exact method goes below; this
+    child reads the adapters and does just those matmuls, nothing else.
+    """
     import torch
 
-    from graft_ui.merging.lora import dense_to_lowrank
+    from graft_ui.models.lora_io import LoraAdapter
+
+    ads = [LoraAdapter(a) for a in adapters]
+    buf, elems, flops = None, 0, 0
+    t0 = time.perf_counter()
+    for key in ads[0].modules:
+        for ad in ads:
+            m = ad.modules[key]
+            B, A = ad.read(m)
+            n = B.shape[0] * A.shape[1]
+            if buf is None or buf.numel() < n:
+                buf = torch.empty(n)
+            torch.matmul(B.float(), A.float(), out=buf[:n].view(B.shape[0], A.shape[1])).mul_(m.scale)
+            elems, flops = elems + n, flops + 2 * n * B.shape[1]
+    return {"delta_s": time.perf_counter() - t0, "delta_elements": elems, "gflop": flops / 1e9}
+
+
+def child_svd_quality(adapters: list[str], layers: int, rank: int, sample: int) -> dict:
+    """The merge's TIES + randomized SVD vs the exact truncated SVD (and torch.svd_lowrank) on a few modules."""
+    import torch
+
+    from graft_ui.merging.lora import RangeSketch, dense_to_lowrank, lowrank_from_sketch, sketch_basis, sketch_start
     from graft_ui.merging.ties import ties_merge
     from graft_ui.models.lora_io import LoraAdapter
+    from graft_ui.models.merge import LOWRANK_OVERSAMPLE
 
     ads = [LoraAdapter(a) for a in adapters]
     rows = []
     mods = list(ads[0].modules)
     picks = [m for m in mods if m.layer == layers // 2][:sample]
-    g = torch.Generator().manual_seed(0)
     for key in picks:
-        deltas = []
+        deltas, Bs, As = [], [], []
         for ad in ads:
             m = ad.modules[key]
             B, A = ad.read(m)
             deltas.append((B @ A) * m.scale)
+            Bs.append(B * m.scale)
+            As.append(A)
         merged, _ = ties_merge(torch.zeros_like(deltas[0]), deltas, density=0.2)
+        M, N = merged.shape
+        q = min(rank + LOWRANK_OVERSAMPLE, M, N)
         t0 = time.perf_counter()
-        _, _, e_rand = dense_to_lowrank(merged, rank, g)
+        # as the merge does it (models/merge.py): sketch from the experts' dominant row directions
+        # (the sketch is taken while the merge writes the delta there; here it costs one matmul)
+        P = sketch_basis(N, q, torch.Generator().manual_seed(0), sketch_start(Bs, As, q))
+        X = merged.float()
+        _, _, e_ours = lowrank_from_sketch(X, rank, RangeSketch(X @ P, float(X.double().square().sum())))
         t1 = time.perf_counter()
         _, _, e_exact = dense_to_lowrank(merged, rank, exact=True)
         t2 = time.perf_counter()
-        rows.append({"module": key.name, "shape": list(merged.shape), "rel_err_randomized": e_rand,
-                     "rel_err_exact_svd": e_exact, "s_randomized": t1 - t0, "s_exact_svd": t2 - t1})
+        torch.manual_seed(0)
+        U, S, V = torch.svd_lowrank(merged, q=q, niter=2)
+        # float64 norms: a float32 norm of 13.8 M entries is off by ~1e-4, the size of the gaps compared
+        resid = (merged - (U[:, :rank] * S[:rank]) @ V[:, :rank].T).double()
+        e_torch = float(resid.norm() / merged.double().norm())
+        t3 = time.perf_counter()
+        rows.append({"module": key.name, "shape": [M, N], "rel_err_randomized": e_ours, "rel_err_exact_svd": e_exact,
+                     "rel_err_svd_lowrank": e_torch, "s_randomized": t1 - t0, "s_exact_svd": t2 - t1,
+                     "s_svd_lowrank": t3 - t2})
     return {"svd_quality": rows}
+
+
+def child_peft(adapters: list[str], layers: int, rank: int) -> dict:
+    """peft's add_weighted_adapter(..., "ties_svd") on the adapters, on a skeleton model.
+
+    The skeleton has the adapters' module names and shapes as nn.Linear with uninitialised
+    weights (meta -> empty): ties_svd only reads the LoRA factors.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from torch import nn
+
+    with torch.device("meta"):
+        skel = nn.Module()
+        skel.model = nn.Module()
+        skel.model.layers = nn.ModuleList()
+        for _ in range(layers):
+            layer = nn.Module()
+            layer.self_attn, layer.mlp = nn.Module(), nn.Module()
+            for mod, o, i in LORA_MODULES:
+                parent, name = mod.split(".")
+                setattr(getattr(layer, parent), name, nn.Linear(LORA_DIMS[i], LORA_DIMS[o], bias=False))
+            skel.model.layers.append(layer)
+    skel = skel.to_empty(device="cpu")
+    names = ["a", "b"]
+    pm = None
+    t0 = time.perf_counter()
+    for name, folder in zip(names, adapters):
+        raw = json.loads(Path(folder, "adapter_config.json").read_text())
+        cfg = LoraConfig(r=raw["r"], lora_alpha=raw["lora_alpha"], target_modules=raw["target_modules"],
+                         lora_dropout=0.0, bias="none")
+        if pm is None:
+            pm = get_peft_model(skel, cfg, adapter_name=name)
+        else:
+            pm.add_adapter(name, cfg)
+        res = set_peft_model_state_dict(pm, load_file(str(Path(folder, "adapter_model.safetensors"))), adapter_name=name)
+        if res.unexpected_keys:
+            raise RuntimeError(f"peft did not place adapter keys {res.unexpected_keys[:3]}")
+    t1 = time.perf_counter()
+    pm.add_weighted_adapter(names, [1.0, 1.0], "merged", combination_type="ties_svd", svd_rank=rank, density=0.2)
+    t2 = time.perf_counter()
+    return {"load_s": t1 - t0, "peft_ties_svd_s": t2 - t1}
 
 
 def run_child(kind: str, args: dict) -> dict:
@@ -299,6 +393,10 @@ def run_child(kind: str, args: dict) -> dict:
         extra = {}
     elif kind == "svd_quality":
         extra = child_svd_quality(args["adapters"], args["layers"], args["rank"], args["sample"])
+    elif kind == "delta_floor":
+        extra = child_delta_floor(args["adapters"])
+    elif kind == "peft":
+        extra = child_peft(args["adapters"], args["layers"], args["rank"])
     else:
         raise ValueError(kind)
     wall = time.perf_counter() - t0
@@ -343,6 +441,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-lora", action="store_true", help="skip the LoRA runs")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--svd-sample", type=int, default=3, help="modules for the randomized-vs-exact SVD check (0: skip)")
+    ap.add_argument("--peft-layers", type=int, default=0,
+                    help="also run peft's add_weighted_adapter(ties_svd) and ours on the first N layers (0: skip)")
     ap.add_argument("--mergekit-python", default=None,
                     help="python of a separate environment with mergekit installed: also run mergekit linear and ties")
     ap.add_argument("--json", default=None, help="write all results to this JSON file")
@@ -419,13 +519,17 @@ def main(argv=None) -> int:
 
                     cfg_path.write_text(yaml.safe_dump(cfg))
                     mk_out = outs / f"mergekit-{method}"
-                    cmd = [a.mergekit_python, "-m", "mergekit.scripts.run_yaml", str(cfg_path), str(mk_out),
+                    cmd = [a.mergekit_python, str(ROOT / "bench" / "mergekit_run.py"), str(cfg_path), str(mk_out),
                            "--lazy-unpickle", "--copy-tokenizer"]
                     n_in = 3 if method == "ties" else 2
                     measure(f"mergekit {method}", "mergekit", {"cmd": cmd}, n_in * in_bytes, mk_out)
         if not a.no_lora:
             adapters = [str(p) for p in write_adapters(work, base, a.layers, a.lora_rank, log)]
             ad_bytes = sum(folder_bytes(Path(p)) for p in adapters)
+            floor_l = measure("lora floor: dense deltas only", "delta_floor", {"adapters": adapters},
+                              ad_bytes, outs / "lora")
+            log(f"  {floor_l['delta_elements'] / 1e9:.2f} G delta elements, {floor_l['gflop']:.0f} GFLOP of matmul "
+                f"in {floor_l['delta_s']:.1f} s")
             lora_runs = [
                 ("lora graft exact", {"method": "graft"}),
                 (f"lora graft svd->{a.lora_rank}", {"method": "graft", "output": {"rank": a.lora_rank}}),
@@ -435,6 +539,16 @@ def main(argv=None) -> int:
             for label, extra in lora_runs:
                 recipe = {"experts": adapters, "device": a.lora_device or a.device, "seed": 0, **extra}
                 measure(label, "merge", {"recipe": recipe, "out": str(outs / "lora")}, ad_bytes, outs / "lora")
+            if a.peft_layers:
+                n = a.peft_layers
+                small = [str(p) for p in write_adapters(work, base, n, a.lora_rank, log, prefix=f"peft{n}-lora")]
+                recipe = {"experts": small, "device": a.lora_device or a.device, "seed": 0, "method": "ties",
+                          "base": str(base), "output": {"rank": a.lora_rank}}
+                measure(f"lora ties svd->{a.lora_rank} ({n} layers)", "merge", {"recipe": recipe, "out": str(outs / "lora")},
+                        sum(folder_bytes(Path(p)) for p in small), outs / "lora")
+                log(f"running peft add_weighted_adapter(ties_svd) on {n} layer(s) ...")
+                results["peft"] = dict(spawn("peft", {"adapters": small, "layers": n, "rank": a.lora_rank}, a.threads),
+                                       layers=n)
             if a.svd_sample:
                 log("randomized vs exact SVD on sample modules ...")
                 results["svd_quality"] = spawn("svd_quality", {"adapters": adapters, "layers": a.layers,
@@ -471,8 +585,23 @@ def print_table(results: dict) -> None:
         if "lowrank_rel_err_mean" in r:
             print(f"{label}: SVD rel err mean {r['lowrank_rel_err_mean']:.4f}, max {r['lowrank_rel_err_max']:.4f}")
     for row in results.get("svd_quality", []):
-        print(f"SVD check {row['module']} {row['shape']}: randomized rel err {row['rel_err_randomized']:.5f} "
-              f"({row['s_randomized']:.2f} s) vs exact {row['rel_err_exact_svd']:.5f} ({row['s_exact_svd']:.2f} s)")
+        gap = row["rel_err_randomized"] / row["rel_err_exact_svd"] - 1 if row["rel_err_exact_svd"] else 0.0
+        print(f"SVD check {row['module']} {row['shape']}: ours rel err {row['rel_err_randomized']:.5f} "
+              f"({row['s_randomized']:.2f} s) vs exact truncated SVD {row['rel_err_exact_svd']:.5f} "
+              f"({row['s_exact_svd']:.2f} s): {gap:+.2e} relative; torch.svd_lowrank(niter=2) "
+              f"{row['rel_err_svd_lowrank']:.5f} ({row['s_svd_lowrank']:.2f} s)")
+    peft = results.get("peft")
+    if peft:
+        n = peft["layers"]
+        ours = next((r for k, r in runs.items() if k.endswith(f"({n} layers)")), None)
+        print(f"peft add_weighted_adapter(ties_svd, density 0.2) on {n} layer(s): {peft['peft_ties_svd_s']:.1f} s "
+              f"(+{peft['load_s']:.1f} s to load the adapters)")
+        if ours:
+            print(f"ours on the same {n} layer(s): {ours['wall']:.1f} s for the whole process, {ours['merge_s']:.1f} s "
+                  f"in run_recipe: peft / ours = {peft['peft_ties_svd_s'] / ours['wall']:.1f}x (process), "
+                  f"{peft['peft_ties_svd_s'] / ours['merge_s']:.1f}x (run_recipe)")
+            print("  per-layer cost is the same in every layer, so the run_recipe ratio carries over to 28 layers; "
+                  "the process ratio does not (its ~3 s start, mostly importing torch, is paid once)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Both gates give one weight per output row and wb + wg = 1, so with dW = scale * 
     diag(wb) dWb + diag(wg) dWg = [diag(wb) sb Bb | diag(wg) sg Bg] @ [Ab ; Ag]
 Gates are computed on the deltas streamed in row blocks (the M x N product is never
 materialised whole). Optional compression to rank r: QR of each factor + SVD of the small
-core (no dense product); `dense_to_lowrank` covers baselines that need a dense delta.
+core (no dense product); `dense_to_lowrank` / `lowrank_from_sketch` cover baselines that need
+a dense delta (randomized SVD whose sketch starts from the experts' row spaces).
 
 Scales are folded into B, so the fused adapter must be used with scale 1: in peft terms
 r = rb + rg, lora_alpha = r, use_rslora = False (or lora_alpha = sqrt(r) with rsLoRA).
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -160,6 +161,102 @@ def compress_lowrank(
     return Qb @ Bu, Av @ Qa.T, rel_err
 
 
+def sketch_start(Bs: Sequence[torch.Tensor], As: Sequence[torch.Tensor], q: int) -> torch.Tensor:
+    """(N, min(q, r)) directions the rows of a merged LoRA delta should lie near.
+
+    Bs (M, r_i) with each expert's weight and scale folded in, As (r_i, N); r = sum r_i.
+    TIES, DARE and the like keep most of the energy of sum_i Bs_i A_i in its dominant
+    directions, so: the whole row span A^T when r <= q, else the top-q right singular
+    vectors of sum_i Bs_i A_i = [Bs_1 ...] [A_1; ...] (QR of both factors and an r x r SVD,
+    no dense product).
+    """
+    A = torch.cat([a.float() for a in As])  # (r, N)
+    if A.shape[0] <= q:
+        return A.T
+    B = torch.cat([b.float() for b in Bs], dim=1)
+    Rb = torch.linalg.qr(B).R  # (., r)
+    Qa, Ra = torch.linalg.qr(A.T)  # (N, .), (., r)
+    Vh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False).Vh  # core rows -> right singular vectors
+    return Qa @ Vh[:q].T
+
+
+def sketch_padding(n: int, q: int, r: int, generator: torch.Generator | None) -> torch.Tensor | None:
+    """The Gaussian columns (n, q - r) that `sketch_basis` adds to r start columns, or None.
+
+    Drawn from `generator` on its own device; separate so that callers can draw in a fixed
+    order before the work is spread over threads.
+    """
+    pad = min(q, n) - min(r, n)
+    if pad <= 0:
+        return None
+    if generator is None:
+        raise ValueError("a sketch with random columns needs a seeded torch.Generator; got generator=None")
+    return torch.randn((n, pad), generator=generator, device=generator.device)
+
+
+def sketch_basis(
+    n: int, q: int, generator: torch.Generator | None, start: torch.Tensor | None = None,
+    device: torch.device | str | None = None, *, pad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(n, q') float32 test matrix P for the range sketch Y = X @ P of an (m, n) matrix X.
+
+    `start` (n, r): directions X's rows are expected to lie near (for merged LoRA deltas,
+    `sketch_start`). They are orthonormalised and come first, which makes P span most of the
+    dominant row space before any power iteration; Gaussian columns (`sketch_padding`, or
+    `pad` drawn by the caller) fill up to q. q' = max(q, r), at most n.
+    """
+    r = 0 if start is None else min(n, start.shape[1])
+    if pad is None:
+        pad = sketch_padding(n, q, r, generator)
+    cols = []
+    if r:
+        cols.append(torch.linalg.qr(start.float().to(device)).Q[:, :n])  # (n, r)
+    if pad is not None:
+        cols.append(pad.to(device))
+    return torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
+
+
+class RangeSketch(NamedTuple):
+    """Y = X @ P (m, q) of a dense (m, n) matrix X and ||X||_F^2, taken while X was being written."""
+
+    Y: torch.Tensor
+    sumsq: float
+
+
+# below this relative error the estimate ||X||^2 - sum S_k^2 loses too many digits to cancellation
+ESTIMATE_MIN_REL = 1e-2
+
+
+def lowrank_from_sketch(
+    X: torch.Tensor, rank: int, sketch: RangeSketch, *, niter: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Rank-`rank` factors of X (m, n) from its range sketch: (B (m, k), A (k, n), rel_err).
+
+    Q = orth(Y); `niter` power iterations (two passes over X each); then C = Q^T X (one pass)
+    and the SVD of the small C (q, n) in float64. The result U_k S_k V_k^T is the orthogonal
+    projection of X onto span(U_k), so ||X - B A||_F^2 = ||X||^2 - sum_k S_k^2 needs no pass
+    of its own; below ESTIMATE_MIN_REL (where that difference cancels) it is measured.
+    """
+    if int(rank) != rank or rank < 1:
+        raise ValueError(f"rank={rank!r} must be a positive integer")
+    Q = torch.linalg.qr(sketch.Y).Q  # (m, q)
+    for _ in range(niter):
+        P = torch.linalg.qr(X.T @ Q).Q  # (n, q)
+        Q = torch.linalg.qr(X @ P).Q
+    C = Q.T @ X  # (q, n)
+    # LAPACK is ~10-100x slower on a wide (q, n) input than on its transpose: C^T = V S Uc^T
+    V, S, UcT = torch.linalg.svd(C.T.double(), full_matrices=False)
+    k = min(int(rank), S.numel())
+    U = Q @ UcT[:k].T.to(Q.dtype)
+    B, A = _split_sqrt(U, S[:k].to(Q.dtype), V[:, :k].T.to(Q.dtype))
+    total = float(sketch.sumsq)
+    kept = float(S[:k].square().sum())
+    rel_err = math.sqrt(max(0.0, total - kept) / total) if total > 0 else 0.0
+    if total > 0 and rel_err < ESTIMATE_MIN_REL:
+        rel_err = _rel_residual(X, B, A)
+    return B, A, rel_err
+
+
 def dense_to_lowrank(
     delta: torch.Tensor,
     rank: int,
@@ -168,13 +265,16 @@ def dense_to_lowrank(
     *,
     niter: int = 2,
     oversample: int = 8,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Rank-`rank` factors of a dense delta (M, N): (B (M, k), A (k, N), rel_err).
 
     For baselines (TIES, DARE) whose merged delta only exists densely. Default: randomized
-    `torch.svd_lowrank` with `niter` power iterations, seeded from `generator` (its global
-    RNG draw is isolated with fork_rng); wide matrices are factored transposed (~3x
-    cheaper). exact=True uses the full `torch.linalg.svd`. rel_err is measured, not estimated.
+    SVD (`lowrank_from_sketch`) on a sketch with rank + oversample columns: `start` (N, r)
+    columns first (`sketch_basis`; from the experts' rows, `sketch_start`, niter=0 is
+    enough), Gaussian columns from `generator` (required, the only randomness used) for the
+    rest, then `niter` power iterations. exact=True uses the full `torch.linalg.svd`.
+    rel_err = ||delta - B A||_F / ||delta||_F.
     """
     if delta.dim() != 2:
         raise ValueError(f"dense_to_lowrank: delta must be 2-D, got shape {tuple(delta.shape)}")
@@ -184,26 +284,26 @@ def dense_to_lowrank(
     M, N = X.shape
     k = min(int(rank), M, N)
     if exact:
-        U, S, Vh = torch.linalg.svd(X, full_matrices=False)
-        U, S, Vh = U[:, :k], S[:k], Vh[:k]
-    else:
-        if generator is None:
-            raise ValueError("dense_to_lowrank(exact=False) needs a seeded torch.Generator; got generator=None")
-        wide = M < N
-        Y = X.T if wide else X  # tall: the sketch is taken on the short side
-        q = min(k + oversample, M, N)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        devices = [X.device] if X.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            U, S, V = torch.svd_lowrank(Y, q=q, niter=niter)
-        U, S, V = U[:, :k], S[:k], V[:, :k]
-        if wide:  # Y = X^T = U S V^T  =>  X = V S U^T
-            U, V = V, U
-        Vh = V.T
-    B, A = _split_sqrt(U, S, Vh)
-    rel_err = _rel_residual(X, B, A)
-    return B, A, rel_err
+        if M < N:  # LAPACK is far slower on wide inputs: X^T = U S Vh  =>  X = Vh^T S U^T
+            V, S, Uh = torch.linalg.svd(X.T, full_matrices=False)
+            U, Vh = Uh.T, V.T
+        else:
+            U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+        B, A = _split_sqrt(U[:, :k], S[:k], Vh[:k])
+        S64 = S.double().square()
+        total = float(S64.sum())
+        return B, A, math.sqrt(float(S64[k:].sum()) / total) if total > 0 else 0.0
+    if generator is None:
+        raise ValueError("dense_to_lowrank(exact=False) needs a seeded torch.Generator; got generator=None")
+    P = sketch_basis(N, min(k + oversample, M, N), generator, start, device=X.device)
+    return lowrank_from_sketch(X, k, RangeSketch(X @ P, sum_squares(X)), niter=niter)
+
+
+def sum_squares(X: torch.Tensor) -> float:
+    """||X||_F^2: float32 dot products over ~1M-element chunks, summed in float64 (a float64
+    copy of X costs ~5x more)."""
+    flat = X.reshape(-1)
+    return sum(float(torch.dot(c, c)) for c in flat.split(1 << 20))
 
 
 def _rel_residual(X: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> float:

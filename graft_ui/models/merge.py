@@ -18,8 +18,11 @@ experts fuse left to right in recipe order (DESIGN.md §2).
 LoRA experts: Graft uses the exact rank-concatenation form (DESIGN.md §2.4) with
 optional SVD compression (`output.rank`); baselines merge the dense deltas (base = 0, the
 deltas are task vectors) and factor the result back to `output.rank` (default: the sum of
-the experts' ranks) with randomized SVD; average and task_arithmetic are linear in the
-deltas and stay exact by concatenating factors. `output.kind: full` writes base + fused
+the experts' ranks) with randomized SVD, its sketch started from the experts' dominant row
+directions (lora.sketch_start) and its error exact; average and task_arithmetic are linear
+in the deltas and stay exact by concatenating factors. On CPU, TIES and DARE-TIES build the
+deltas tile by tile (fastgraft.lora_ties, the sketch taken in the same pass), one module
+per worker thread (fastgraft.SingleThreaded), written back in order. `output.kind: full` writes base + fused
 delta as a full checkpoint instead. A module adapted by some experts but not others is
 fused with a zero delta for the others (a LoRA expert that never touched a module *is*
 the base there); this is logged and recorded as `missing_in` in gates.json.
@@ -34,7 +37,10 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -63,6 +69,10 @@ Progress = Callable[[int, int, str], None]
 
 # methods whose result is linear in the experts' deltas: on LoRA they stay exact low-rank
 LINEAR_METHODS = ("average", "task_arithmetic")
+# methods whose LoRA deltas are merged tile by tile on CPU (fastgraft.lora_ties)
+FAST_LORA_TIES = ("ties", "dare_ties")
+# sketch columns beyond the output rank for dense LoRA results (lora.sketch_basis)
+LOWRANK_OVERSAMPLE = 8
 GRAFT_KEYS = ("a", "c", "bins", "gates", "global_form", "alpha", "beta")
 
 
@@ -159,6 +169,21 @@ class _Ctx:
         self.done = 0
         self.total = total
         self.callback = progress
+        self._threads = None
+
+    @property
+    def module_threads(self):
+        """fastgraft.SingleThreaded workers for independent CPU module jobs, one per intra-op
+        thread torch would use; None where that is 1 or the device is not the CPU."""
+        if self._threads is None and self.device.type == "cpu" and torch.get_num_threads() > 1:
+            from graft_ui.models.fastgraft import SingleThreaded
+
+            self._threads = SingleThreaded(torch.get_num_threads())
+        return self._threads
+
+    def thread_scratch(self, role: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """`scratch` private to the calling thread (module jobs run concurrently)."""
+        return self.scratch(f"{role}@{threading.get_ident()}", (numel,), dtype)
 
     def step(self, n: int = 1, desc: str = "") -> None:
         self.done += n
@@ -178,6 +203,8 @@ class _Ctx:
     def close(self) -> None:
         self.bar.close()
         self.pool.clear()
+        if self._threads is not None:
+            self._threads.close()
 
 
 # ---------------------------------------------------------------------------- full fine-tunes
@@ -506,10 +533,15 @@ class _LoraJob:
             for p in self.plans
         ]
 
-    # -- per-module maths: returns ("factors", B, A, stats) or ("dense", delta, stats)
+    # -- per-module maths: ("factors", B, A, stats) or ("dense", delta, sketch, stats)
 
-    def _factors(self, p: _LoraModulePlan, ctx: _Ctx):
-        rec = self.recipe
+    def _factors(self, p: _LoraModulePlan, ctx: _Ctx, sketch_rank: int | None = None):
+        """The fused module. Dense results come with their range sketch (lora.RangeSketch) for
+        a rank-`sketch_rank` factorisation when that is asked for, else None."""
+        return self._fuse_job(p, ctx, sketch_rank)()
+
+    def _read(self, p: _LoraModulePlan, ctx: _Ctx) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """(B, A, scale) per expert; an expert without the module gives rank-0 factors (zero delta)."""
         read = []
         for i, m in p.members:
             if m is None:
@@ -518,13 +550,24 @@ class _LoraJob:
             else:
                 B, A = self.adapters[i].read(m, ctx.device)
                 read.append((B, A, m.scale))
-        if not p.fuse:
-            B, A, s = read[0]
-            return "factors", B * s, A, {}
+        return read
+
+    def _fuse_job(self, p: _LoraModulePlan, ctx: _Ctx, sketch_rank: int | None = None) -> Callable[[], tuple]:
+        """`_factors` as a job: every draw from the run's generator happens now, in plan order;
+        the returned callable does the rest. One marked `.independent` touches no shared state
+        (reads use pread), so module jobs may run concurrently."""
+        done = lambda *result: lambda: result  # noqa: E731
+        rec = self.recipe
         stats: dict[str, Any] = {"ranks": [m.rank if m else 0 for _, m in p.members]}
         missing = [self.labels[i] for i, m in p.members if m is None]
         if missing:
             stats["missing_in"] = missing
+        if p.fuse and rec.method in FAST_LORA_TIES and ctx.device.type == "cpu":
+            return self._ties_tiled_job(p, ctx, stats, sketch_rank)
+        read = self._read(p, ctx)
+        if not p.fuse:
+            B, A, s = read[0]
+            return done("factors", B * s, A, {})
         if rec.method == "graft":
             from graft_ui.models.fastgraft import graft_lora_fast
 
@@ -539,7 +582,7 @@ class _LoraJob:
             st = dict(steps[-1])
             if len(steps) > 1:
                 st["steps"] = steps
-            return "factors", B, A, dict(stats, **st)
+            return done("factors", B, A, dict(stats, **st))
         if rec.method in LINEAR_METHODS:
             from graft_ui.merging.lora import concat_lora
 
@@ -548,44 +591,128 @@ class _LoraJob:
             coef, st = self.method.merge(torch.zeros(k), onehot, [e.weight for e in rec.experts], rec.params, ctx.generator)
             B, A = concat_lora([b for b, _, _ in read], [a for _, a, _ in read],
                                [s * float(c) for (_, _, s), c in zip(read, coef)], [1.0] * k)
-            return "factors", B, A, dict(stats, **st, coefficients=[float(c) for c in coef])
-        deltas = [(B @ A).mul_(s) if B.shape[1] else torch.zeros(p.out_features, p.in_features, device=ctx.device)
-                  for B, A, s in read]
+            return done("factors", B, A, dict(stats, **st, coefficients=[float(c) for c in coef]))
+        from graft_ui.merging.lora import RangeSketch, sketch_basis, sketch_start, sum_squares
+
+        M, N = p.out_features, p.in_features
+        weights = [e.weight for e in rec.experts]
+        P = None
+        if sketch_rank is not None:
+            # drawn before the merge, as on the tiled path (DARE draws from the same generator)
+            pad = self._sketch_padding(p, sketch_rank, ctx)
+            start = sketch_start([B * (s * w) for (B, _, s), w in zip(read, weights)], [A for _, A, _ in read], pad[0])
+            P = sketch_basis(N, pad[0], None, start, pad=pad[1], device=ctx.device)
+        deltas = [(B @ A).mul_(s) if B.shape[1] else torch.zeros(M, N, device=ctx.device) for B, A, s in read]
         base = torch.zeros_like(deltas[0]) if self.method.needs_base else None
-        merged, st = self.method.merge(base, deltas, [e.weight for e in rec.experts], rec.params, ctx.generator)
-        return "dense", merged, None, dict(stats, **st)
+        merged, st = self.method.merge(base, deltas, weights, rec.params, ctx.generator)
+        del deltas
+        sketch = None
+        if P is not None:
+            X = merged.float()
+            sketch = RangeSketch(X @ P, sum_squares(X))
+        return done("dense", merged, sketch, dict(stats, **st))
+
+    def _sketch_padding(self, p: _LoraModulePlan, rank: int, ctx: _Ctx):
+        """(q, Gaussian columns or None) for `lora.sketch_basis`. The sketch starts from the
+        experts' dominant row directions (`lora.sketch_start`), which the merged delta's rows
+        mostly lie near, so no power iteration is needed (bench_merge.py reports the gap to
+        the exact SVD); random columns only fill up when the experts have fewer than q."""
+        from graft_ui.merging.lora import sketch_padding
+
+        M, N = p.out_features, p.in_features
+        q = min(rank + LOWRANK_OVERSAMPLE, M, N)
+        return q, sketch_padding(N, q, sum(m.rank for _, m in p.members if m is not None), ctx.generator)
+
+    def _ties_tiled_job(self, p: _LoraModulePlan, ctx: _Ctx, stats: dict, sketch_rank: int | None):
+        """TIES / DARE-TIES of the LoRA deltas tile by tile (fastgraft.lora_ties), the sketch
+        taken in the same pass: the method's values on the dense deltas, which never exist whole.
+        Reading, the sketch basis and the merge all run in the job (main-thread torch ops would
+        compete with the workers); only the generator's draws happen here."""
+        from graft_ui.merging.lora import RangeSketch, sketch_basis, sketch_start
+        from graft_ui.merging.registry import validate_params
+        from graft_ui.models.fastgraft import dare_keep_masks, lora_ties
+
+        rec = self.recipe
+        prm = validate_params(rec.method, rec.params)
+        weights = [e.weight for e in rec.experts]
+        M, N = p.out_features, p.in_features
+        pad = self._sketch_padding(p, sketch_rank, ctx) if sketch_rank is not None else None
+        if rec.method == "ties":
+            kw, extra = {"density": prm["density"]}, {"density": prm["density"]}
+        else:
+            kw = {"drop": (prm["p"], dare_keep_masks(M, N, len(p.members), prm["p"], ctx.generator))}
+            extra = {"p": prm["p"]}
+
+        def job():
+            factors = [(B * s, A.contiguous()) for B, A, s in self._read(p, ctx)]  # float32
+            P = None
+            if pad is not None:
+                start = sketch_start([B * w for (B, _), w in zip(factors, weights)], [A for _, A in factors], pad[0])
+                P = sketch_basis(N, pad[0], None, start, pad=pad[1])
+            out = ctx.thread_scratch("lora_dense", M * N).view(M, N)
+            Y, sumsq, st = lora_ties(factors, weights, lam=prm["lam"], out=out, sketch=P, buffer=ctx.thread_scratch, **kw)
+            return "dense", out, None if Y is None else RangeSketch(Y, sumsq), dict(stats, **st, **extra)
+
+        job.independent = True
+        return job
 
     def execute(self, tmp: Path, ctx: _Ctx) -> tuple[dict[str, dict], list[str]]:
         return self._execute_adapter(tmp, ctx) if self.output_kind == "adapter" else self._execute_full(tmp, ctx)
 
     def _execute_adapter(self, tmp: Path, ctx: _Ctx):
-        from graft_ui.merging.lora import compress_lowrank, dense_to_lowrank
+        from graft_ui.merging.lora import compress_lowrank, lowrank_from_sketch
 
         specs = [(p.path, p.out_features, p.in_features, p.rank) for p in self.plans]
         writer = write_adapter(tmp, specs, template=self.adapters[0].config, base_model=self.base_ref, dtype=ctx.out_dtype)
         stats: dict[str, dict] = {}
+
+        def to_adapter(p: _LoraModulePlan, job) -> tuple[torch.Tensor, torch.Tensor, dict]:
+            form, X, A, st = job()
+            if form == "dense":  # A is the range sketch
+                B, A, err = lowrank_from_sketch(X.float(), p.rank, A)
+                st.update(rank=int(B.shape[1]), lowrank_rel_err=err)
+            elif p.mode.endswith("+svd"):
+                full_rank = int(X.shape[1])
+                B, A, err = compress_lowrank(X, A, p.rank)
+                st.update(rank=int(B.shape[1]), rank_before=full_rank, lowrank_rel_err=err)
+            else:
+                B = X
+                if p.fuse:
+                    st["rank"] = int(B.shape[1])
+            for t, what in ((B, "B"), (A, "A")):
+                check_finite(t, f"the fused LoRA {what} of {p.name!r}")
+            return B, A, st
+
+        def write(p: _LoraModulePlan, result: Future) -> None:
+            B, A, st = result.result()
+            writer.write(p.path, B, A)
+            if p.fuse:
+                stats[p.name] = st
+            ctx.step(1, p.name)
+
+        # independent module jobs run on ctx.module_threads, written back in plan order; at
+        # most one more in flight than there are threads bounds the memory held
+        pending: deque[tuple[_LoraModulePlan, Future]] = deque()
+        window = 0
         try:
             for p in self.plans:
-                form, X, A, st = self._factors(p, ctx)
-                if form == "dense":
-                    B, A, err = dense_to_lowrank(X, p.rank, ctx.generator)
-                    st.update(rank=int(B.shape[1]), lowrank_rel_err=err)
-                elif p.mode.endswith("+svd"):
-                    full_rank = int(X.shape[1])
-                    B, A, err = compress_lowrank(X, A, p.rank)
-                    st.update(rank=int(B.shape[1]), rank_before=full_rank, lowrank_rel_err=err)
+                job = self._fuse_job(p, ctx, sketch_rank=p.rank if p.mode == "dense+svd" else None)
+                threads = ctx.module_threads if getattr(job, "independent", False) else None
+                if threads is not None:
+                    fut = threads.submit(to_adapter, p, job)
+                    window = threads.n
                 else:
-                    B = X
-                    if p.fuse:
-                        st["rank"] = int(B.shape[1])
-                for t, what in ((B, "B"), (A, "A")):
-                    check_finite(t, f"the fused LoRA {what} of {p.name!r}")
-                writer.write(p.path, B, A)
-                if p.fuse:
-                    stats[p.name] = st
-                ctx.step(1, p.name)
+                    fut = Future()
+                    fut.set_result(to_adapter(p, job))
+                pending.append((p, fut))
+                while len(pending) > window:
+                    write(*pending.popleft())
+            while pending:
+                write(*pending.popleft())
             files = writer.close()
         except BaseException:
+            for _, fut in pending:
+                fut.cancel()
             writer.abort()
             raise
         files += copy_sidecar_files(self.folders[0], tmp)
@@ -601,7 +728,10 @@ class _LoraJob:
             for n in base.names:
                 if n in fused_names:
                     p = self.plan_by_name[self.base_weights[n]]
-                    form, X, A, st = self._factors(p, ctx)
+                    job = self._fuse_job(p, ctx)
+                    threads = ctx.module_threads if getattr(job, "independent", False) else None
+                    # on a worker for its single-threaded ops (see fastgraft.SingleThreaded)
+                    form, X, A, st = threads.submit(job).result() if threads is not None else job()
                     info = base.info(n)
                     W = ctx.to_device(base.read(n, ctx.pool.bytes("base", info.nbytes)))
                     check_finite(W, f"tensor {n!r} of base {self.base_ref!r}")

@@ -109,19 +109,125 @@ def test_entropy32_equals_reference(bins):
         assert entropy32(x, bins, lo, hi) == entropy(x, bins), (x.shape, bins)
 
 
-@pytest.mark.parametrize("weights, lam", [([1.0, 1.0], 1.0), ([0.7, 0.4, 1.2], 0.8)])
-def test_ties_dense_equals_ties_merge(weights, lam):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("weights, lam", [([1.0, 1.0], 1.0), ([0.7, 0.4, 1.2], 0.8), ([1.0, -0.5], 1.3), ([0.0, 2.0], 1.0)])
+def test_ties_dense_equals_ties_merge(weights, lam, dtype):
     from graft_ui.merging.ties import ties_merge
     from graft_ui.models.fastgraft import ties_dense, ties_thresholds
 
     g = torch.Generator().manual_seed(4)
-    base = (torch.randn(300, 200, generator=g) * 0.02).to(torch.bfloat16)
-    experts = [(base.float() + torch.randn(300, 200, generator=g) * 0.003).to(torch.bfloat16) for _ in weights]
+    base = (torch.randn(300, 200, generator=g) * 0.02).to(dtype)
+    experts = [(base.float() + torch.randn(300, 200, generator=g) * 0.003).to(dtype) for _ in weights]
     n = base.numel()
     thr = ties_thresholds(base, experts, 0.2, torch.empty(n))
     pool = {}
     bufs = lambda r: pool.setdefault(r, torch.empty(n, dtype=torch.bool if r == "mask" else torch.float32))  # noqa: E731
     got, st = ties_dense(base, experts, weights, thr, lam, bufs)
     ref, st_ref = ties_merge(base, experts, weights, density=0.2, lam=lam, block_rows=7)
-    torch.testing.assert_close(got.to(torch.bfloat16), ref, rtol=0, atol=0)
+    torch.testing.assert_close(got.to(dtype), ref, rtol=0, atol=0)
     assert st == st_ref
+
+
+def _dyadic(shape, g, scale=8):
+    """Values k/8: every product and sum below is exact, whatever order a matmul adds in."""
+    return torch.randint(-scale, scale + 1, shape, generator=g).float() / scale
+
+
+def _lora_cases():
+    g = torch.Generator().manual_seed(6)
+    # (M, N, ranks (0: the expert lacks the module), weights, lam, density)
+    for M, N, ranks, weights, lam, density in [
+        (300, 170, [4, 7], [1.0, 1.0], 1.0, 0.2),
+        (257, 96, [3, 0, 5], [0.7, 0.4, 1.2], 0.8, 0.3),
+        (64, 50, [2, 2], [1.0, -0.5], 1.0, 0.5),
+        (64, 50, [2, 2], [0.0, 1.0], 1.3, 0.2),
+        (64, 50, [2, 3], [1.0, 1.0], 1.0, 1.0),  # keep all
+        (64, 50, [2, 3], [1.0, 1.0], 1.0, 0.0001),  # k = 0: keep none
+    ]:
+        yield [(_dyadic((M, r), g), _dyadic((r, N), g)) for r in ranks], weights, lam, density
+
+
+@pytest.mark.parametrize("tile", [1 << 18, 200, 37])
+def test_lora_ties_equals_ties_merge_on_the_dense_deltas(tile):
+    """Tile by tile (deltas never whole), thresholds by bracket + exact search: ties_merge's values and stats."""
+    from graft_ui.merging.ties import ties_merge
+    from graft_ui.models.fastgraft import lora_ties
+
+    for factors, weights, lam, density in _lora_cases():
+        M, N = factors[0][0].shape[0], factors[0][1].shape[1]
+        deltas = [B @ A for B, A in factors]
+        out, P = torch.empty(M, N), torch.randn(N, 5)
+        Y, sumsq, st = lora_ties(factors, weights, lam=lam, out=out, density=density, sketch=P, tile_elems=tile)
+        ref, st_ref = ties_merge(torch.zeros(M, N), deltas, weights, density=density, lam=lam)
+        assert torch.equal(out, ref), (M, N, weights, density)
+        assert st == st_ref
+        torch.testing.assert_close(Y, ref @ P, rtol=1e-5, atol=1e-5)
+        assert math.isclose(sumsq, float(ref.double().square().sum()), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_lora_dare_ties_equals_dare_ties(p):
+    """DARE's masks drawn in dare_ties' block order: the same draws, the same result."""
+    from graft_ui.merging.dare import dare_ties
+    from graft_ui.models.fastgraft import dare_keep_masks, lora_ties
+
+    for factors, weights, lam, _ in _lora_cases():
+        M, N = factors[0][0].shape[0], factors[0][1].shape[1]
+        out = torch.empty(M, N)
+        masks = dare_keep_masks(M, N, len(factors), p, torch.Generator().manual_seed(5))
+        _, _, st = lora_ties(factors, weights, lam=lam, out=out, drop=(p, masks), tile_elems=300)
+        ref, st_ref = dare_ties(torch.zeros(M, N), [B @ A for B, A in factors], weights, p=p, lam=lam,
+                                generator=torch.Generator().manual_seed(5))
+        st_ref.pop("p")
+        assert torch.equal(out, ref) and st == st_ref
+
+
+@pytest.mark.parametrize("bracket", [(0.0, 1e-9), (1e9, 2e9), (0.0, math.inf), (0.5, 0.5)])
+def test_lora_ties_threshold_survives_a_missed_bracket(monkeypatch, bracket):
+    """A sampled bracket that misses the k-th largest |d| costs a pass, never a wrong threshold."""
+    import graft_ui.models.fastgraft as fg
+    from graft_ui.merging.ties import ties_merge
+
+    monkeypatch.setattr(fg, "_bracket", lambda *a: bracket)
+    g = torch.Generator().manual_seed(7)
+    factors = [(_dyadic((120, 3), g), _dyadic((3, 77), g)) for _ in range(2)]
+    out = torch.empty(120, 77)
+    _, _, st = fg.lora_ties(factors, [1.0, 1.0], lam=0.5, out=out, density=0.2, tile_elems=500)
+    ref, st_ref = ties_merge(torch.zeros(120, 77), [B @ A for B, A in factors], density=0.2, lam=0.5)
+    assert torch.equal(out, ref) and st == st_ref
+
+
+def test_lora_ties_on_real_valued_factors_keeps_exactly_k():
+    """Random float factors: the same kept fractions as ties_merge on the same products (ties kept)."""
+    from graft_ui.merging.ties import ties_merge
+    from graft_ui.models.fastgraft import lora_ties
+
+    g = torch.Generator().manual_seed(8)
+    M, N = 700, 300
+    factors = [(torch.randn(M, 8, generator=g) * 0.01 * s, torch.randn(8, N, generator=g)) for s in (2.0, 1.0)]
+    out = torch.empty(M, N)
+    _, _, st = lora_ties(factors, [1.0, 1.0], lam=1.0, out=out, density=0.2)
+    ref, st_ref = ties_merge(torch.zeros(M, N), [B @ A for B, A in factors], density=0.2)
+    assert st["kept"] == st_ref["kept"] == [round(int(0.2 * M * N) / (M * N), 6)] * 2
+    assert abs(st["nonzero"] - st_ref["nonzero"]) <= 2 / (M * N)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_single_threaded_workers_leave_the_callers_threads_alone():
+    import threading
+
+    from graft_ui.models.fastgraft import SingleThreaded
+
+    before = torch.get_num_threads()
+    pool = SingleThreaded(2)
+    try:
+        seen = {pool.submit(lambda: (threading.get_ident(), torch.get_num_threads())).result()[1] for _ in range(4)}
+        assert seen == {1}
+        assert torch.get_num_threads() == before
+        out = []
+        t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert out == [before]  # threads made later get the caller's default again
+    finally:
+        pool.close()

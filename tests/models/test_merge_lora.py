@@ -173,3 +173,37 @@ def test_load_model_accepts_the_fused_adapter(zoo, make_recipe, tmp_path):
     model = load_model(out)
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=INPUT_IDS).logits).all()
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_tiled_lora_ties_matches_the_dense_path_and_ignores_thread_count(zoo, make_recipe, tmp_path, monkeypatch, method):
+    """The tiled kernel (module jobs on worker threads) against the generic dense-delta path
+    (what other devices run): the same stats and deltas; and the same bits on 1 thread."""
+    import graft_ui.models.merge as merge_mod
+    from graft_ui.models.checkpoint import SafetensorsFile
+    from graft_ui.models.lora_io import ADAPTER_WEIGHTS
+
+    experts = [zoo["lora_a"], zoo["lora_b"], zoo["lora_c"]]
+    extra = {"base": zoo["base"], "output": {"rank": 5}}
+    tiled, single, dense = tmp_path / "tiled", tmp_path / "single", tmp_path / "dense"
+    run_recipe(make_recipe(method, experts, **extra), tiled)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_recipe(make_recipe(method, experts, **extra), single)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(merge_mod, "FAST_LORA_TIES", ())
+    run_recipe(make_recipe(method, experts, **extra), dense)
+    a, b = SafetensorsFile(tiled / ADAPTER_WEIGHTS), SafetensorsFile(single / ADAPTER_WEIGHTS)
+    assert sorted(a.tensors) == sorted(b.tensors)
+    for n in a.tensors:
+        assert torch.equal(a.read(n), b.read(n)), n
+    gates = {p: json.loads((p / "gates.json").read_text())["modules"] for p in (tiled, dense)}
+    for name, st in gates[tiled].items():
+        ref = gates[dense][name]
+        assert st["kept"] == ref["kept"] and st["nonzero"] == ref["nonzero"], name
+        assert st["lowrank_rel_err"] == pytest.approx(ref["lowrank_rel_err"], abs=1e-4), name
+    dt, dd = peft_deltas(zoo["base"], tiled), peft_deltas(zoo["base"], dense)
+    for name in dt:
+        assert rel(dt[name], dd[name]) < 1e-4, name

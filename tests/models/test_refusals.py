@@ -85,11 +85,13 @@ def test_nan_or_inf_weights_fused_or_copied(zoo, make_recipe, tmp_path, tensor):
     _refuse(make_recipe("graft", [bad, zoo["full_b"]]), tmp_path / "o", ValueError, f"{tensor}.*NaN or inf")
 
 
-def test_nan_in_adapter(zoo, make_recipe, tmp_path):
+@pytest.mark.parametrize("method", ["graft", "ties"])  # ties: read inside a module job on a worker thread
+def test_nan_in_adapter(zoo, make_recipe, tmp_path, method):
     bad = _copy(zoo["lora_c"], tmp_path / "bad")
     key = "base_model.model.model.language_model.layers.2.mlp.up_proj.lora_A.weight"
     _edit_weights(bad, lambda t: t[key].view(-1).__setitem__(0, float("nan")), "adapter_model.safetensors")
-    _refuse(make_recipe("graft", [zoo["lora_a"], bad]), tmp_path / "o", ValueError, "NaN or inf")
+    extra = {"base": zoo["base"]} if method != "graft" else {}
+    _refuse(make_recipe(method, [zoo["lora_a"], bad], **extra), tmp_path / "o", ValueError, "NaN or inf")
 
 
 def test_existing_output_folder_and_overwrite(zoo, make_recipe, tmp_path):
