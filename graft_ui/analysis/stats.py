@@ -15,9 +15,24 @@ Which activation ("source"):
   module's full output is dominated by the frozen base weights, so it is nearly the same
   for every expert of one base and would score the base model, not the expert.
 
-Memory stays bounded: hooks reduce each activation on its device to a handful of
-scalars (no activation is kept), and the scalars of one sample are brought to the host
-in one transfer at the end of that sample (no device sync per module).
+How: every call is reduced to five sums (sum|x|, x0, sum(x - x0), sum(x - x0)^2,
+count(|x| >= thr)), pooled per module and sample on the host in float64. No activation
+outlives its sample, and a device's sums come to the host in one transfer at the end of
+the sample (no device sync per module). Small activations make torch's per-op dispatch,
+not the arithmetic, the cost (a 16k-element reduction is a few microseconds, like
+dispatching one op), so which code reduces them matters more than the formulas:
+- CUDA with Triton: one fused kernel per call (`_triton_stats`).
+- CPU: numpy on the tensor's own memory, in the hook, while the activation is still in
+  cache, with preallocated scratch (no allocation per call, no thread pool); at most
+  HOST_CHUNK elements at a time, so the scratch stays under 13 bytes x HOST_CHUNK
+  (13 MiB; 9 bytes for float32 activations) whatever the activation size.
+- other devices (CUDA without Triton): activations of up to `stage_bytes / 4 /
+  STAGE_MIN_ROWS` elements are copied (as float32; a copy, so later in-place ops cannot
+  change them) into a row of a staging buffer per length, and reduced a whole buffer
+  at a time in a few batched ops, at the end of the sample or when the buffer is full.
+  A device holds at most `stage_buffers` buffers plus one scratch buffer of
+  `stage_bytes` each (72 MiB with the defaults), freed when the hooks are removed.
+  Larger activations, and float64 ones anywhere, are reduced by torch ops in the hook.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from graft_ui.analysis.modules import is_lora_layer, scope_modules
@@ -38,6 +54,13 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "output", "adapter")
 DEFAULT_EPS = 1e-3
+PATHS = ("auto", "host", "staged", "direct")
+HOST_CHUNK = 1 << 20  # elements a numpy step reduces at once (bounds the host scratch)
+STAGE_BYTES = 8 << 20  # one staging buffer (float32 rows of one activation length)
+STAGE_BUFFERS = 8  # staging buffers per device before all of them are reduced and reused
+# a buffer holds at least this many rows: above that length the per-op cost is small next to
+# the reduction itself, and the extra copy would only add to it
+STAGE_MIN_ROWS = 8
 
 
 @dataclass
@@ -143,26 +166,48 @@ def count_forward_hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-class StatsAccumulator:
-    """Running per-module sums over samples; hooks feed it, `end_sample` closes a sample."""
+class _Stage:
+    """Rows of one activation length waiting in a staging buffer, and who they belong to."""
 
-    def __init__(self, names: Sequence[str], eps: float):
+    __slots__ = ("buf", "arena", "rows", "meta", "thrs")
+
+    def __init__(self, arena: torch.Tensor, length: int):
+        self.arena = arena
+        self.buf = arena[: (arena.numel() // length) * length].view(-1, length)
+        self.rows = 0
+        self.meta: list[tuple[int, int, float]] = []  # (module index, numel, scale) per row
+        self.thrs: list[float] = []
+
+
+class StatsAccumulator:
+    """Running per-module sums over samples; hooks feed it, `end_sample` closes a sample.
+
+    `path` picks how activations that the Triton kernel does not take are reduced:
+    "auto" (CPU: "host"; other devices: "staged"), "host" (numpy, CPU only; other devices
+    as "auto"), "staged" or "direct" (torch reductions per call). All give the same sums to
+    float32 reduction accuracy; the choice is speed (module docstring). `stage_bytes` is
+    the size of one staging buffer, `stage_buffers` how many of them one device may hold.
+    """
+
+    def __init__(
+        self, names: Sequence[str], eps: float, *, path: str = "auto",
+        stage_bytes: int = STAGE_BYTES, stage_buffers: int = STAGE_BUFFERS,
+    ):
         if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
             raise ValueError(f"eps={eps!r} must be a positive finite number")
+        if path not in PATHS:
+            raise ValueError(f"path={path!r} is not one of {list(PATHS)}")
+        if stage_bytes < 4 * STAGE_MIN_ROWS or stage_buffers < 1:
+            raise ValueError(f"stage_bytes={stage_bytes!r} and stage_buffers={stage_buffers!r} are too small")
         self.names = list(names)
         self.eps = float(eps)
         self._index = {n: i for i, n in enumerate(self.names)}
-        # per hook call: host metadata, and 0-dim device tensors brought over once per sample
-        self._meta: list[tuple[int, int, float]] = []  # (module index, numel, scale)
-        self._l1: list[torch.Tensor] = []  # sum |x|
-        self._x0: list[torch.Tensor] = []  # shift: the call's first element
-        self._sd: list[torch.Tensor] = []  # sum (x - x0)
-        self._sq: list[torch.Tensor] = []  # sum (x - x0)^2
-        self._big: list[torch.Tensor] = []  # count |x| >= eps / |scale| (as a float sum)
-        # fused-kernel (CUDA) calls of this sample: zeroed output slots in chunks, and their metadata
-        self._chunks: list[torch.Tensor] = []
-        self._fmeta: list[tuple[int, int, float, int, int]] = []
-        self._chunk_used = 0
+        self._host_ok = path in ("auto", "host")
+        self._stage_ok = path in ("auto", "host", "staged")
+        self._arena_numel = int(stage_bytes) // 4
+        self._stage_max = self._arena_numel // STAGE_MIN_ROWS  # longest activation that is staged
+        self._stage_buffers = int(stage_buffers)
+        self._free_buffers()
         n = len(self.names)
         self.sum_mu = [0.0] * n
         self.sum_s = [0.0] * n
@@ -171,6 +216,33 @@ class StatsAccumulator:
         self.calls = [0] * n
         self.elements = [0] * n
         self.k = 0
+        self._reset_pending()
+
+    def _free_buffers(self) -> None:
+        self._free: dict[torch.device, list[torch.Tensor]] = {}  # allocated staging buffers not in use
+        self._arenas: dict[torch.device, int] = {}  # staging buffers allocated per device
+        self._scratch: dict[torch.device, torch.Tensor] = {}
+        # host path: x - x0 then |x|, |x| >= thr, and ones (for BLAS sums); a float32 copy of other dtypes
+        self._host: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._host_cast: torch.Tensor | None = None
+
+    def _reset_pending(self) -> None:
+        # host path: finished rows (module index, numel, scale, [l1, x0, sd, sq, big])
+        self._rows: list[tuple[int, int, float, list[float]]] = []
+        # direct calls: host metadata, and 0-dim device tensors brought over once per sample
+        self._meta: list[tuple[int, int, float]] = []  # (module index, numel, scale)
+        self._l1: list[torch.Tensor] = []  # sum |x|
+        self._x0: list[torch.Tensor] = []  # shift: the call's first element
+        self._sd: list[torch.Tensor] = []  # sum (x - x0)
+        self._sq: list[torch.Tensor] = []  # sum (x - x0)^2
+        self._big: list[torch.Tensor] = []  # count |x| >= eps / |scale| (as a float sum)
+        # fused-kernel (CUDA) calls of this sample: zeroed output slots in chunks, and their metadata
+        self._chunks: list[torch.Tensor] = []
+        self._fmeta: list[tuple[int, int, float, int, int]] = []  # (module, numel, scale, chunk, row)
+        self._chunk_used = 0
+        # staged calls: buffers in use by (device, length), and reduced buffers' (rows, 5) results
+        self._stages: dict[tuple[torch.device, int], _Stage] = {}
+        self._sres: list[tuple[list[tuple[int, int, float]], torch.Tensor]] = []
 
     def _slot(self, device: torch.device, idx: int, n: int, scale: float) -> torch.Tensor:
         """A zeroed (5,) float32 slot for one fused-kernel call; slots come in chunks (one launch per chunk)."""
@@ -183,15 +255,16 @@ class StatsAccumulator:
         return slot
 
     def observe(self, name: str, a: torch.Tensor, scale: float = 1.0) -> None:
-        """Reduce one activation x of module `name` (the observed activation is scale * x) to scalars on its device.
+        """Reduce one activation x of module `name` (the observed activation is scale * x) to five sums.
 
-        Cheap float reductions and no host sync: Welford-style `var_mean` is several times
-        slower on CPU, and so are boolean compare-and-count kernels, so the sparsity count is
-        `sum(min(sign(|x| - thr) + 1, 1))` (= count of |x| >= thr; exact, 0/1 terms). On CUDA
-        with Triton all of it is one fused kernel (`_triton_stats`). The variance
-        comes from sums shifted by the call's first element x0 (one of the values, so within
-        a few standard deviations of the mean), which avoids the cancellation of
-        E[x^2] - E[x]^2 when the mean is large against the spread.
+        Per call: sum|x|, x0, sum(x - x0), sum(x - x0)^2 and count(|x| >= thr), in float32.
+        The variance comes from sums shifted by the call's first element x0 (one of the
+        values, so within a few standard deviations of the mean), which avoids the
+        cancellation of E[x^2] - E[x]^2 when the mean is large against the spread. The
+        count is exact on every path: a boolean compare on the host, 0/1 floats on a
+        device. Welford-style `var_mean` would be several times slower, and so are torch's
+        boolean compare-and-count kernels, hence `sum(min(sign(|x| - thr) + 1, 1))` per call
+        and an in-place float `ge_` for staged rows. Which path does it: module docstring.
         """
         a = a.detach()
         n = a.numel()
@@ -213,6 +286,16 @@ class StatsAccumulator:
                 _FUSED = False
                 self._fmeta.pop()
                 log.warning("Triton statistics kernel failed (%s); using torch reductions", exc)
+        if a.dtype != torch.float64:
+            if a.is_cpu and self._host_ok:
+                try:
+                    self._rows.append((idx, n, scale, self._host_sums(a, n, thr)))
+                    return
+                except (RuntimeError, TypeError) as exc:  # e.g. a tensor subclass numpy cannot view
+                    log.debug("numpy statistics unavailable for %s (%s); using torch reductions", name, exc)
+            if n <= self._stage_max and self._stage_ok:
+                self._stage(a, n, idx, scale, thr)
+                return
         if a.dtype not in (torch.float32, torch.float64):
             a = a.float()  # half precision loses too much in variances; one transient copy
         flat = a.reshape(-1)
@@ -229,13 +312,127 @@ class StatsAccumulator:
         self._sd.append(d.sum())
         self._sq.append(torch.dot(d, d))
 
+    def _host_sums(self, a: torch.Tensor, n: int, thr: float) -> list[float]:
+        """The five sums of a CPU activation with numpy, in chunks of at most HOST_CHUNK elements.
+
+        Preallocated scratch (no allocation per call), single-threaded, sums as BLAS dot
+        products (like torch.dot); the chunks' partial sums add up in float64. One scratch
+        buffer serves x - x0 and then |x|, to keep the footprint in cache small.
+        """
+        m = min(n, HOST_CHUNK)
+        if self._host is None or self._host[0].size < m:
+            # at least doubled: lengths that grow sample by sample do not reallocate every time
+            m = min(max(m, 2 * (self._host[0].size if self._host else 0)), HOST_CHUNK)
+            self._host = (np.empty(m, np.float32), np.empty(m, np.bool_), np.ones(m, np.float32))
+        buf, ge_buf, ones = self._host
+        if a.dtype == torch.float32:
+            x = a.numpy().reshape(-1)  # a view of the tensor's memory; numpy reshapes cheaper than torch
+            flat = cast = None
+        else:  # bf16/fp16: converted chunk by chunk into a float32 buffer
+            x, flat = None, a.reshape(-1)
+            if self._host_cast is None or self._host_cast.numel() < buf.size:
+                self._host_cast = torch.empty(buf.size, dtype=torch.float32)
+            cast = self._host_cast
+        t32 = np.float32(thr)  # the comparison in float32, as on the other paths
+        x0 = None
+        l1 = sd = sq = 0.0
+        big = 0
+        for start in range(0, n, HOST_CHUNK):
+            c = min(n - start, HOST_CHUNK)
+            if x is not None:
+                xs = x[start : start + c]
+            else:
+                cast[:c].copy_(flat[start : start + c])  # type: ignore[index]
+                xs = cast[:c].numpy()  # type: ignore[index]
+            if x0 is None:
+                x0 = xs[0]  # a numpy scalar (a copy), in float32 like the shift on the other paths
+            o, s = ones[:c], buf[:c]
+            np.subtract(xs, x0, out=s)
+            sd += float(np.dot(s, o))
+            sq += float(np.dot(s, s))
+            np.abs(xs, out=s)
+            l1 += float(np.dot(s, o))
+            big += int(np.count_nonzero(np.greater_equal(s, t32, out=ge_buf[:c])))
+        return [l1, float(x0), sd, sq, float(big)]
+
+    def _stage(self, a: torch.Tensor, n: int, idx: int, scale: float, thr: float) -> None:
+        """Copy one activation into its length's staging buffer (a copy: later in-place ops cannot change it)."""
+        device = a.device
+        st = self._stages.get((device, n))
+        if st is None:
+            st = self._stages[(device, n)] = _Stage(self._take_arena(device), n)
+        # copy_ casts to float32; a strided activation is copied through a row viewed in its shape
+        row = st.buf[st.rows]
+        if a.is_contiguous():
+            row.copy_(a.view(-1))
+        else:
+            row.view(a.shape).copy_(a)
+        st.rows += 1
+        st.meta.append((idx, n, scale))
+        st.thrs.append(thr)
+        if st.rows == st.buf.shape[0]:
+            self._reduce_stage(st)
+
+    def _take_arena(self, device: torch.device) -> torch.Tensor:
+        free = self._free.setdefault(device, [])
+        if free:
+            return free.pop()
+        if self._arenas.get(device, 0) >= self._stage_buffers:
+            # every buffer of this device holds another length: reduce them all and reuse them
+            for key in [k for k in self._stages if k[0] == device]:
+                st = self._stages.pop(key)
+                self._reduce_stage(st)
+                free.append(st.arena)
+            return free.pop()
+        self._arenas[device] = self._arenas.get(device, 0) + 1
+        return self._empty(device)
+
+    def _empty(self, device: torch.device) -> torch.Tensor:
+        # a normal tensor even under inference_mode: hooks may also run outside it, and an
+        # inference tensor cannot be written there
+        with torch.inference_mode(False):
+            return torch.empty(self._arena_numel, dtype=torch.float32, device=device)
+
+    def _reduce_stage(self, st: _Stage) -> None:
+        """Reduce a staging buffer's rows in a few batched ops (one (rows, 5) result) and empty it.
+
+        Per row the same sums as the direct path: sum|x|, x0, sum(x - x0), sum(x - x0)^2 and
+        count(|x| >= thr). The buffer is scratch space once copied, so it is shifted in place.
+        """
+        r = st.rows
+        if r == 0:
+            return
+        x = st.buf[:r]
+        length = x.shape[1]
+        scratch = self._scratch.get(x.device)
+        if scratch is None:
+            scratch = self._scratch[x.device] = self._empty(x.device)
+        ab = scratch[: r * length].view(r, length)
+        thrs = st.thrs
+        if all(t == thrs[0] for t in thrs):
+            thr: float | torch.Tensor = thrs[0]
+        else:
+            thr = torch.tensor(thrs, dtype=torch.float32).view(r, 1).to(x.device)
+        x0 = x[:, :1].clone()
+        torch.abs(x, out=ab)
+        l1 = ab.sum(1)
+        # in place, float 1.0 / 0.0: an exact count, and cheaper than a bool tensor summed in int64
+        big = ab.ge_(thr).sum(1)
+        d = x.sub_(x0)
+        sd = d.sum(1)
+        sq = d.square_().sum(1)
+        self._sres.append((st.meta, torch.stack([l1, x0.view(r), sd, sq, big], 1)))
+        st.rows, st.meta, st.thrs = 0, [], []
+
     def end_sample(self) -> None:
-        """Fold the pending per-call scalars of one sample into the running sums (one host transfer)."""
-        meta, fmeta, chunks = self._meta, self._fmeta, self._chunks
+        """Fold the pending per-call sums of one sample into the running sums (one host transfer per device)."""
+        for st in self._stages.values():
+            self._reduce_stage(st)
+            self._free.setdefault(st.arena.device, []).append(st.arena)
+        rows, meta, fmeta, chunks, sres = self._rows, self._meta, self._fmeta, self._chunks, self._sres
         parts = self._l1 + self._x0 + self._sd + self._sq + self._big
-        self.discard_sample()
+        self._reset_pending()
         self.k += 1
-        rows: list[tuple[int, int, float, list[float]]] = []  # (module, numel, scale, [l1, x0, sd, sq, big])
         if meta:
             c = len(meta)
             vals = torch.stack(parts).double().cpu().tolist()  # one device -> host transfer per sample
@@ -243,6 +440,12 @@ class StatsAccumulator:
         if fmeta:
             fvals = [ch.double().cpu().tolist() for ch in chunks]  # one transfer per chunk of 64+ calls
             rows += [(idx, n, sc, fvals[ci][ri]) for idx, n, sc, ci, ri in fmeta]
+        by_device: dict[torch.device, list[tuple[list[tuple[int, int, float]], torch.Tensor]]] = {}
+        for item in sres:
+            by_device.setdefault(item[1].device, []).append(item)
+        for items in by_device.values():
+            svals = iter(torch.cat([t for _, t in items]).double().cpu().tolist())
+            rows += [(idx, n, sc, next(svals)) for metas, _ in items for idx, n, sc in metas]
         if not rows:
             return
         per: dict[int, list[tuple[int, float, float, float, float]]] = {}
@@ -253,22 +456,26 @@ class StatsAccumulator:
             scales[idx] = sc
         for idx, calls in per.items():
             sc = scales[idx]
-            total = sum(cl[0] for cl in calls)
-            gmean = sum(cl[0] * cl[2] for cl in calls) / total
-            # Chan et al.: pool the calls' squared deviations about the pooled mean
-            m2 = sum(cl[3] + cl[0] * (cl[2] - gmean) ** 2 for cl in calls)
-            self.sum_mu[idx] += abs(sc) * sum(cl[1] for cl in calls) / total
-            self.sum_s[idx] += sum(cl[4] for cl in calls) / total
+            if len(calls) == 1:
+                total, l1, gmean, m2, small = calls[0]
+            else:
+                total = sum(cl[0] for cl in calls)
+                gmean = sum(cl[0] * cl[2] for cl in calls) / total
+                # Chan et al.: pool the calls' squared deviations about the pooled mean
+                m2 = sum(cl[3] + cl[0] * (cl[2] - gmean) ** 2 for cl in calls)
+                l1 = sum(cl[1] for cl in calls)
+                small = sum(cl[4] for cl in calls)
+            self.sum_mu[idx] += abs(sc) * l1 / total
+            self.sum_s[idx] += small / total
             self.sum_v[idx] += sc * sc * m2 / total
             self.seen[idx] += 1
             self.calls[idx] += len(calls)
             self.elements[idx] += total
 
     def discard_sample(self) -> None:
-        self._meta, self._l1, self._x0, self._sd, self._sq, self._big = [], [], [], [], [], []
-        self._chunks: list[torch.Tensor] = []
-        self._fmeta: list[tuple[int, int, float, int, int]] = []  # (module, numel, scale, chunk, row)
-        self._chunk_used = 0
+        """Drop what the current sample has pending and free the scratch buffers (hooks removed, or a failure)."""
+        self._reset_pending()
+        self._free_buffers()
 
     def result(self) -> dict[str, ModuleStats]:
         out = {}

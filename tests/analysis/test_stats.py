@@ -117,7 +117,7 @@ def test_hooks_removed_after_analysis_and_after_an_exception():
 
 def test_accumulator_keeps_only_scalars():
     """Memory is bounded: pending entries are scalar reductions, never the activation itself."""
-    acc = StatsAccumulator([NAME], 1e-3)
+    acc = StatsAccumulator([NAME], 1e-3, path="direct")
     big = torch.randn(64, 512)
     acc.observe(NAME, big)
     pending = acc._l1 + acc._x0 + acc._sd + acc._sq + acc._big
@@ -126,6 +126,103 @@ def test_accumulator_keeps_only_scalars():
     assert all(t.untyped_storage().nbytes() <= 8 for t in pending)
     acc.end_sample()
     assert acc._meta == [] and acc._l1 == [] and acc.k == 1
+    # the CPU default (numpy) keeps plain floats
+    acc = StatsAccumulator([NAME], 1e-3)
+    acc.observe(NAME, big)
+    assert acc._meta == [] and len(acc._rows) == 1 and all(type(v) is float for v in acc._rows[0][3])
+
+
+def test_staged_activations_are_copies_in_bounded_buffers():
+    """Staging copies each activation (a later in-place op cannot change the statistics) into
+    at most `stage_buffers` buffers (+1 scratch) of `stage_bytes`, all freed with the hooks."""
+    names = [f"m{i}" for i in range(6)]
+    acc = StatsAccumulator(names, 1e-3, path="staged", stage_bytes=4096, stage_buffers=2)
+    direct = StatsAccumulator(names, 1e-3, path="direct")
+    g = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        for i, name in enumerate(names):
+            x = torch.randn(4, 8 + 8 * (i % 4), generator=g)
+            direct.observe(name, x)
+            acc.observe(name, x)
+            x.mul_(100.0)  # e.g. an in-place activation after the hook
+            arenas = [t for ts in acc._free.values() for t in ts] + [st.arena for st in acc._stages.values()]
+            assert sum(acc._arenas.values()) <= 2 and len(arenas) <= 2
+            assert all(t.numel() * 4 == 4096 for t in arenas + list(acc._scratch.values()))
+        acc.end_sample()
+        direct.end_sample()
+    got, want = acc.result(), direct.result()
+    for name in names:
+        g_, w_ = got[name], want[name]
+        assert (g_.mu, g_.s, g_.v) == (pytest.approx(w_.mu, rel=1e-6), w_.s, pytest.approx(w_.v, rel=1e-5))
+    acc.discard_sample()
+    assert not acc._free and not acc._scratch and not acc._stages
+
+
+def _observe_all(acc, acts):
+    for sample in acts:
+        for name, a, scale in sample:
+            acc.observe(name, a, scale)
+        acc.end_sample()
+    return acc.result()
+
+
+def test_staged_host_and_direct_paths_agree(monkeypatch):
+    """Every path gives the same statistics (float32 reduction accuracy): mixed lengths and scales
+    (several thresholds in one staging buffer), a module called twice, bf16 and strided activations,
+    values on the sparsity threshold, a staging buffer filling up mid-sample, more lengths in one
+    sample than buffers, several numpy chunks."""
+    from graft_ui.analysis import stats as S
+
+    monkeypatch.setattr(S, "HOST_CHUNK", 1000)
+    eps = 1e-2
+    g = torch.Generator().manual_seed(4)
+    names = [f"m{i}" for i in range(12)]
+    scales = [(1.0, 0.5, 2.0, -1.5, 0.25, 1.0)[i % 6] for i in range(12)]
+    # 200-float staging buffers: 8 rows of 24 (ten calls: full mid-sample), staged up to 25 elements
+    lengths = [24] * 10 + [16, 20]
+    acts = []
+    for k in range(3):
+        sample = []
+        for i, name in enumerate(names):
+            x = torch.randn(lengths[i], generator=g) * 10 ** (i % 3 - 1) + (50.0 if i == 7 else 0.0)
+            thr = float(np.float32(eps / abs(scales[i])))
+            # not at x[0]: the shift x0 is meant to be a typical value (an outlier shift costs digits)
+            x[5:8] = torch.tensor([thr, float(np.nextafter(np.float32(thr), np.float32(0))), -thr])
+            if i == 5:
+                x = x.to(torch.bfloat16)
+            if i == 6:
+                x = x.view(4, 6).t()  # strided
+            sample.append((name, x, scales[i]))
+        # second calls: a long one (direct when staging, 2 numpy chunks) and one of another length
+        sample.append((names[3], torch.randn(1500 + 8 * k, generator=g) + 2.0, scales[3]))
+        sample.append((names[11], torch.randn(24, generator=g), scales[11]))
+        acts.append(sample)
+    staged = StatsAccumulator(names, eps, path="staged", stage_bytes=4 * 200, stage_buffers=2)
+    assert staged._stage_max == 25
+    reduced = []  # rows per batched reduction
+
+    def reduce_stage(st):
+        reduced.append(st.rows)
+        S.StatsAccumulator._reduce_stage(staged, st)
+
+    monkeypatch.setattr(staged, "_reduce_stage", reduce_stage)
+    results = {
+        "direct": _observe_all(StatsAccumulator(names, eps, path="direct"), acts),
+        "staged": _observe_all(staged, acts),
+        "host": _observe_all(StatsAccumulator(names, eps, path="host"), acts),
+    }
+    assert 8 in reduced and len(reduced) > 3 * 3  # full buffers, and buffers reduced to make room
+    for name, scale in zip(names, scales):
+        pooled = [torch.cat([a.float().reshape(-1) for n, a, _ in sample if n == name]) * scale for sample in acts]
+        mu, _, v = ref(pooled, eps)  # (its float64 threshold differs from float32 on the boundary values)
+        d = results["direct"][name]
+        for path, res in results.items():
+            m = res[name]
+            assert m.mu == pytest.approx(mu, rel=1e-5) and m.v == pytest.approx(v, rel=1e-5), (path, name)
+            assert (m.s, m.calls, m.elements) == (d.s, d.calls, d.elements), (path, name)
+            for f in ("mu", "v"):
+                assert abs(getattr(m, f) - getattr(d, f)) <= 1e-5 * abs(getattr(d, f)), (path, name, f)
+    assert 0 < results["direct"]["m0"].s < 1
 
 
 def test_adapter_branch_is_scaled_lora_output():
