@@ -535,11 +535,6 @@ class _LoraJob:
 
     # -- per-module maths: ("factors", B, A, stats) or ("dense", delta, sketch, stats)
 
-    def _factors(self, p: _LoraModulePlan, ctx: _Ctx, sketch_rank: int | None = None):
-        """The fused module. Dense results come with their range sketch (lora.RangeSketch) for
-        a rank-`sketch_rank` factorisation when that is asked for, else None."""
-        return self._fuse_job(p, ctx, sketch_rank)()
-
     def _read(self, p: _LoraModulePlan, ctx: _Ctx) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
         """(B, A, scale) per expert; an expert without the module gives rank-0 factors (zero delta)."""
         read = []
@@ -553,9 +548,11 @@ class _LoraJob:
         return read
 
     def _fuse_job(self, p: _LoraModulePlan, ctx: _Ctx, sketch_rank: int | None = None) -> Callable[[], tuple]:
-        """`_factors` as a job: every draw from the run's generator happens now, in plan order;
-        the returned callable does the rest. One marked `.independent` touches no shared state
-        (reads use pread), so module jobs may run concurrently."""
+        """The fused module as a job: every draw from the run's generator happens now, in plan order;
+        the returned callable does the rest. Dense results come with their range sketch
+        (lora.RangeSketch) for a rank-`sketch_rank` factorisation when that is asked for, else
+        None. A job marked `.independent` touches no shared state (reads use pread), so module
+        jobs may run concurrently."""
         done = lambda *result: lambda: result  # noqa: E731
         rec = self.recipe
         stats: dict[str, Any] = {"ranks": [m.rank if m else 0 for _, m in p.members]}
