@@ -23,6 +23,8 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from graft_ui.jsonl import iter_jsonl
+
 # ------------------------------------------------------------------ drawing helpers
 
 COLORS = {
@@ -418,15 +420,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset {str(path)!r} does not exist")
-    out = []
     with path.open() as f:
-        for i, line in enumerate(f):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{str(path)!r} line {i + 1} is not valid JSON: {exc}") from None
-    return out
+        return [d for _, d in iter_jsonl(f, repr(str(path)))]
 
 
 def build_domain(domain: str, root: str | Path, n_train: int, n_eval: int, seed: int) -> dict[str, Path]:
