@@ -22,10 +22,12 @@ the sample (no device sync per module). Small activations make torch's per-op di
 not the arithmetic, the cost (a 16k-element reduction is a few microseconds, like
 dispatching one op), so which code reduces them matters more than the formulas:
 - CUDA with Triton: one fused kernel per call (`_triton_stats`).
-- CPU: numpy on the tensor's own memory, in the hook, while the activation is still in
-  cache, with preallocated scratch (no allocation per call, no thread pool); at most
-  HOST_CHUNK elements at a time, so the scratch stays under 13 bytes x HOST_CHUNK
-  (13 MiB; 9 bytes for float32 activations) whatever the activation size.
+- CPU: in the hook, while the activation is still in cache, one pass of a small C
+  kernel (`_native_stats`, built on first use with the system compiler) over the
+  tensor's own memory for float32 and bfloat16. Without a compiler (and for other
+  dtypes) numpy does it on the same memory with preallocated scratch (no allocation per
+  call, no thread pool), at most HOST_CHUNK elements at a time, so the scratch stays
+  under 13 bytes x HOST_CHUNK (13 MiB; 9 bytes for float32) whatever the activation size.
 - other devices (CUDA without Triton): activations of up to `stage_bytes / 4 /
   STAGE_MIN_ROWS` elements are copied (as float32; a copy, so later in-place ops cannot
   change them) into a row of a staging buffer per length, and reduced a whole buffer
@@ -47,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from graft_ui.analysis import _native_stats
 from graft_ui.analysis.modules import is_lora_layer, scope_modules
 from graft_ui.recipe import Scope
 
@@ -54,13 +57,18 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "output", "adapter")
 DEFAULT_EPS = 1e-3
-PATHS = ("auto", "host", "staged", "direct")
+PATHS = ("auto", "native", "numpy", "staged", "direct")
 HOST_CHUNK = 1 << 20  # elements a numpy step reduces at once (bounds the host scratch)
 STAGE_BYTES = 8 << 20  # one staging buffer (float32 rows of one activation length)
 STAGE_BUFFERS = 8  # staging buffers per device before all of them are reduced and reused
 # a buffer holds at least this many rows: above that length the per-op cost is small next to
 # the reduction itself, and the extra copy would only add to it
 STAGE_MIN_ROWS = 8
+_NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+# the call table's columns (the native kernel writes whole rows: _native_stats.c)
+COLUMNS = ("l1", "x0", "sd", "sq", "big", "numel", "module", "scale")
+ROW_BYTES = 8 * len(COLUMNS)
+FOLD_ROWS = 4096  # the call table's rows; finished samples are folded out once they fill half of it
 
 
 @dataclass
@@ -162,8 +170,9 @@ def _fused():
 
 
 def count_forward_hooks(model: torch.nn.Module) -> int:
-    """Forward hooks registered anywhere in `model` (tests check analysis leaves none behind)."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    """Forward hooks and statistics-wrapped forwards anywhere in `model` (analysis must leave none behind)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + hasattr(m.__dict__.get("forward"), "graft_stats")
+               for m in model.modules())
 
 
 class _Stage:
@@ -183,8 +192,9 @@ class StatsAccumulator:
     """Running per-module sums over samples; hooks feed it, `end_sample` closes a sample.
 
     `path` picks how activations that the Triton kernel does not take are reduced:
-    "auto" (CPU: "host"; other devices: "staged"), "host" (numpy, CPU only; other devices
-    as "auto"), "staged" or "direct" (torch reductions per call). All give the same sums to
+    "auto" (CPU: "native" when the C kernel builds here, else "numpy"; other devices:
+    "staged"), "native" or "numpy" (CPU only; other devices as "auto"), "staged" or
+    "direct" (torch reductions per call). All give the same sums to
     float32 reduction accuracy; the choice is speed (module docstring). `stage_bytes` is
     the size of one staging buffer, `stage_buffers` how many of them one device may hold.
     """
@@ -202,20 +212,30 @@ class StatsAccumulator:
         self.names = list(names)
         self.eps = float(eps)
         self._index = {n: i for i, n in enumerate(self.names)}
-        self._host_ok = path in ("auto", "host")
-        self._stage_ok = path in ("auto", "host", "staged")
+        self._native = _native_stats.load() if path in ("auto", "native") else None
+        if path == "native" and self._native is None:
+            raise RuntimeError("path='native' needs the C statistics kernel, which is unavailable here "
+                               "(no C compiler, GRAFT_NO_NATIVE set, or the build failed: see the log)")
+        self._host_ok = path in ("auto", "native", "numpy")
+        self._stage_ok = path != "direct"
         self._arena_numel = int(stage_bytes) // 4
         self._stage_max = self._arena_numel // STAGE_MIN_ROWS  # longest activation that is staged
         self._stage_buffers = int(stage_buffers)
         self._free_buffers()
         n = len(self.names)
-        self.sum_mu = [0.0] * n
-        self.sum_s = [0.0] * n
-        self.sum_v = [0.0] * n
-        self.seen = [0] * n  # samples in which the module ran
-        self.calls = [0] * n
-        self.elements = [0] * n
+        self.sum_mu = np.zeros(n)
+        self.sum_s = np.zeros(n)
+        self.sum_v = np.zeros(n)
+        self.seen = np.zeros(n, np.int64)  # samples in which the module ran
+        self.calls = np.zeros(n, np.int64)
+        self.elements = np.zeros(n, np.int64)
         self.k = 0
+        # the call table: one row per call of finished samples not yet folded into the sums
+        # (the native kernel writes its rows here directly), and where each sample's rows end
+        self._table = np.zeros((FOLD_ROWS, len(COLUMNS)), np.float64)
+        self._table_addr = self._table.ctypes.data  # (.ctypes costs microseconds per use)
+        self._used = 0
+        self._bounds: list[int] = []
         self._reset_pending()
 
     def _free_buffers(self) -> None:
@@ -227,7 +247,7 @@ class StatsAccumulator:
         self._host_cast: torch.Tensor | None = None
 
     def _reset_pending(self) -> None:
-        # host path: finished rows (module index, numel, scale, [l1, x0, sd, sq, big])
+        # numpy path: finished rows (module index, numel, scale, [l1, x0, sd, sq, big])
         self._rows: list[tuple[int, int, float, list[float]]] = []
         # direct calls: host metadata, and 0-dim device tensors brought over once per sample
         self._meta: list[tuple[int, int, float]] = []  # (module index, numel, scale)
@@ -266,13 +286,16 @@ class StatsAccumulator:
         boolean compare-and-count kernels, hence `sum(min(sign(|x| - thr) + 1, 1))` per call
         and an in-place float `ge_` for staged rows. Which path does it: module docstring.
         """
-        a = a.detach()
         n = a.numel()
         if n == 0:
             return
         idx = self._index[name]
         # |scale * x| < eps  <=>  |x| < eps / |scale|
         thr = self.eps / abs(scale) if scale != 0 else math.inf
+        if self._native is not None and a.is_cpu and a.dtype in _NATIVE_DTYPES and type(a) is torch.Tensor:
+            self._native_sums(a, n, idx, scale, thr)
+            return
+        a = a.detach()
         if a.is_cuda and a.dtype != torch.float64 and _fused() is not None:
             # one fused kernel reading the activation once (bf16/fp16 converted in registers)
             flat = a.reshape(-1)
@@ -311,6 +334,22 @@ class StatsAccumulator:
         self._big.append(big.sum())
         self._sd.append(d.sum())
         self._sq.append(torch.dot(d, d))
+
+    def _native_sums(self, a: torch.Tensor, n: int, idx: int, scale: float, thr: float) -> None:
+        """One pass of the C kernel over a CPU float32/bfloat16 activation, straight into the call table."""
+        i = self._used
+        if i == self._table.shape[0]:
+            self._grow()
+        a = a if a.is_contiguous() else a.contiguous()
+        self._native[a.dtype is torch.bfloat16](a.data_ptr(), n, thr, self._table_addr + ROW_BYTES * i, idx, scale)
+        self._used = i + 1
+
+    def _grow(self, rows: int = 0) -> None:
+        """Room for at least `rows` more rows (doubling): one sample may call more modules than FOLD_ROWS."""
+        need = max(self._used + rows, 2 * self._table.shape[0])
+        table = np.zeros((need, len(COLUMNS)), np.float64)
+        table[: self._used] = self._table[: self._used]
+        self._table, self._table_addr = table, table.ctypes.data
 
     def _host_sums(self, a: torch.Tensor, n: int, thr: float) -> list[float]:
         """The five sums of a CPU activation with numpy, in chunks of at most HOST_CHUNK elements.
@@ -432,52 +471,81 @@ class StatsAccumulator:
         rows, meta, fmeta, chunks, sres = self._rows, self._meta, self._fmeta, self._chunks, self._sres
         parts = self._l1 + self._x0 + self._sd + self._sq + self._big
         self._reset_pending()
-        self.k += 1
+        # the other paths' calls: ((module index, numel, scale) per call, (calls, 5) sums [l1, x0, sd, sq, big])
+        blocks: list[tuple[list[tuple[int, int, float]], np.ndarray]] = []
+        if rows:
+            blocks.append(([r[:3] for r in rows], np.array([r[3] for r in rows], np.float64)))
         if meta:
-            c = len(meta)
-            vals = torch.stack(parts).double().cpu().tolist()  # one device -> host transfer per sample
-            rows += [(idx, n, sc, [vals[i * c + j] for i in range(5)]) for j, (idx, n, sc) in enumerate(meta)]
+            # one device -> host transfer per sample
+            blocks.append((meta, torch.stack(parts).double().cpu().view(5, len(meta)).t().numpy()))
         if fmeta:
-            fvals = [ch.double().cpu().tolist() for ch in chunks]  # one transfer per chunk of 64+ calls
-            rows += [(idx, n, sc, fvals[ci][ri]) for idx, n, sc, ci, ri in fmeta]
+            fvals = [ch.double().cpu().numpy() for ch in chunks]  # one transfer per chunk of 64+ calls
+            blocks.append(([f[:3] for f in fmeta], np.stack([fvals[ci][ri] for *_, ci, ri in fmeta])))
         by_device: dict[torch.device, list[tuple[list[tuple[int, int, float]], torch.Tensor]]] = {}
         for item in sres:
             by_device.setdefault(item[1].device, []).append(item)
         for items in by_device.values():
-            svals = iter(torch.cat([t for _, t in items]).double().cpu().tolist())
-            rows += [(idx, n, sc, next(svals)) for metas, _ in items for idx, n, sc in metas]
-        if not rows:
+            blocks.append(([m for metas, _ in items for m in metas], torch.cat([t for _, t in items]).double().cpu().numpy()))
+        if blocks:
+            c = sum(len(ms) for ms, _ in blocks)
+            if self._used + c > self._table.shape[0]:
+                self._grow(c)
+            new = self._table[self._used : self._used + c]
+            new[:, :5] = np.concatenate([v for _, v in blocks])
+            new[:, [6, 5, 7]] = np.array([m for ms, _ in blocks for m in ms], np.float64).reshape(-1, 3)
+            self._used += c
+        self.k += 1
+        self._bounds.append(self._used)
+        if self._used >= FOLD_ROWS // 2:  # the other half is room for the next sample
+            self._fold()
+
+    def _fold(self) -> None:
+        """Fold the finished samples' calls into the running sums: per sample, pool each module's calls
+        (mean and squared deviations by Chan et al.), then add the sample's statistics (eqs 9-11)."""
+        if not self._bounds:
             return
-        per: dict[int, list[tuple[int, float, float, float, float]]] = {}
-        scales: dict[int, float] = {}
-        for idx, n, sc, (l1, x0, sd, sq, big) in rows:
-            # per call: its mean and sum of squared deviations, from the shifted sums
-            per.setdefault(idx, []).append((n, l1, x0 + sd / n, max(sq - sd * sd / n, 0.0), n - big))
-            scales[idx] = sc
-        for idx, calls in per.items():
-            sc = scales[idx]
-            if len(calls) == 1:
-                total, l1, gmean, m2, small = calls[0]
-            else:
-                total = sum(cl[0] for cl in calls)
-                gmean = sum(cl[0] * cl[2] for cl in calls) / total
-                # Chan et al.: pool the calls' squared deviations about the pooled mean
-                m2 = sum(cl[3] + cl[0] * (cl[2] - gmean) ** 2 for cl in calls)
-                l1 = sum(cl[1] for cl in calls)
-                small = sum(cl[4] for cl in calls)
-            self.sum_mu[idx] += abs(sc) * l1 / total
-            self.sum_s[idx] += small / total
-            self.sum_v[idx] += sc * sc * m2 / total
-            self.seen[idx] += 1
-            self.calls[idx] += len(calls)
-            self.elements[idx] += total
+        done = self._bounds[-1]
+        t = self._table[:done]
+        ns, m = len(self._bounds), len(self.names)
+        sample = np.repeat(np.arange(ns), np.diff(np.array(self._bounds), prepend=0))
+        l1, x0, sd, sq, big, n, mod, sc = t.T
+        key = sample * m + mod.astype(np.intp)  # (sample, module) pairs
+        size = ns * m
+        # per call: its mean and sum of squared deviations, from the shifted sums
+        mean = x0 + sd / n
+        m2 = np.maximum(sq - sd * sd / n, 0.0)
+        total = np.bincount(key, n, size)
+        ran = total > 0
+        total[~ran] = 1.0
+        gmean = np.bincount(key, n * mean, size) / total
+        m2 = np.bincount(key, m2 + n * (mean - gmean[key]) ** 2, size)
+        scale = np.zeros(size)
+        scale[key] = sc  # one scale per module
+        per_sample = lambda v: v.reshape(ns, m).sum(0)  # noqa: E731
+        self.sum_mu += per_sample(np.abs(scale) * np.bincount(key, l1, size) / total)
+        self.sum_s += per_sample(np.bincount(key, n - big, size) / total)
+        self.sum_v += per_sample(scale * scale * m2 / total)
+        self.seen += per_sample(ran).astype(np.int64)
+        self.calls += np.bincount(mod.astype(np.intp), None, m).astype(np.int64)
+        self.elements += per_sample(np.where(ran, total, 0.0)).astype(np.int64)
+        # rows after the last finished sample (none between hooks and end_sample) move to the front
+        rest = self._used - done
+        self._table[:rest] = self._table[done : self._used]
+        self._used, self._bounds = rest, []
 
     def discard_sample(self) -> None:
-        """Drop what the current sample has pending and free the scratch buffers (hooks removed, or a failure)."""
+        """Drop what the current sample has pending, fold the finished ones and free the scratch buffers
+        (hooks removed, or a failure)."""
         self._reset_pending()
+        self._used = self._bounds[-1] if self._bounds else 0
+        self._fold()
         self._free_buffers()
+        if self._table.shape[0] > FOLD_ROWS:  # grown by one large sample
+            self._table = np.zeros((FOLD_ROWS, len(COLUMNS)), np.float64)
+            self._table_addr = self._table.ctypes.data
 
     def result(self) -> dict[str, ModuleStats]:
+        self._fold()
         out = {}
         missing = [n for n, s in zip(self.names, self.seen) if s == 0]
         if missing and self.k:
@@ -487,10 +555,10 @@ class StatsAccumulator:
                 continue
             # average over the samples in which the module ran (all K for every language-model
             # module; a vision block does not run on text-only samples)
-            k = self.seen[i]
+            k = int(self.seen[i])
             out[name] = ModuleStats(
-                name=name, mu=self.sum_mu[i] / k, s=self.sum_s[i] / k, v=self.sum_v[i] / k,
-                calls=self.calls[i], elements=self.elements[i],
+                name=name, mu=float(self.sum_mu[i]) / k, s=float(self.sum_s[i]) / k, v=float(self.sum_v[i]) / k,
+                calls=int(self.calls[i]), elements=int(self.elements[i]),
             )
         return out
 
@@ -499,23 +567,44 @@ class StatsAccumulator:
 def stat_hooks(
     targets: Mapping[str, tuple[torch.nn.Module, float]], acc: StatsAccumulator
 ) -> Iterator[StatsAccumulator]:
-    """Register one forward hook per target; they are removed on exit, also on an exception."""
-    handles = []
+    """Observe every target's output; all of it is undone on exit, also on an exception.
 
-    def make(name: str, scale: float):
-        def hook(_module, _args, output):
-            acc.observe(name, output[0] if isinstance(output, tuple) else output, scale)
-
-        return hook
-
+    A target's `forward` is wrapped (an instance attribute over the class's method) rather
+    than given a forward hook: nn.Module sends every call of a module that has hooks
+    through its slow path, a few microseconds a call, which on a small model is several
+    percent of the forward pass; a wrapped forward keeps the fast path.
+    """
+    undo: list[Callable[[], None]] = []
     try:
         for name, (module, scale) in targets.items():
-            handles.append(module.register_forward_hook(make(name, scale)))
+            undo.append(_observe_forward(module, name, scale, acc))
         yield acc
     finally:
-        for h in handles:
-            h.remove()
+        for u in reversed(undo):
+            u()
         acc.discard_sample()
+
+
+def _observe_forward(module: torch.nn.Module, name: str, scale: float, acc: StatsAccumulator) -> Callable[[], None]:
+    """Make `module` report its output to `acc`; returns what undoes it."""
+    own = module.__dict__.get("forward")  # e.g. accelerate's hooks wrap forward the same way
+    inner = module.forward
+
+    def forward(*args, **kwargs):
+        output = inner(*args, **kwargs)
+        acc.observe(name, output[0] if isinstance(output, tuple) else output, scale)
+        return output
+
+    forward.graft_stats = True  # type: ignore[attr-defined]
+    module.forward = forward
+
+    def restore() -> None:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
+
+    return restore
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

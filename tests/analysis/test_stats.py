@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
+from graft_ui.analysis import stats as S
 from graft_ui.analysis.modules import parse_name, scope_modules
 from graft_ui.analysis.stats import StatsAccumulator, collect_stats, count_forward_hooks
 from graft_ui.recipe import Scope
@@ -105,14 +108,20 @@ def test_half_precision_activations_are_reduced_in_float32():
 
 
 def test_hooks_removed_after_analysis_and_after_an_exception():
+    """The observers (wrapped forwards) are undone after an analysis, also when the forward pass raises;
+    a forward that was already wrapped by someone else (as accelerate does) is restored, not dropped."""
     model = Toy(fail=True)
+    own = model.b.forward  # a bound method stored on the instance, like accelerate's wrapper
+    model.b.forward = own
     before = count_forward_hooks(model)
     with pytest.raises(RuntimeError, match="boom"):
         collect_stats(model, [{"x": torch.ones(2, 2)}], modules={NAME: model.a, NAME2: model.b}, source="output")
     assert count_forward_hooks(model) == before == 0
+    assert "forward" not in model.a.__dict__ and model.b.__dict__["forward"] is own
     model.fail = False
-    collect_stats(model, [{"x": torch.ones(2, 2)}], modules={NAME: model.a}, source="output")
-    assert count_forward_hooks(model) == 0
+    st = collect_stats(model, [{"x": torch.ones(2, 2)}], modules={NAME: model.a, NAME2: model.b}, source="output")
+    assert count_forward_hooks(model) == 0 and model.b.__dict__["forward"] is own
+    assert st.modules[NAME2].mu == 2.0  # the instance's own forward ran under the observer
 
 
 def test_accumulator_keeps_only_scalars():
@@ -126,10 +135,47 @@ def test_accumulator_keeps_only_scalars():
     assert all(t.untyped_storage().nbytes() <= 8 for t in pending)
     acc.end_sample()
     assert acc._meta == [] and acc._l1 == [] and acc.k == 1
-    # the CPU default (numpy) keeps plain floats
-    acc = StatsAccumulator([NAME], 1e-3)
+    # numpy keeps plain floats; the C kernel writes one row of 8 float64 per call into the call table,
+    # which finished samples are folded out of once they fill half of it
+    acc = StatsAccumulator([NAME], 1e-3, path="numpy")
     acc.observe(NAME, big)
     assert acc._meta == [] and len(acc._rows) == 1 and all(type(v) is float for v in acc._rows[0][3])
+    acc = StatsAccumulator([NAME], 1e-3, path="native")
+    for k in range(3 * S.FOLD_ROWS // 100):
+        for _ in range(100):
+            acc.observe(NAME, big)
+        acc.end_sample()
+        assert acc._meta == acc._rows == [] and acc._used < S.FOLD_ROWS // 2 and acc._table.shape[0] == S.FOLD_ROWS
+    assert acc.result()[NAME].calls == 100 * acc.k
+    # one sample with more calls than the table holds: it grows, then shrinks back with the hooks
+    for _ in range(S.FOLD_ROWS + 1):
+        acc.observe(NAME, big[:2])
+    assert acc._table.shape[0] == 2 * S.FOLD_ROWS
+    acc.end_sample()
+    acc.discard_sample()
+    assert acc._used == 0 and acc._table.shape[0] == S.FOLD_ROWS
+
+
+def test_cpu_default_is_the_c_kernel_and_falls_back_to_numpy(monkeypatch, tmp_path, caplog):
+    """With a C compiler the CPU hooks use the one-pass kernel; without one (or when the build
+    fails) they use numpy, with the same statistics."""
+    from graft_ui.analysis import _native_stats as N
+
+    assert shutil.which("cc"), "the project's machines have a C compiler; the kernel must build"
+    assert StatsAccumulator([NAME], 1e-3)._native is not None
+    x = torch.randn(3, 700, generator=torch.Generator().manual_seed(1))
+    want = _observe_all(StatsAccumulator([NAME], 1e-3), [[(NAME, x, 1.0)]])[NAME]
+    monkeypatch.setattr(N, "_LOADED", False)
+    monkeypatch.setenv("GRAFT_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with caplog.at_level("WARNING"):
+        acc = StatsAccumulator([NAME], 1e-3)
+    assert acc._native is None and "native activation-statistics kernel unavailable" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+    with pytest.raises(RuntimeError, match="path='native'"):
+        StatsAccumulator([NAME], 1e-3, path="native")
+    got = _observe_all(acc, [[(NAME, x, 1.0)]])[NAME]
+    assert (got.mu, got.s, got.v) == (pytest.approx(want.mu, rel=1e-6), want.s, pytest.approx(want.v, rel=1e-6))
 
 
 def test_staged_activations_are_copies_in_bounded_buffers():
@@ -166,7 +212,7 @@ def _observe_all(acc, acts):
     return acc.result()
 
 
-def test_staged_host_and_direct_paths_agree(monkeypatch):
+def test_every_reduction_path_agrees(monkeypatch):
     """Every path gives the same statistics (float32 reduction accuracy): mixed lengths and scales
     (several thresholds in one staging buffer), a module called twice, bf16 and strided activations,
     values on the sparsity threshold, a staging buffer filling up mid-sample, more lengths in one
@@ -209,7 +255,8 @@ def test_staged_host_and_direct_paths_agree(monkeypatch):
     results = {
         "direct": _observe_all(StatsAccumulator(names, eps, path="direct"), acts),
         "staged": _observe_all(staged, acts),
-        "host": _observe_all(StatsAccumulator(names, eps, path="host"), acts),
+        "numpy": _observe_all(StatsAccumulator(names, eps, path="numpy"), acts),
+        "native": _observe_all(StatsAccumulator(names, eps, path="native"), acts),
     }
     assert 8 in reduced and len(reduced) > 3 * 3  # full buffers, and buffers reduced to make room
     for name, scale in zip(names, scales):
