@@ -150,6 +150,7 @@ def hook_targets(
 
 
 _FUSED: Any = None  # the Triton kernel launcher, False when unavailable (resolved on first CUDA activation)
+_FUSED_DEVICES = ("cuda",)  # device types whose activations go to the fused kernel
 
 
 def _fused():
@@ -296,7 +297,7 @@ class StatsAccumulator:
             self._native_sums(a, n, idx, scale, thr)
             return
         a = a.detach()
-        if a.is_cuda and a.dtype != torch.float64 and _fused() is not None:
+        if a.device.type in _FUSED_DEVICES and a.dtype != torch.float64 and _fused() is not None:
             # one fused kernel reading the activation once (bf16/fp16 converted in registers)
             flat = a.reshape(-1)
             flat = flat if flat.is_contiguous() else flat.contiguous()

@@ -272,6 +272,35 @@ def test_every_reduction_path_agrees(monkeypatch):
     assert 0 < results["direct"]["m0"].s < 1
 
 
+def test_fused_kernel_bookkeeping(monkeypatch):
+    """The CUDA path's bookkeeping (zeroed slots in chunks of 64, one launch per call, one transfer per
+    chunk) gives the direct path's statistics. Run on the CPU with a torch stand-in for the Triton
+    kernel, so that it is checked on machines without a GPU too."""
+    launches = []
+
+    def fused(flat, slot, thr):
+        launches.append(flat.numel())
+        f = flat.double()
+        d = f - f[0]
+        slot += torch.stack([f.abs().sum(), torch.zeros((), dtype=torch.float64), d.sum(), (d * d).sum(),
+                             (f.abs() >= thr).double().sum()]).float()
+        slot[1] = flat[0]
+
+    monkeypatch.setattr(S, "_FUSED", fused)
+    monkeypatch.setattr(S, "_FUSED_DEVICES", ("cuda", "cpu"))
+    g = torch.Generator().manual_seed(5)
+    names = [f"m{i}" for i in range(30)]
+    acts = [[(n, torch.randn(3, 10 + i, generator=g) + i % 3, (1.0, -0.5)[i % 2]) for i, n in enumerate(names)] * 3
+            for _ in range(2)]  # 90 calls a sample: two chunks of slots, modules called three times
+    fused_acc = StatsAccumulator(names, 1e-2, path="numpy")
+    got = _observe_all(fused_acc, acts)
+    assert fused_acc.k == 2 and len(launches) == 2 * 90  # every call went through the fused stand-in
+    want = _observe_all(StatsAccumulator(names, 1e-2, path="direct"), acts)
+    for n in names:
+        assert (got[n].mu, got[n].s, got[n].v, got[n].calls) == (
+            pytest.approx(want[n].mu, rel=1e-5), want[n].s, pytest.approx(want[n].v, rel=1e-5), want[n].calls)
+
+
 def test_adapter_branch_is_scaled_lora_output():
     """source='adapter' observes scale * B A x, the LoRA branch alone; 'output' the whole module."""
     from peft import LoraConfig, get_peft_model
