@@ -4,7 +4,7 @@
     python bench/bench_hooks.py --shape zoo --device cpu -k 32 --seq 128
 
 One process, one model, the same K inputs; the two variants alternate for --repeats rounds
-(target: analysis <= 1.15 x baseline). On a shared VM a round's speed varies by 10-20%
+(target: analysis <= 1.15 x baseline). On a shared VM a round's speed varies by up to 2x
 (runs fall into a fast and a slow mode), so the overhead is reported two ways:
 `overhead_pct`, the median over rounds of each round's analysis / baseline ratio (with
 its interquartile range), and `overhead_of_minima_pct`, fastest analysis over fastest
@@ -94,7 +94,7 @@ def analysis(model, batches, device: str, modules) -> float:
 
 
 def rounds(model, batches, device: str, modules, repeats: int) -> dict:
-    """Alternate baseline and analysis `repeats` times; the overhead three ways (see the module docstring)."""
+    """Alternate baseline and analysis `repeats` times; the overhead both ways (see the module docstring)."""
     base_t, hook_t = [], []
     for _ in range(repeats):
         base_t.append(baseline(model, batches, device))
