@@ -39,6 +39,7 @@ import torch
 
 from graft_ui.merging.graft import entropy as reference_entropy
 from graft_ui.merging.graft import gate_weights
+from graft_ui.merging.steps import auto_block_rows, row_slices
 
 log = logging.getLogger(__name__)
 
@@ -424,11 +425,6 @@ class SingleThreaded:
         self._pool.shutdown()
 
 
-def row_tiles(rows: int, cols: int, elems: int = TILE_ELEMS) -> list[tuple[int, int]]:
-    step = max(1, elems // max(1, cols))
-    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
-
-
 class _Tiles:
     """Float32 / bool tile buffers by role, viewed at the current tile's shape."""
 
@@ -450,10 +446,10 @@ class _Tiles:
         return b[: self.shape[0] * self.shape[1]].view(self.shape)
 
 
-def _delta_tile(Bs: torch.Tensor, A: torch.Tensor, rows: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
+def _delta_tile(Bs: torch.Tensor, A: torch.Tensor, rows: slice, out: torch.Tensor) -> torch.Tensor:
     if Bs.shape[1] == 0:  # an expert without this module: zero delta
         return out.zero_()
-    return torch.matmul(Bs[rows[0]:rows[1]], A, out=out)
+    return torch.matmul(Bs[rows], A, out=out)
 
 
 # half-width of the threshold bracket in standard deviations of the sample rank: a miss
@@ -491,7 +487,7 @@ def _bracket(Bs: torch.Tensor, A: torch.Tensor, k: int, n: int) -> tuple[float, 
     return lo, hi
 
 
-def lora_ties_thresholds(factors, density: float, tb: _Tiles, tiles: list[tuple[int, int]]) -> tuple[list[float], list[int | None]]:
+def lora_ties_thresholds(factors, density: float, tb: _Tiles, tiles: list[slice]) -> tuple[list[float], list[int | None]]:
     """`steps.expert_threshold` of each LoRA delta Bs @ A (base = 0), computed tile by tile.
 
     A sampled bracket [lo, hi] per expert, then one pass counting |d| > hi and gathering
@@ -517,7 +513,7 @@ def lora_ties_thresholds(factors, density: float, tb: _Tiles, tiles: list[tuple[
         above = {i: 0 for i in todo}
         cands: dict[int, list] = {i: [] for i in todo}
         for rows in tiles:
-            tb.at((rows[1] - rows[0], N))
+            tb.at((rows.stop - rows.start, N))
             m_hi, m_lo = tb("m_hi", torch.bool).view(-1).numpy(), tb("m_lo", torch.bool).view(-1).numpy()
             for i in todo:
                 lo, hi = brackets[i]
@@ -553,8 +549,6 @@ def lora_ties_thresholds(factors, density: float, tb: _Tiles, tiles: list[tuple[
 def dare_keep_masks(M: int, N: int, k: int, p: float, generator: torch.Generator) -> list[torch.Tensor] | None:
     """DARE's keep masks (float32 1/0 per expert, (M, N)) drawn as `ties_merge` with DARE's
     `drop_rescale_` draws them: block by block (steps.row_slices), expert by expert. None for p = 0."""
-    from graft_ui.merging.steps import row_slices
-
     if p == 0.0:
         return None
     keep = [torch.empty((M, N), dtype=torch.float32) for _ in range(k)]
@@ -591,8 +585,8 @@ def lora_ties(
     M, N = out.shape
     n = M * N
     k_exp = len(factors)
-    tiles = row_tiles(M, N, tile_elems or TILE_ELEMS)
-    tb = _Tiles(min(n, (tiles[0][1] - tiles[0][0]) * N), buffer)
+    tiles = list(row_slices(M, auto_block_rows(N, tile_elems or TILE_ELEMS)))
+    tb = _Tiles(min(n, (tiles[0].stop - tiles[0].start) * N), buffer)
     masks = None
     if drop is None:
         thresholds, kept = lora_ties_thresholds(factors, density, tb, tiles)
@@ -603,21 +597,21 @@ def lora_ties(
     counts = {i: 0 for i in range(k_exp) if kept[i] is None}
     nonzero, sumsq = 0, 0.0
     for rows in tiles:
-        tb.at((rows[1] - rows[0], N))
+        tb.at((rows.stop - rows.start, N))
         taus = []
         for i, (fac, thr) in enumerate(zip(factors, thresholds)):
             t = trim_below_(_delta_tile(*fac, rows, tb(f"tau{i}")), thr)
             if masks is not None:
-                t.mul_(masks[i][rows[0]:rows[1]]).mul_(1.0 / (1.0 - drop[0]))
+                t.mul_(masks[i][rows]).mul_(1.0 / (1.0 - drop[0]))
             if i in counts:
                 counts[i] += int(t.count_nonzero())
             taus.append(t)
-        merged, nz = ties_combine(taus, weights, lam, tb, out=out[rows[0]:rows[1]])
+        merged, nz = ties_combine(taus, weights, lam, tb, out=out[rows])
         nonzero += nz
         flat = merged.view(-1)
         sumsq += float(torch.dot(flat, flat))
         if Y is not None:
-            torch.matmul(merged, sketch, out=Y[rows[0]:rows[1]])
+            torch.matmul(merged, sketch, out=Y[rows])
     for i, c in counts.items():
         kept[i] = c
     stats = {"kept": [round(c / max(1, n), 6) for c in kept], "nonzero": round(nonzero / max(1, n), 6), "lam": lam}
