@@ -149,12 +149,9 @@ def train_base(task: dict, report=None, *, processor=None, data=None) -> list[fl
     import torch.distributed as dist
 
     from graft_ui.zoo.model import make_model
-    from graft_ui.zoo.profiles import ModelSize, Profile
     from graft_ui.zoo.train import encode_samples, train_loop
 
-    settings = dict(task["settings"])
-    settings["model"] = ModelSize(**settings["model"])
-    prof = Profile(**settings)
+    prof = Profile.from_dict(task["settings"])
     rank, world = task["rank"], task["world"]
     torch.set_num_threads(prof.threads)
     zoo = Path(task["zoo"])
@@ -241,13 +238,10 @@ def train_domain_experts(task: dict, report=None) -> dict:
     profile seed and the domain, so the result does not depend on scheduling.
     """
     from graft_ui.models.loading import load_model, load_processor
-    from graft_ui.zoo.profiles import ModelSize
     from graft_ui.zoo.train import add_lora, encode_samples, freeze_vision, train_loop
 
     _quiet_transformers()
-    settings = dict(task["settings"])
-    settings["model"] = ModelSize(**settings["model"])
-    prof = Profile(**settings)
+    prof = Profile.from_dict(task["settings"])
     torch.set_num_threads(1)
     zoo = Path(task["zoo"])
     d, i = task["domain"], task["index"]

@@ -85,9 +85,3 @@ def make_model(size: ModelSize, tokenizer, seed: int):
         do_sample=False,
     )
     return model
-
-
-def count_parameters(model) -> dict[str, int]:
-    vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
-    total = sum(p.numel() for p in model.parameters())
-    return {"total": total, "vision": vision, "language": total - vision}

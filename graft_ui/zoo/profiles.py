@@ -56,6 +56,11 @@ class Profile:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Profile":
+        """The inverse of `to_dict` (worker processes get their profile as JSON)."""
+        return cls(**{**d, "model": ModelSize(**d["model"])})
+
     def with_overrides(self, **changes) -> "Profile":
         return replace(self, **changes)
 
