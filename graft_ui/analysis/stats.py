@@ -68,6 +68,7 @@ _NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 # the call table's columns (the native kernel writes whole rows: _native_stats.c)
 COLUMNS = ("l1", "x0", "sd", "sq", "big", "numel", "module", "scale")
 ROW_BYTES = 8 * len(COLUMNS)
+_META_COLUMNS = [COLUMNS.index(c) for c in ("module", "numel", "scale")]  # the other paths' (idx, n, scale)
 FOLD_ROWS = 4096  # the call table's rows; finished samples are folded out once they fill half of it
 
 
@@ -233,10 +234,9 @@ class StatsAccumulator:
         self.k = 0
         # the call table: one row per call of finished samples not yet folded into the sums
         # (the native kernel writes its rows here directly), and where each sample's rows end
-        self._table = np.zeros((FOLD_ROWS, len(COLUMNS)), np.float64)
-        self._table_addr = self._table.ctypes.data  # (.ctypes costs microseconds per use)
         self._used = 0
         self._bounds: list[int] = []
+        self._resize_table(FOLD_ROWS)
         self._reset_pending()
 
     def _free_buffers(self) -> None:
@@ -347,10 +347,14 @@ class StatsAccumulator:
 
     def _grow(self, rows: int = 0) -> None:
         """Room for at least `rows` more rows (doubling): one sample may call more modules than FOLD_ROWS."""
-        need = max(self._used + rows, 2 * self._table.shape[0])
-        table = np.zeros((need, len(COLUMNS)), np.float64)
-        table[: self._used] = self._table[: self._used]
-        self._table, self._table_addr = table, table.ctypes.data
+        self._resize_table(max(self._used + rows, 2 * self._table.shape[0]))
+
+    def _resize_table(self, rows: int) -> None:
+        """A call table of `rows` rows holding the used ones."""
+        table = np.zeros((rows, len(COLUMNS)), np.float64)
+        if self._used:
+            table[: self._used] = self._table[: self._used]
+        self._table, self._table_addr = table, table.ctypes.data  # (.ctypes costs microseconds per use)
 
     def _host_sums(self, a: torch.Tensor, n: int, thr: float) -> list[float]:
         """The five sums of a CPU activation with numpy, in chunks of at most HOST_CHUNK elements.
@@ -493,7 +497,7 @@ class StatsAccumulator:
                 self._grow(c)
             new = self._table[self._used : self._used + c]
             new[:, :5] = np.concatenate([v for _, v in blocks])
-            new[:, [6, 5, 7]] = np.array([m for ms, _ in blocks for m in ms], np.float64).reshape(-1, 3)
+            new[:, _META_COLUMNS] = np.array([m for ms, _ in blocks for m in ms], np.float64).reshape(-1, 3)
             self._used += c
         self.k += 1
         self._bounds.append(self._used)
@@ -542,8 +546,7 @@ class StatsAccumulator:
         self._fold()
         self._free_buffers()
         if self._table.shape[0] > FOLD_ROWS:  # grown by one large sample
-            self._table = np.zeros((FOLD_ROWS, len(COLUMNS)), np.float64)
-            self._table_addr = self._table.ctypes.data
+            self._resize_table(FOLD_ROWS)
 
     def result(self) -> dict[str, ModuleStats]:
         self._fold()
