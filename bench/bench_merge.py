@@ -153,7 +153,6 @@ def write_adapters(work: Path, base: Path, layers: int, rank: int, log, prefix: 
     import torch
     from safetensors.torch import save_file
 
-    dims = LORA_DIMS
     out = []
     for j, alpha in enumerate((2 * rank, rank)):  # different alphas -> different scales
         folder = work / f"{prefix}{j + 1}"
@@ -168,8 +167,8 @@ def write_adapters(work: Path, base: Path, layers: int, rank: int, log, prefix: 
         for i in range(layers):
             for mod, o, n in LORA_MODULES:
                 p = f"base_model.model.model.layers.{i}.{mod}"
-                tensors[p + ".lora_A.weight"] = torch.randn(rank, dims[n], generator=g) / math.sqrt(dims[n])
-                tensors[p + ".lora_B.weight"] = torch.randn(dims[o], rank, generator=g) * 0.01
+                tensors[p + ".lora_A.weight"] = torch.randn(rank, LORA_DIMS[n], generator=g) / math.sqrt(LORA_DIMS[n])
+                tensors[p + ".lora_B.weight"] = torch.randn(LORA_DIMS[o], rank, generator=g) * 0.01
         save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         cfg = {"peft_type": "LORA", "base_model_name_or_path": str(base), "r": rank, "lora_alpha": alpha,
                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
