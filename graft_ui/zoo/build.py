@@ -27,13 +27,14 @@ from pathlib import Path
 import torch
 
 from graft_ui.zoo import domains as D
-from graft_ui.zoo.profiles import DOMAINS, Profile, get_profile
+from graft_ui.zoo.profiles import DOMAINS, KINDS, ExpertSpec, Profile, get_profile
+from graft_ui.zoo.selfcheck import self_check, self_check_markdown
 
 log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 MANIFEST = "manifest.yaml"
-FORMAT_VERSION = 6  # bump when the layout changes; older zoos are rebuilt
+FORMAT_VERSION = 7  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base)
 
 
 @contextmanager
@@ -138,11 +139,36 @@ def _loss_summary(losses: list[float]) -> list[float]:
     return [round(losses[0], 4), round(sum(tail) / len(tail), 4)]
 
 
-def train_base(task: dict, report=None, *, processor=None, data=None) -> list[float]:
-    """Train the base on the general mix as rank `task["rank"]` of `task["world"]` processes.
+def _instruct_samples(zoo: Path, prof: Profile) -> dict[str, list[dict]]:
+    """The instruct stage's data: a share of the general mix plus a few samples of every domain."""
+    data = {"general": D.read_jsonl(zoo / "data" / "general" / "train.jsonl")[:prof.instruct_general]}
+    for d in DOMAINS:
+        if prof.instruct_count(d):
+            data[d] = D.read_jsonl(zoo / "data" / d / "train.jsonl")[:prof.instruct_count(d)]
+    return data
 
-    Ranks share every batch (data parallel, gloo on this machine); rank 0 saves the model
-    to <zoo>/base. Returns the loss curve. `processor`/`data` skip re-loading on rank 0.
+
+def encode_parts(processor, parts: dict[str, list[dict]], data_root: Path) -> list[dict]:
+    """Encode samples of several domains (images resolve against each domain's own folder)."""
+    from graft_ui.zoo.train import encode_samples
+
+    out: list[dict] = []
+    for d, samples in parts.items():
+        if samples:
+            out.extend(encode_samples(processor, samples, data_root / d))
+    return out
+
+
+def train_base(task: dict, report=None, *, processor=None, data=None, instruct=None) -> dict[str, list[float]]:
+    """Train the base as rank `task["rank"]` of `task["world"]` processes: general, then instruct.
+
+    Stage 1 trains a fresh model on the general mix (captions, simple text); stage 2 (the
+    instruct stage, DESIGN.md §7) goes on with the general mix plus a few samples of every
+    domain, so the base answers each domain's format at a low-to-middling level, as an
+    instruct model does before its experts specialise. Ranks share every batch (data
+    parallel, gloo on this machine); rank 0 saves the model to <zoo>/base. Returns the loss
+    curves {"general": [...], "instruct": [...]}. `processor`/`data`/`instruct` skip
+    re-loading and re-encoding on rank 0.
     """
     from datetime import timedelta
 
@@ -162,6 +188,8 @@ def train_base(task: dict, report=None, *, processor=None, data=None) -> list[fl
         processor = AutoProcessor.from_pretrained(zoo / "base")
     if data is None:
         data = encode_samples(processor, D.read_jsonl(zoo / "data" / "general" / "train.jsonl"), zoo / "data" / "general")
+    if instruct is None:
+        instruct = encode_parts(processor, _instruct_samples(zoo, prof), zoo / "data")
     model = make_model(prof.model, processor.tokenizer, prof.seed)
     group = None
     if world > 1:
@@ -169,17 +197,22 @@ def train_base(task: dict, report=None, *, processor=None, data=None) -> list[fl
         dist.init_process_group("gloo", init_method=f"file://{task['rendezvous']}", rank=rank, world_size=world,
                                 timeout=timedelta(minutes=5))
         group = dist.group.WORLD
+    common = dict(batch_size=prof.batch_size, pad_id=processor.tokenizer.pad_token_id, weight_decay=0.01,
+                  on_step=lambda step, loss: put(1), group=group)
     try:
-        losses = train_loop(model, data, params=model.parameters(), steps=prof.base_steps, lr=prof.base_lr,
-                            batch_size=prof.batch_size, seed=prof.seed, pad_id=processor.tokenizer.pad_token_id,
-                            warmup=prof.warmup, weight_decay=0.01, on_step=lambda step, loss: put(1), group=group)
+        losses = {"general": train_loop(model, data, params=model.parameters(), steps=prof.base_steps,
+                                        lr=prof.base_lr, seed=prof.seed, warmup=prof.warmup, **common)}
+        if prof.instruct_steps:
+            losses["instruct"] = train_loop(model, instruct, params=model.parameters(), steps=prof.instruct_steps,
+                                            lr=prof.instruct_lr, seed=prof.seed + 1,
+                                            warmup=min(prof.warmup, prof.instruct_steps // 4 + 1), **common)
     finally:
         if group is not None:
             dist.destroy_process_group()
     if rank == 0:
         _save_full(model, processor, zoo / "base")
-        _model_card(zoo / "base", "base", "tiny Qwen2-VL base trained on a general mix "
-                    "(scene/chart/slide descriptions, simple text).")
+        _model_card(zoo / "base", "base", "tiny Qwen2-VL base: general mix (scene/chart/slide descriptions, "
+                    "simple text), then a short instruct stage with a few samples of every domain.")
     return losses
 
 
@@ -203,15 +236,16 @@ def _stderr_tail(err) -> str:
     return err.read()[-3000:]
 
 
-def _train_base_parallel(task: dict, processor, data, bar) -> list[float]:
+def _train_base_parallel(task: dict, processor, data, instruct, bar) -> dict[str, list[float]]:
     """Rank 0 here, ranks 1.. in worker processes; raises with a worker's stderr if one fails."""
     world = task["world"]
     if world <= 1:
-        return train_base(dict(task, rank=0), bar.update, processor=processor, data=data)
+        return train_base(dict(task, rank=0), bar.update, processor=processor, data=data, instruct=instruct)
     workers = [_start_worker(dict(task, job="base", rank=r)) for r in range(1, world)]
     try:
         try:
-            losses = train_base(dict(task, rank=0), bar.update, processor=processor, data=data)
+            losses = train_base(dict(task, rank=0), bar.update, processor=processor, data=data,
+                                instruct=instruct)
         except BaseException:
             # a dead rank shows up here as a gloo error: report the rank's own error
             for proc, err in workers:
@@ -231,69 +265,86 @@ def _train_base_parallel(task: dict, processor, data, bar) -> list[float]:
             err.close()
 
 
-def train_domain_experts(task: dict, report=None) -> dict:
-    """Train `{domain}-lora` and `{domain}-full` from the saved base; runs in a worker process.
+def expert_training_set(zoo: Path, prof: Profile, spec: ExpertSpec) -> dict[str, list[dict]]:
+    """An expert's data: its slice of the domain's train split plus replay of what the base saw."""
+    own = D.read_jsonl(zoo / "data" / spec.domain / "train.jsonl")
+    end = None if spec.domain_samples is None else spec.domain_start + spec.domain_samples
+    parts = {spec.domain: own[spec.domain_start:end],
+             "general": D.read_jsonl(zoo / "data" / "general" / "train.jsonl")[:spec.replay_general]}
+    for d in DOMAINS:
+        if d != spec.domain and spec.replay_domains:
+            parts[d] = D.read_jsonl(zoo / "data" / d / "train.jsonl")[:spec.replay_domains]
+    return parts
 
-    `report(n_steps)` receives progress. Seeds depend only on the
-    profile seed and the domain, so the result does not depend on scheduling.
+
+def train_expert_pair(task: dict, report=None) -> dict:
+    """Train one expert design (`task["spec"]`, an index into the profile's experts) as a LoRA
+    and as a full fine-tune from the saved base; runs in a worker process.
+
+    `report(n_steps)` receives progress. Seeds depend only on the profile seed and the
+    design, so the result does not depend on scheduling.
     """
     from graft_ui.models.loading import load_model, load_processor
-    from graft_ui.zoo.train import add_lora, encode_samples, freeze_vision, train_loop
+    from graft_ui.zoo.train import add_lora, freeze_vision, train_loop
 
     _quiet_transformers()
     prof = Profile.from_dict(task["settings"])
     torch.set_num_threads(1)
     zoo = Path(task["zoo"])
-    d, i = task["domain"], task["index"]
+    i = task["spec"]
+    spec = prof.experts[i]
     put = report or (lambda n: None)
     processor = load_processor(zoo / "base")
-    data = encode_samples(processor, D.read_jsonl(zoo / "data" / d / "train.jsonl"), zoo / "data" / d)
+    data = encode_parts(processor, expert_training_set(zoo, prof, spec), zoo / "data")
     result: dict = {"loss": {}, "seconds": {}}
-    for kind in ("lora", "full"):
+    for kind in KINDS:
         t = time.time()
-        name = f"{d}-{kind}"
+        name = spec.name(kind)
         model = load_model(zoo / "base")
-        seed = prof.seed + 101 * (i + 1) + (0 if kind == "lora" else 7)
+        seed = prof.seed + 101 * (i + 1) + spec.seed_offset + (0 if kind == "lora" else 7)
         if kind == "lora":
-            model = add_lora(model, prof.lora_rank, prof.lora_alpha, seed)
+            model = add_lora(model, spec.lora_rank, prof.lora_alpha_per_rank * spec.lora_rank, seed)
             params, lr = [p for p in model.parameters() if p.requires_grad], prof.lora_lr
         else:
             params, lr = freeze_vision(model), prof.full_lr
-        steps = prof.steps_for(d)
-        losses = train_loop(model, data, params=params, steps=steps, lr=lr,
+        losses = train_loop(model, data, params=params, steps=spec.steps, lr=lr * spec.lr_scale,
                             batch_size=prof.batch_size, seed=seed, pad_id=processor.tokenizer.pad_token_id,
-                            warmup=min(prof.warmup, steps // 4 + 1),
+                            warmup=min(prof.warmup, spec.steps // 4 + 1),
                             on_step=lambda step, loss: put(1))
         path = zoo / "experts" / name
+        mix = f"{spec.domain} data plus replay ({spec.replay_general} general, {spec.replay_domains} of each other domain)"
         if kind == "lora":
             model.save_pretrained(path)
-            _fix_adapter_base(path, task["final_base"])
-            what = f"LoRA expert (r={prof.lora_rank}, language-model projections) for the {d} domain."
+            _fix_adapter_base(path, str(zoo / "base"))  # the temp base for the self-check; see build_zoo
+            what = f"LoRA expert (r={spec.lora_rank}, language-model projections) trained on {mix}."
         else:
             _save_full(model, processor, path)
-            what = f"full fine-tune of the language model (vision frozen) on the {d} domain."
-        _model_card(path, name, what)
+            what = f"full fine-tune of the language model (vision frozen) trained on {mix}."
+        _model_card(path, name, what + (f" {spec.note}." if spec.note else ""))
         result["loss"][name] = _loss_summary(losses)
         result["seconds"][name] = round(time.time() - t, 1)
     return result
 
 
-def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[str, dict]:
-    """Run the per-domain tasks inline (workers <= 1) or in `workers` worker processes, feeding `bar`."""
+def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[int, dict]:
+    """Run the per-design tasks inline (workers <= 1) or in `workers` worker processes, feeding `bar`."""
     if workers <= 1:
-        return {t["domain"]: train_domain_experts(t, bar.update) for t in tasks}
+        return {t["spec"]: train_expert_pair(t, bar.update) for t in tasks}
     import threading
 
     results: dict[str, dict] = {}
     lock = threading.Lock()
 
-    def pump(proc, domain):
+    def pump(proc, key):
         for line in proc.stdout:
             if line.startswith("progress "):
                 with lock:
                     bar.update(int(line.split()[1]))
             elif line.startswith("result "):
-                results[domain] = json.loads(line[len("result "):])
+                results[key] = json.loads(line[len("result "):])
+
+    labels = {t["spec"]: t["label"] for t in tasks}
+    task_label = labels.get
 
     queue, running = list(tasks), []
     try:
@@ -301,17 +352,17 @@ def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[str, dict]:
             while queue and len(running) < workers:
                 task = queue.pop(0)
                 proc, err = _start_worker(task)
-                reader = threading.Thread(target=pump, args=(proc, task["domain"]), daemon=True)
+                reader = threading.Thread(target=pump, args=(proc, task["spec"]), daemon=True)
                 reader.start()
-                running.append((proc, reader, err, task["domain"]))
+                running.append((proc, reader, err, task["spec"]))
             for item in list(running):
-                proc, reader, err, domain = item
+                proc, reader, err, key = item
                 if proc.poll() is None:
                     continue
                 reader.join()
                 running.remove(item)
-                if proc.returncode != 0 or domain not in results:
-                    raise RuntimeError(f"training the {domain} experts failed (exit {proc.returncode}):\n"
+                if proc.returncode != 0 or key not in results:
+                    raise RuntimeError(f"training the {task_label(key)} experts failed (exit {proc.returncode}):\n"
                                        + _stderr_tail(err))
                 err.close()
             time.sleep(0.1)
@@ -344,7 +395,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     cpu: dict[str, float] = {}  # CPU seconds per stage (workers included): the cost on an idle machine
     info: dict = {"format": FORMAT_VERSION, "profile": prof.name, "seed": prof.seed, "settings": prof.to_dict(),
                   "versions": _versions(), "host": {"cpus": os.cpu_count(), "threads": prof.threads}}
-    total_steps = prof.base_steps + 2 * sum(prof.steps_for(d) for d in DOMAINS)
+    total_steps = prof.base_steps + prof.instruct_steps + len(KINDS) * sum(e.steps for e in prof.experts)
     bar = tqdm(total=total_steps, desc=f"zoo build ({prof.name})", unit="step", disable=not progress,
                dynamic_ncols=True)
     try:
@@ -380,6 +431,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             bar.set_postfix_str("encode")
             c = _cpu_seconds()
             encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
+            instruct = encode_parts(processor, _instruct_samples(tmp, prof), data_root)
             stages["encode"] = time.time() - t
             cpu["encode"] = _cpu_seconds() - c
 
@@ -390,31 +442,37 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             processor.save_pretrained(base_dir)  # the worker ranks load the tokenizer from here
             task = dict(zoo=str(tmp), settings=prof.to_dict(), world=prof.base_procs,
                         rendezvous=str(tmp / f".rendezvous-{os.getpid()}"))
-            losses = _train_base_parallel(task, processor, encoded["general"], bar)
+            losses = _train_base_parallel(task, processor, encoded["general"], instruct, bar)
             Path(task["rendezvous"]).unlink(missing_ok=True)
             info["parameters"] = _parameters(base_dir)
-            info["loss"] = {"base": _loss_summary(losses)}
+            info["loss"] = {f"base ({stage})": _loss_summary(curve) for stage, curve in losses.items()}
             stages["base"] = time.time() - t
             cpu["base"] = _cpu_seconds() - c
 
-            # 4. experts: one task per domain (LoRA + full), in parallel single-threaded workers
+            # 4. experts: one task per design (LoRA + full), in parallel single-threaded workers,
+            # longest first so the two workers finish together
             t = time.time()
             c = _cpu_seconds()
             bar.set_postfix_str("experts")
-            tasks = [dict(zoo=str(tmp), final_base=str(out_dir / "base"), domain=d, index=i,
-                          profile=prof.name, settings=prof.to_dict()) for i, d in enumerate(DOMAINS)]
+            tasks = [dict(zoo=str(tmp), spec=i, label=spec.name("*"),
+                          profile=prof.name, settings=prof.to_dict()) for i, spec in enumerate(prof.experts)]
+            tasks.sort(key=lambda t: -prof.experts[t["spec"]].steps)
             done = _run_expert_tasks(tasks, prof.workers, bar)
             experts, expert_times = [], {}
-            for d in DOMAINS:
-                for kind in ("lora", "full"):
-                    name = f"{d}-{kind}"
-                    experts.append({"name": name, "domain": d, "kind": kind, "path": f"experts/{name}"})
-                    info["loss"][name] = done[d]["loss"][name]
-                    expert_times[name] = done[d]["seconds"][name]
+            for i, spec in enumerate(prof.experts):
+                for kind in KINDS:
+                    name = spec.name(kind)
+                    experts.append({"name": name, "domain": spec.domain, "kind": kind, "path": f"experts/{name}"})
+                    info["loss"][name] = done[i]["loss"][name]
+                    expert_times[name] = done[i]["seconds"][name]
             stages["experts"] = time.time() - t
             cpu["experts"] = _cpu_seconds() - c
             info["expert_seconds"] = expert_times
-            del encoded
+            info["experts"] = {spec.name(kind): {"domain": spec.domain, "kind": kind, "steps": spec.steps,
+                                                 "rank": spec.lora_rank if kind == "lora" else None,
+                                                 "note": spec.note}
+                               for spec in prof.experts for kind in KINDS}
+            del encoded, instruct
 
             # 5. manifest (+ self-check)
             from graft_ui.models.manifest import DatasetEntry, Manifest, ModelEntry
@@ -430,9 +488,12 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 t = time.time()
                 c = _cpu_seconds()
                 bar.set_postfix_str("self-check")
-                info["self_check"] = self_check(tmp)
+                info["self_check"] = check = self_check(tmp)
                 stages["self_check"] = time.time() - t
                 cpu["self_check"] = _cpu_seconds() - c
+                if check["missed_targets"] and prof.strict:
+                    raise RuntimeError(f"the {prof.name} zoo missed its regime targets, so it is not built:\n"
+                                       + self_check_markdown(check))
         bar.set_postfix_str("done")
     except BaseException:
         bar.close()
@@ -442,6 +503,9 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     stages = {k: round(v, 1) for k, v in stages.items()}
     info["stages_seconds"] = stages
     info["cpu_seconds"] = {k: round(v, 1) for k, v in cpu.items()}
+    for e in experts:  # adapters name the base where it will live, not the temp folder
+        if e["kind"] == "lora":
+            _fix_adapter_base(tmp / e["path"], str(out_dir / "base"))
     info["seconds"] = round(time.time() - t_start, 1)
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
@@ -454,31 +518,3 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         tmp.rename(out_dir)
     log.info("zoo %s built in %.0f s (%s)", out_dir, info["seconds"], stages)
     return out_dir
-
-
-def self_check(zoo_dir: str | Path, limit: int | None = None) -> dict:
-    """Each expert vs the base on its own domain (accuracy, percent); also writes results.md."""
-    from graft_ui.models.manifest import load_manifest
-    from graft_ui.zoo.evaluate import evaluate_model, load_spec, resolve_spec, results_markdown
-
-    zoo_dir = Path(zoo_dir)
-    # the manifest resolves relative paths against its own folder, which may still be the temp one
-    manifest = load_manifest(zoo_dir / MANIFEST)
-    report: dict = {"models": {}}
-    datasets = {d: manifest.dataset(d).eval for d in manifest.datasets}
-    model, processor = load_spec(resolve_spec("base", manifest))
-    report["models"]["base"] = evaluate_model(model, processor, datasets, limit=limit)
-    for e in manifest.experts:
-        spec = resolve_spec(e.name, manifest)
-        model, processor = load_spec(spec, processor_fallback=manifest.base.path)
-        report["models"][e.name] = evaluate_model(model, processor, {e.domain: datasets[e.domain]}, limit=limit)
-    gains = {}
-    for e in manifest.experts:
-        gains[e.name] = round(report["models"][e.name]["domains"][e.domain]["accuracy"]
-                              - report["models"]["base"]["domains"][e.domain]["accuracy"], 1)
-    report["gain_over_base"] = gains
-    report["domains"] = list(datasets)
-    (zoo_dir / "self_check.md").write_text(results_markdown(report))
-    for name, gain in gains.items():
-        log.info("self-check %s: %+.1f points over base on its domain", name, gain)
-    return report

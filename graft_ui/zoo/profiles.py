@@ -1,8 +1,20 @@
-"""Build profiles of the demo zoo: how much data, how many steps, how big a model.
+"""Build profiles of the demo zoo: how much data, how many steps, how big a model, which experts.
 
-`full` is the demo (each expert clearly beats the base on its own domain); `ci` is the
-same pipeline at a size that builds in a few minutes on two busy cores, for tests. Both
-build the same architecture so everything downstream sees identical shapes and names.
+Zoo v2 works in the regime the Graft paper works in (DESIGN.md §7): a base that already
+answers every domain's format at a low-to-middling level (general training, then a short
+instruct stage on the general mix plus a small share of every domain), and experts that
+specialise from it on their own domain with replay (general + the other domains' instruct
+samples), so they move a few points' worth rather than learning a format from nothing.
+
+`full` is the demo; `ci` is the same pipeline at a size that builds in a few minutes on
+two busy cores, for tests. Both build the same architecture so everything downstream sees
+identical shapes and names.
+
+Pairs by design (the fusion-quality study needs >= 15 per kind, differing in relatedness):
+each domain has an `a` expert, and math and code have a second one (`-b`) that differs in
+LoRA rank, data mix, steps and seed. That gives, per kind, 2 same-domain pairs, related
+pairs (math, finance and medical all read numbers or counts off images) and unrelated ones
+(code, text only, against any image domain).
 """
 
 from __future__ import annotations
@@ -10,6 +22,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 DOMAINS = ("math", "code", "finance", "medical")
+KINDS = ("lora", "full")
+
+# domain pairs that share a skill by construction: the study's "related" class
+RELATED_DOMAINS = frozenset({
+    frozenset({"math", "finance"}),   # numbers read off an image (digits, chart values)
+    frozenset({"math", "medical"}),   # counting objects in an image (shapes, cells)
+    frozenset({"finance", "medical"}),  # both answer from a drawn figure with short tokens
+})
+
+
+def relatedness(domain_a: str | None, domain_b: str | None) -> str:
+    """'same' | 'related' | 'unrelated' for two zoo domains; 'n/a' when either is unknown."""
+    if not domain_a or not domain_b:
+        return "n/a"
+    if domain_a == domain_b:
+        return "same"
+    return "related" if frozenset({domain_a, domain_b}) in RELATED_DOMAINS else "unrelated"
 
 
 @dataclass(frozen=True)
@@ -26,6 +55,44 @@ class ModelSize:
 
 
 @dataclass(frozen=True)
+class ExpertSpec:
+    """One expert design, trained once per kind (LoRA and full) from the instruct base.
+
+    Name: `{domain}-{kind}` or `{domain}-{kind}-{variant}`. `replay_general` general samples
+    and `replay_domains` samples of each other domain are mixed into the domain's training
+    set, so the expert keeps what the base could do (DESIGN.md §7).
+    """
+
+    domain: str
+    steps: int
+    variant: str = ""
+    lora_rank: int = 8
+    replay_general: int = 300
+    replay_domains: int = 60
+    domain_start: int = 0  # where its slice of the domain's train split starts
+    domain_samples: int | None = None  # None: the rest of the train split
+    lr_scale: float = 1.0
+    seed_offset: int = 0
+    note: str = ""  # how it differs from its sibling (docs, manifest listing)
+
+    def name(self, kind: str) -> str:
+        return f"{self.domain}-{kind}" + (f"-{self.variant}" if self.variant else "")
+
+
+def _default_experts() -> tuple[ExpertSpec, ...]:
+    return (
+        ExpertSpec("math", 240, note="all math question types, rank 8"),
+        ExpertSpec("code", 160, note="all code templates, rank 8"),
+        ExpertSpec("finance", 240, note="all chart question types, rank 8"),
+        ExpertSpec("medical", 160, note="all slide question types, rank 8"),
+        ExpertSpec("math", 160, variant="b", lora_rank=4, replay_general=150, domain_start=600, domain_samples=600,
+                   lr_scale=1.5, seed_offset=50, note="the other half of the math data, rank 4, less replay, fewer steps"),
+        ExpertSpec("code", 120, variant="b", lora_rank=16, replay_general=500, replay_domains=90,
+                   domain_samples=600, seed_offset=50, note="half the code data, rank 16, more replay"),
+    )
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     seed: int = 1234
@@ -33,25 +100,30 @@ class Profile:
     general_train: int = 2000  # samples of the general mix the base is trained on
     domain_train: int = 1200  # training samples per domain
     domain_eval: int = 60  # held-out samples per domain
-    base_steps: int = 1200
+    base_steps: int = 900
     base_lr: float = 5e-4  # higher rates stall the tiny vision tower (digits, bar heights never learned)
-    expert_steps: int = 300
-    # per-domain step counts (others use expert_steps): the visual domains need more steps,
-    # code and medical reach their ceiling sooner; ordered so two workers finish together
-    domain_steps: dict = field(default_factory=lambda: {"math": 400, "code": 200, "finance": 400, "medical": 200})
-    full_lr: float = 1e-3
-    lora_lr: float = 3e-3
-    lora_rank: int = 8
-    lora_alpha: int = 16
+    # instruct stage: the general mix plus `instruct_per_domain` train samples of each domain
+    instruct_steps: int = 300
+    instruct_lr: float = 3e-4
+    instruct_general: int = 1000
+    instruct_per_domain: dict = field(default_factory=lambda: {"math": 60, "code": 60, "finance": 60, "medical": 40})
+    experts: tuple = field(default_factory=_default_experts)
+    full_lr: float = 5e-4
+    lora_lr: float = 2e-3
+    lora_alpha_per_rank: int = 2  # lora_alpha = 2 * rank: the same LoRA scale for every rank
     batch_size: int = 16
     warmup: int = 30
     threads: int = 1  # torch threads of the base training (1: tiny ops, fastest and bit-stable on busy cores)
     workers: int = 2  # processes training experts side by side (one thread each)
     base_procs: int = 2  # data-parallel processes training the base (fixed: results depend on it)
-    self_check: bool = True  # score base and experts on their own domain at the end of a build
+    self_check: bool = True  # score base and experts on every domain (+ two default fusions) at the end
+    strict: bool = False  # fail the build when an expert misses the regime targets (full profile)
 
-    def steps_for(self, domain: str) -> int:
-        return int(self.domain_steps.get(domain, self.expert_steps))
+    def instruct_count(self, domain: str) -> int:
+        return int(self.instruct_per_domain.get(domain, 0))
+
+    def expert_names(self) -> list[str]:
+        return [spec.name(kind) for spec in self.experts for kind in KINDS]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,14 +131,24 @@ class Profile:
     @classmethod
     def from_dict(cls, d: dict) -> "Profile":
         """The inverse of `to_dict` (worker processes get their profile as JSON)."""
-        return cls(**{**d, "model": ModelSize(**d["model"])})
+        return cls(**{**d, "model": ModelSize(**d["model"]),
+                      "experts": tuple(ExpertSpec(**e) for e in d["experts"])})
 
     def with_overrides(self, **changes) -> "Profile":
         return replace(self, **changes)
 
 
+# Regime targets (issue: zoo v2), checked by the build's self-check on the full profile.
+TARGETS = {
+    "base_min": 10.0,  # every domain's held-out accuracy of the base in [base_min, base_max]
+    "base_max": 65.0,
+    "own_gain": 25.0,  # an expert beats the base on its own domain by >= this many points
+    "other_drop": 10.0,  # and loses no more than this on any other domain
+}
+
+
 PROFILES: dict[str, Profile] = {
-    "full": Profile(name="full"),
+    "full": Profile(name="full", strict=True),
     "ci": Profile(
         name="ci",
         model=ModelSize(vocab_size=1024),
@@ -74,13 +156,15 @@ PROFILES: dict[str, Profile] = {
         domain_train=64,
         domain_eval=10,
         base_steps=40,
-        expert_steps=12,
-        domain_steps={},
+        instruct_steps=10,
+        instruct_general=100,
+        instruct_per_domain={d: 8 for d in DOMAINS},
+        experts=tuple(ExpertSpec(d, 12, replay_general=16, replay_domains=4) for d in DOMAINS),
         batch_size=8,
         warmup=5,
         workers=1,
         base_procs=1,
-        self_check=False,
+        self_check=True,  # cheap at this size; writes showcase.json for the app tests
     ),
 }
 

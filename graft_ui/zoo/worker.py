@@ -1,6 +1,6 @@
 """Worker process of a zoo build: `python -m graft_ui.zoo.worker TASK_JSON`.
 
-Trains one domain's two experts (`build.train_domain_experts`), or runs one
+Trains one expert design as LoRA and full (`build.train_expert_pair`), or runs one
 data-parallel rank of the base training (`build.train_base`, task `job: base`). Started with
 subprocess rather than multiprocessing, so a caller's main module is never re-imported
 (a script calling `ensure_zoo()` at top level needs no `if __name__ == "__main__"` guard).
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m graft_ui.zoo.worker TASK_JSON", file=sys.stderr)
         return 2
     task = json.loads(argv[0])
-    from graft_ui.zoo.build import train_base, train_domain_experts
+    from graft_ui.zoo.build import train_base, train_expert_pair
 
     def report(n: int) -> None:
         sys.stdout.write(f"progress {n}\n")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         train_base(task)
         result = {}
     else:
-        result = train_domain_experts(task, report)
+        result = train_expert_pair(task, report)
     sys.stdout.write("result " + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

@@ -12,6 +12,16 @@ from graft_ui.zoo.profiles import DOMAINS
 EXPECTED = {f"{d}-{k}" for d in DOMAINS for k in ("lora", "full")}
 
 
+def _tiny(**overrides):
+    """A few-second build of the ci pipeline (two-step experts, no self-check)."""
+    from graft_ui.zoo.profiles import ExpertSpec, get_profile
+
+    return get_profile("ci").with_overrides(
+        general_train=16, domain_train=8, domain_eval=2, instruct_steps=2, instruct_general=8,
+        instruct_per_domain={d: 2 for d in DOMAINS}, batch_size=4, warmup=1, self_check=False,
+        experts=tuple(ExpertSpec(d, 2, replay_general=4, replay_domains=1) for d in DOMAINS), **overrides)
+
+
 def test_manifest_lists_base_experts_and_datasets(ci_zoo, ci_manifest):
     m = ci_manifest
     assert Path(ci_zoo, "manifest.yaml").is_file()
@@ -197,8 +207,7 @@ def test_build_is_deterministic(tmp_path):
     from graft_ui.zoo.build import build_zoo
     from graft_ui.zoo.profiles import get_profile
 
-    tiny = get_profile("ci").with_overrides(general_train=16, domain_train=8, domain_eval=2, base_steps=3,
-                                            expert_steps=2, batch_size=4, warmup=1)
+    tiny = _tiny(base_steps=3)
 
     def digest(root: Path) -> dict:
         out = {}
@@ -222,8 +231,7 @@ def test_parallel_build_uses_worker_processes(tmp_path):
     from graft_ui.zoo.build import build_zoo
     from graft_ui.zoo.profiles import get_profile
 
-    tiny = get_profile("ci").with_overrides(general_train=16, domain_train=8, domain_eval=2, base_steps=4,
-                                            expert_steps=2, batch_size=4, warmup=1, base_procs=2, workers=2)
+    tiny = _tiny(base_steps=4, base_procs=2, workers=2)
     zoo = build_zoo(tmp_path / "zoo", tiny, progress=False)
     info = json.loads((zoo / "build_info.json").read_text())
     assert info["settings"]["base_procs"] == 2 and info["settings"]["workers"] == 2
