@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from graft_ui.chat.pool import ModelPool
+from graft_ui.fusion import fuse_recipe
 from graft_ui.jsonl import conversation, iter_jsonl
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
@@ -461,9 +462,8 @@ class Studio:
         overwrite: bool = False,
         progress: Callable[[int, int, str], None] | None = None,
     ) -> FusedVariant:
-        """Run `recipe` into `<work_dir>/fused/<name>`, keep it as a chat-able variant."""
-        from graft_ui.models.merge import run_recipe
-
+        """Run `recipe` into `<work_dir>/fused/<name>` (calibrating first when it asks), keep it
+        as a chat-able variant."""
         name = check_variant_name(name)
         with self.lock:
             if name in self.pool.names() and name not in self.variants:
@@ -482,8 +482,8 @@ class Studio:
         recipe = recipe.replace(name=name)
         t0 = time.perf_counter()
         try:
-            result = run_recipe(recipe, out_dir, overwrite=name in self.variants, progress=progress,
-                                manifest=self.manifest)
+            result = fuse_recipe(recipe, out_dir, overwrite=name in self.variants, progress=progress,
+                                 manifest=self.manifest)
         finally:
             self.release_memory()
         recipe = result.recipe
