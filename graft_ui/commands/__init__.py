@@ -1,0 +1,58 @@
+"""Headless entry point: `python -m graft_ui COMMAND ...`, one module per command.
+
+Each command is `graft_ui/commands/<command>.py` exposing `add_parser(subparsers)`, which
+registers a sub-parser whose `func(args) -> int` does the work; `COMMANDS` below lists them,
+so a new command is one module plus one line here. Modules are imported only for the
+command that runs, so `methods` does not pay for importing transformers. Commands that take
+a manifest share `common.add_manifest_args` / `common.load_manifest_arg`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# command -> module exposing add_parser(subparsers); imported only when needed
+COMMANDS: dict[str, str] = {
+    "merge": "graft_ui.commands.merge",
+    "methods": "graft_ui.commands.methods",
+    "zoo": "graft_ui.commands.zoo",
+    "eval": "graft_ui.commands.eval",
+    "analyze": "graft_ui.commands.analyze",
+    "correlate": "graft_ui.commands.correlate",
+    "votes": "graft_ui.commands.votes",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m graft_ui", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = [COMMANDS[command]] if command in COMMANDS else sorted(set(COMMANDS.values()))
+    for module in dict.fromkeys(modules):
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        # library errors name the bad value; show them without a traceback
+        logging.getLogger("graft_ui").error("%s", exc)
+        return 1
