@@ -91,8 +91,8 @@ class Method:
         if ref is None:
             return None
         module, _, attr = ref.partition(":")
-        fn = getattr(importlib.import_module(module), attr, None)
-        if fn is None and attr:
+        fn = getattr(importlib.import_module(module), attr, None) if attr else None
+        if fn is None:
             raise ValueError(f"method {self.name!r}: kernel {hook}={ref!r} names no function")
         return fn
 
