@@ -1,3 +1,3 @@
-from graft_ui.cli import main
+from graft_ui.commands import main
 
 raise SystemExit(main())

@@ -28,18 +28,20 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from graft_ui.analysis.analyze import analyze_experts
+from graft_ui.analysis.data import import_dataset
+from graft_ui.analysis.scores import DEFAULT_THRESHOLD
+from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.chat.pool import ModelPool
-from graft_ui.jsonl import conversation, iter_jsonl
+from graft_ui.fusion import fuse_recipe
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
+from graft_ui.models.validate import folder_bytes, human_bytes, model_config, validate_entry
 from graft_ui.recipe import ALL_MODULES, Recipe
 
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-MAX_UPLOAD_JSONL_BYTES = 20 * 2**20
-MAX_UPLOAD_SAMPLES = 5000
 
 
 def default_work_dir() -> Path:
@@ -54,81 +56,6 @@ def check_variant_name(name: str) -> str:
             f"name {name!r} is not usable: 1-48 characters, letters, digits, '-', '_' or '.', starting with a letter or digit"
         )
     return name
-
-
-def folder_bytes(path: str | Path) -> int | None:
-    """Bytes of weight files in a local folder (None for a hub id or a missing folder)."""
-    p = Path(path)
-    if not p.is_dir():
-        return None
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "—"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def _model_config(path: str) -> dict:
-    p = Path(path, "config.json")
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"config {str(p)!r} is unreadable: {exc}") from None
-
-
-def _shape_signature(cfg: Mapping[str, Any]) -> tuple:
-    text = cfg.get("text_config") or cfg
-    return tuple(text.get(k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))
-
-
-def validate_entry(entry: ModelEntry, base: ModelEntry | None = None) -> None:
-    """Raise a readable ValueError/FileNotFoundError if `entry` cannot be used (cheap: no weights loaded)."""
-    ref = check_reference(entry.path)
-    if not Path(ref).is_dir():
-        return  # a cached hub id: its files are checked when it loads
-    if entry.kind == "lora":
-        if not is_adapter(ref):
-            raise ValueError(f"{entry.name!r}: {ref!r} has no adapter_config.json, so it is not a LoRA adapter folder")
-        cfg = adapter_config(ref)
-        if cfg.get("peft_type") != "LORA":
-            raise ValueError(f"{entry.name!r}: adapter peft_type={cfg.get('peft_type')!r}; only LoRA adapters are supported")
-        weights = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if Path(ref, f).is_file()]
-        if not weights:
-            raise ValueError(f"{entry.name!r}: adapter folder {ref!r} has no adapter_model.safetensors")
-        if weights[0].endswith(".safetensors"):
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(Path(ref, weights[0])), framework="pt") as f:
-                    keys = list(f.keys())
-            except Exception as exc:  # safetensors raises its own error types for corrupt headers
-                raise ValueError(f"{entry.name!r}: adapter weights {weights[0]!r} are unreadable ({exc})") from None
-            if not any("lora_" in k for k in keys):
-                raise ValueError(f"{entry.name!r}: adapter weights {weights[0]!r} hold no LoRA tensors")
-    else:
-        cfg = _model_config(ref)
-        if not cfg:
-            if is_adapter(ref):
-                raise ValueError(f"{entry.name!r}: {ref!r} is a LoRA adapter folder; add it with kind 'lora'")
-            raise ValueError(f"{entry.name!r}: {ref!r} has no config.json, so it is not a model folder")
-        if cfg.get("model_type") not in ("qwen2_vl", None):
-            raise ValueError(f"{entry.name!r}: model_type={cfg.get('model_type')!r}; Graft Studio runs Qwen2-VL models")
-        if not any(f.suffix in WEIGHT_SUFFIXES for f in Path(ref).iterdir()):
-            raise ValueError(f"{entry.name!r}: model folder {ref!r} has no weight files")
-        if base is not None and base is not entry and Path(base.path).is_dir():
-            want, got = _shape_signature(_model_config(base.path)), _shape_signature(cfg)
-            if all(want) and want != got:
-                raise ValueError(
-                    f"{entry.name!r} does not fit base {base.name!r}: (hidden, layers, intermediate, vocab) {got} vs {want}"
-                )
 
 
 @dataclass
@@ -301,7 +228,7 @@ class Studio:
     def num_layers(self) -> int:
         """Language-model layers of the base (for the layer-range controls); 28 if unknown (Qwen2-VL-2B)."""
         try:
-            cfg = _model_config(self.manifest.base.path)
+            cfg = model_config(self.manifest.base.path)
         except ValueError:
             cfg = {}
         text = cfg.get("text_config") or cfg
@@ -323,10 +250,6 @@ class Studio:
         progress: bool | Callable[[int, int], None] | None = True,
     ):
         """Activation statistics and compatibility of `experts` on `dataset` (domain name or JSONL path)."""
-        from graft_ui.analysis.analyze import analyze_experts
-        from graft_ui.analysis.scores import DEFAULT_THRESHOLD
-        from graft_ui.analysis.stats import DEFAULT_EPS
-
         if isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= 512:
             raise ValueError(f"K={k!r} must be an integer between 1 and 512")
         if eps is not None and not float(eps) > 0:
@@ -349,57 +272,8 @@ class Studio:
             self.release_memory()
 
     def import_dataset(self, files: Sequence[str | Path]) -> Path:
-        """Copy an uploaded JSONL (plus the image files it names) into `<work_dir>/uploads/<id>/`.
-
-        Image references are matched to the uploaded files by file name only and
-        rewritten to the copies, so a sample can never point at a path or URL of its
-        choosing. Every image is checked to open as an image.
-        """
-        import uuid
-
-        from PIL import Image, UnidentifiedImageError
-
-        files = [Path(f) for f in files or []]
-        jsonls = [f for f in files if f.suffix.lower() == ".jsonl"]
-        if len(jsonls) != 1:
-            raise ValueError(f"upload exactly one .jsonl file (with the images it uses); got {len(jsonls)} JSONL files")
-        src = jsonls[0]
-        if src.stat().st_size > MAX_UPLOAD_JSONL_BYTES:
-            raise ValueError(f"{src.name!r} is larger than {MAX_UPLOAD_JSONL_BYTES // 2**20} MB")
-        images = {f.name: f for f in files if f != src}
-        dest = self.work_dir / "uploads" / uuid.uuid4().hex[:12]
-        (dest / "images").mkdir(parents=True, exist_ok=True)
-        lines, copied = [], set()
-        for lineno, sample in iter_jsonl(src.read_text(errors="replace").splitlines(), repr(src.name)):
-            msgs = conversation(sample, repr(src.name), lineno)
-            for msg in msgs:
-                content = msg.get("content") if isinstance(msg, dict) else None
-                for item in content if isinstance(content, list) else []:
-                    if not isinstance(item, dict) or item.get("type") != "image":
-                        continue
-                    ref = str(item.get("image", ""))
-                    if "://" in ref or ref.startswith("data:"):
-                        raise ValueError(f"{src.name!r} line {lineno}: image {ref[:60]!r} is a URL; upload the image file instead")
-                    fname = Path(ref).name
-                    if fname not in images:
-                        raise ValueError(f"{src.name!r} line {lineno} uses image {fname!r}: upload it together with the JSONL")
-                    if fname not in copied:
-                        try:
-                            with Image.open(images[fname]) as im:
-                                im.verify()
-                        except (UnidentifiedImageError, OSError, SyntaxError):
-                            raise ValueError(f"uploaded file {fname!r} is not a readable image") from None
-                        shutil.copyfile(images[fname], dest / "images" / fname)
-                        copied.add(fname)
-                    item["image"] = f"images/{fname}"
-            lines.append(json.dumps(sample))
-            if len(lines) > MAX_UPLOAD_SAMPLES:
-                raise ValueError(f"{src.name!r} has more than {MAX_UPLOAD_SAMPLES} samples; analysis needs only K of them")
-        if not lines:
-            raise ValueError(f"{src.name!r} holds no samples")
-        out = dest / src.name
-        out.write_text("\n".join(lines) + "\n")
-        return out
+        """Copy an uploaded JSONL and its images into `<work_dir>/uploads/<id>/` (analysis.data.import_dataset)."""
+        return import_dataset(files, self.work_dir / "uploads")
 
     # ---- fusion ----------------------------------------------------------------------
 
@@ -461,9 +335,8 @@ class Studio:
         overwrite: bool = False,
         progress: Callable[[int, int, str], None] | None = None,
     ) -> FusedVariant:
-        """Run `recipe` into `<work_dir>/fused/<name>`, keep it as a chat-able variant."""
-        from graft_ui.models.merge import run_recipe
-
+        """Run `recipe` into `<work_dir>/fused/<name>` (calibrating first when it asks), keep it
+        as a chat-able variant."""
         name = check_variant_name(name)
         with self.lock:
             if name in self.pool.names() and name not in self.variants:
@@ -482,8 +355,8 @@ class Studio:
         recipe = recipe.replace(name=name)
         t0 = time.perf_counter()
         try:
-            result = run_recipe(recipe, out_dir, overwrite=name in self.variants, progress=progress,
-                                manifest=self.manifest)
+            result = fuse_recipe(recipe, out_dir, overwrite=name in self.variants, progress=progress,
+                                 manifest=self.manifest)
         finally:
             self.release_memory()
         recipe = result.recipe

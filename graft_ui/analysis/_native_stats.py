@@ -21,9 +21,10 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Callable
+
+from graft_ui.atomic import replacing
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,11 @@ def _build(cc: str) -> Path:
     out = cache_dir() / f"graft_stats-{key}.so"
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        res = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
+    # a cache, rebuilt if lost: atomic (another process may load it meanwhile) but not fsynced
+    with replacing(out, suffix=".so", fsync=False) as tmp:
+        res = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} exited with {res.returncode}: {res.stderr.strip()[:500]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     log.info("built the native activation-statistics kernel: %s", out)
     return out
 

@@ -7,17 +7,24 @@ always gives the same samples in the same order.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from graft_ui.jsonl import conversation, iter_jsonl
 from graft_ui.models.manifest import Manifest
 
 log = logging.getLogger(__name__)
+
+MAX_UPLOAD_JSONL_BYTES = 20 * 2**20
+MAX_UPLOAD_SAMPLES = 5000
 
 
 @dataclass(frozen=True)
@@ -108,3 +115,53 @@ def iter_inputs(processor, samples: Sequence[Sample], *, with_answer: bool = Fal
     for s in samples:
         answer = s.answer if with_answer else None
         yield build_inputs(processor, s.messages, answer=answer, root=s.root)
+
+
+def import_dataset(files: Sequence[str | Path], uploads: str | Path) -> Path:
+    """Copy an uploaded JSONL (plus the image files it names) into `<uploads>/<id>/`.
+
+    Image references are matched to the uploaded files by file name only and
+    rewritten to the copies, so a sample can never point at a path or URL of its
+    choosing. Every image is checked to open as an image.
+    """
+    files = [Path(f) for f in files or []]
+    jsonls = [f for f in files if f.suffix.lower() == ".jsonl"]
+    if len(jsonls) != 1:
+        raise ValueError(f"upload exactly one .jsonl file (with the images it uses); got {len(jsonls)} JSONL files")
+    src = jsonls[0]
+    if src.stat().st_size > MAX_UPLOAD_JSONL_BYTES:
+        raise ValueError(f"{src.name!r} is larger than {MAX_UPLOAD_JSONL_BYTES // 2**20} MB")
+    images = {f.name: f for f in files if f != src}
+    dest = Path(uploads) / uuid.uuid4().hex[:12]
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    lines, copied = [], set()
+    for lineno, sample in iter_jsonl(src.read_text(errors="replace").splitlines(), repr(src.name)):
+        msgs = conversation(sample, repr(src.name), lineno)
+        for msg in msgs:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            for item in content if isinstance(content, list) else []:
+                if not isinstance(item, dict) or item.get("type") != "image":
+                    continue
+                ref = str(item.get("image", ""))
+                if "://" in ref or ref.startswith("data:"):
+                    raise ValueError(f"{src.name!r} line {lineno}: image {ref[:60]!r} is a URL; upload the image file instead")
+                fname = Path(ref).name
+                if fname not in images:
+                    raise ValueError(f"{src.name!r} line {lineno} uses image {fname!r}: upload it together with the JSONL")
+                if fname not in copied:
+                    try:
+                        with Image.open(images[fname]) as im:
+                            im.verify()
+                    except (UnidentifiedImageError, OSError, SyntaxError):
+                        raise ValueError(f"uploaded file {fname!r} is not a readable image") from None
+                    shutil.copyfile(images[fname], dest / "images" / fname)
+                    copied.add(fname)
+                item["image"] = f"images/{fname}"
+        lines.append(json.dumps(sample))
+        if len(lines) > MAX_UPLOAD_SAMPLES:
+            raise ValueError(f"{src.name!r} has more than {MAX_UPLOAD_SAMPLES} samples; analysis needs only K of them")
+    if not lines:
+        raise ValueError(f"{src.name!r} holds no samples")
+    out = dest / src.name
+    out.write_text("\n".join(lines) + "\n")
+    return out

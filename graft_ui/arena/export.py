@@ -18,14 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterable
 
-from graft_ui.arena.store import COLUMNS, Vote, VoteStore
+from graft_ui.arena.store import VoteStore
+from graft_ui.arena.vote import COLUMNS, JSON_COLUMNS, Vote
+from graft_ui.atomic import replacing
 from graft_ui.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl")
 EXPORT_COLUMNS = tuple(COLUMNS) + ("winner",)
-_JSON_COLUMNS = ("settings", "recipe_a", "recipe_b")
 
 
 def _export_record(vote: Vote) -> dict:
@@ -37,7 +38,7 @@ def _export_record(vote: Vote) -> dict:
 def _csv_cell(name: str, value) -> str:
     if value is None:
         return ""
-    if name in _JSON_COLUMNS:
+    if name in JSON_COLUMNS:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -75,17 +76,9 @@ def _write(dest, write) -> int:
     if hasattr(dest, "write"):
         return write(dest)
     path = Path(dest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # temp file + rename: a reader (or a download) never sees half an export
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            n = write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # a reader (or a download) never sees half an export
+    with replacing(path, mode=0o644) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        n = write(f)
     log.info("exported %d votes to %s", n, path)
     return n
 

@@ -43,5 +43,6 @@ register(
         paper="https://arxiv.org/abs/2203.05482",
         summary="weighted mean of the experts' weights",
         needs_base=False,
+        linear=True,
     )
 )

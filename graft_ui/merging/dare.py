@@ -77,5 +77,6 @@ register(
         params=(P, LAM),
         paper="https://arxiv.org/abs/2311.03099",
         summary="random drop p + rescale 1/(1-p), then TIES sign election and disjoint mean",
+        kernels={"lora_tiled": "graft_ui.kernels.ties_lora:lora_tiled_dare"},
     )
 )

@@ -376,5 +376,7 @@ register(
         paper="https://arxiv.org/abs/2506.23940",
         summary="Graft dual-gate fusion (local channel gate x global entropy gate), experts fused left to right",
         needs_base=False,
+        kernels={"fuse_rows": "graft_ui.kernels.graft:fuse_rows", "lora_factors": "graft_ui.kernels.graft:lora_factors"},
+        module_params=("alpha", "beta"),
     )
 )

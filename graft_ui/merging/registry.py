@@ -2,11 +2,14 @@
 
 Every method module defines one `Method` and registers it with `register`. The CLI
 (`python -m graft_ui methods`), the recipe validator and the UI's Fuse tab all read
-`METHODS`, so a method exists in one place only.
+`METHODS`, so a method exists in one place only. What the merge engine needs to know about
+a method (does it need a base, is it linear in the deltas, which fast paths it has, which
+parameters a recipe may set per module) is on its entry, so the engine never tests a name.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -56,6 +59,16 @@ class Method:
     `base` is the backbone tensor (None when the method does not need it), `experts` the
     experts' tensors in fusion order, all the same shape. It returns `(merged, stats)`,
     stats being a small JSON-able dict for gates.json.
+
+    Traits the merge engine reads:
+    - `needs_base`: merge takes the backbone tensor (task vectors); False: base is None.
+    - `linear`: the result is a weighted sum of the experts' deltas, so LoRA experts stay
+      exact by concatenating their factors with the coefficients `merge` gives one-hot inputs.
+    - `kernels`: {hook: "module:function"} fast paths on whole checkpoints (the hooks are
+      listed in graft_ui/kernels/__init__.py). Dotted names, resolved on first use, so this
+      package stays torch-only while a kernel may use numpy.
+    - `module_params`: parameters a recipe's `phi` table may set per module (and that phi
+      calibration learns).
     """
 
     name: str
@@ -64,10 +77,24 @@ class Method:
     paper: str
     summary: str
     needs_base: bool = True
+    linear: bool = False
+    kernels: Mapping[str, str] = field(default_factory=dict)
+    module_params: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
+
+    def kernel(self, hook: str) -> Callable | None:
+        """The fast path registered for `hook`, or None (the engine then uses `merge`)."""
+        ref = self.kernels.get(hook)
+        if ref is None:
+            return None
+        module, _, attr = ref.partition(":")
+        fn = getattr(importlib.import_module(module), attr, None) if attr else None
+        if fn is None:
+            raise ValueError(f"method {self.name!r}: kernel {hook}={ref!r} names no function")
+        return fn
 
 
 METHODS: dict[str, Method] = {}

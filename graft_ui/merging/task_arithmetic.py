@@ -33,5 +33,6 @@ register(
         params=(LAM,),
         paper="https://arxiv.org/abs/2212.04089",
         summary="base + lam * sum_i w_i (expert_i - base)",
+        linear=True,
     )
 )

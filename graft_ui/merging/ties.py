@@ -73,5 +73,7 @@ register(
         ),
         paper="https://arxiv.org/abs/2306.01708",
         summary="trim to top-k |tau|, elect sign, disjoint mean: base + lam * merged",
+        kernels={"fuse_tensor": "graft_ui.kernels.ties:fuse_tensor",
+                 "lora_tiled": "graft_ui.kernels.ties_lora:lora_tiled_ties"},
     )
 )

@@ -60,6 +60,20 @@ def check_reference(ref: str | Path) -> str:
     return ref
 
 
+def local_folder(ref: str | Path) -> Path:
+    """A local folder for a folder path or hub id (hub ids come from the HF cache/hub)."""
+    ref = check_reference(ref)
+    if Path(ref).is_dir():
+        return Path(ref)
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return Path(snapshot_download(ref, local_files_only=offline))
+    except Exception as exc:  # huggingface_hub raises several unrelated types
+        raise FileNotFoundError(f"could not get {ref!r} from the hub cache: {exc}") from None
+
+
 def is_adapter(ref: str | Path) -> bool:
     return Path(ref, "adapter_config.json").is_file()
 

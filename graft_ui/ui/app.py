@@ -1,51 +1,36 @@
-"""The Gradio app: one Blocks, one tab per module, each module exposing `render(ctx)`.
+"""The Gradio app: one Blocks, one tab per module, each module exposing `render(ctx)` and `TITLE`.
 
-Tabs are listed in `TABS` as (module, title). A module that does not exist yet (e.g. the
-arena tabs before they are written) is skipped, so other developers plug a tab in by
-adding `graft_ui/ui/<name>.py` with `render(ctx: AppContext)` (and optionally `TITLE`).
+Tabs are listed in `TABS` as (id, module), imported plainly: a tab module that is missing or
+misspelt fails the import instead of dropping the tab silently. A new tab is
+`graft_ui/ui/<name>.py` with `render(ctx: AppContext)` and `TITLE`, plus one line here.
 See graft_ui/ui/context.py for what ctx offers.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
+from types import ModuleType
 
 import gradio as gr
 
 from graft_ui.studio import Studio
+from graft_ui.ui import analyze, arena, chat, experts, fuse, leaderboard
 from graft_ui.ui import theme as T
 from graft_ui.ui.context import AppContext
 
 log = logging.getLogger(__name__)
 
-TABS: list[tuple[str, str]] = [
-    ("experts", "① Experts"),
-    ("analyze", "② Analyze"),
-    ("fuse", "③ Fuse"),
-    ("chat", "④ Chat"),
-    ("arena", "⑤ Arena"),
-    ("leaderboard", "⑥ Leaderboard"),
+TABS: list[tuple[str, ModuleType]] = [
+    ("experts", experts),
+    ("analyze", analyze),
+    ("fuse", fuse),
+    ("chat", chat),
+    ("arena", arena),
+    ("leaderboard", leaderboard),
 ]
 QUEUE_MAX_SIZE = 16
 MAX_FILE_SIZE = "20mb"
-
-
-def tab_modules(tabs=TABS) -> list[tuple[str, str, object]]:
-    """(name, title, module) of every tab module that exists."""
-    out = []
-    for name, title in tabs:
-        modname = f"graft_ui.ui.{name}"
-        try:
-            module = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name != modname:
-                raise  # the tab exists but one of its imports is missing: a real error
-            log.info("tab %r not available yet (%s); skipped", name, modname)
-            continue
-        out.append((name, getattr(module, "TITLE", title), module))
-    return out
 
 
 def header(ctx: AppContext) -> str:
@@ -59,8 +44,8 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
         head = gr.HTML(header(ctx), elem_id="gs-header-box", padding=False)
         ctx.models_changed = gr.State(ctx.studio.version)
         with gr.Tabs(elem_id="gs-tabs"):
-            for name, title, module in tab_modules(tabs):
-                with gr.Tab(title, id=name, elem_id=f"gs-tab-{name}"):
+            for name, module in tabs:
+                with gr.Tab(module.TITLE, id=name, elem_id=f"gs-tab-{name}"):
                     module.render(ctx)
         ctx.on_models_changed(lambda: header(ctx), [head])
         ctx.wire_refreshers()

@@ -7,7 +7,7 @@ import time
 import gradio as gr
 
 from graft_ui.chat import GenerationSettings, MAX_NEW_TOKENS_CAP, SideBySide
-from graft_ui.ui.common import choices_update, guarded, hint
+from graft_ui.ui.common import choices_update, guarded, hint, prompt_of
 from graft_ui.ui.context import AppContext
 
 TITLE = "④ Chat"
@@ -118,15 +118,8 @@ def render(ctx: AppContext) -> None:
 
     @guarded(MAX_COLUMNS + 3, status=MAX_COLUMNS + 1)
     def send(value, sess, cols, max_new, temperature, greedy, request: gr.Request):
-        value = value or {}
-        text, files = (value.get("text") or ""), list(value.get("files") or [])
         cols = check_columns(cols)
-        if len(files) > 1:
-            raise ValueError("attach at most one image per message")
-        image = None
-        if files:
-            f = files[0]
-            image = ctx.check_image(f if isinstance(f, str) else (f.get("path") if isinstance(f, dict) else f.path))
+        text, image = prompt_of(value, ctx.check_image, per="message")
         settings = settings_of(max_new, temperature, greedy)
         sess.ask(text, image)
         yield [sess] + displays(sess, cols) + ["", gr.update(value=None)]

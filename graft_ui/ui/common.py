@@ -105,6 +105,19 @@ def guarded(outputs: int, status: int | None = None):
     return deco
 
 
+def prompt_of(value: dict | None, check_image: Callable[[str], str], *, per: str = "message") -> tuple[str, str | None]:
+    """(text, checked image path or None) of a gr.MultimodalTextbox value {"text", "files"}
+    (files as paths, dicts with "path", or FileData), for the Chat and Arena inputs."""
+    value = value or {}
+    text, files = (value.get("text") or ""), list(value.get("files") or [])
+    if len(files) > 1:
+        raise ValueError(f"attach at most one image per {per}")
+    if not files:
+        return text, None
+    f = files[0]
+    return text, check_image(f if isinstance(f, str) else (f.get("path") if isinstance(f, dict) else f.path))
+
+
 def table(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
     """A DataFrame with exactly `columns` (missing values as "—"), strings for display."""
     data = [[("—" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from graft_ui.atomic import publish_folder
 from graft_ui.zoo import domains as D
 from graft_ui.zoo.profiles import DOMAINS, KINDS, ExpertSpec, Profile, get_profile
 from graft_ui.zoo.selfcheck import self_check, self_check_markdown
@@ -509,12 +510,6 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     info["seconds"] = round(time.time() - t_start, 1)
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
-    if out_dir.exists():  # force: move the old zoo aside first, so the swap is one rename
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
+    publish_folder(tmp, out_dir)  # force: the old zoo is moved aside first, so the swap is one rename
     log.info("zoo %s built in %.0f s (%s)", out_dir, info["seconds"], stages)
     return out_dir

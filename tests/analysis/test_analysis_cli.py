@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from graft_ui.cli import main
+from graft_ui.commands import main
 
 MODULE_KEYS = {"mu", "s", "v", "rho", "mu_n", "s_n", "v_n", "rho_n", "tower", "layer", "module_type", "calls"}
 

@@ -153,17 +153,27 @@ def test_calibrate_recipe_for_the_merge_engine(mini_manifest):
     assert all(i.startswith("math-") for i in record["sample_ids"])
 
 
-def test_run_recipe_calibrates_and_writes_a_data_free_recipe(mini_manifest, tmp_path):
-    """The merge engine runs calibration itself: gates.json records it, recipe.yaml carries phi only."""
+def test_fuse_recipe_calibrates_and_writes_a_data_free_recipe(mini_manifest, tmp_path):
+    """prepare -> calibrate -> run: gates.json records the calibration, recipe.yaml carries phi only."""
     import json
 
-    from graft_ui.models.merge import run_recipe
+    from graft_ui.fusion import fuse_recipe
 
     recipe = _recipe(mini_manifest, "lora").replace(calibrate=Calibrate(samples=2, steps=2, lr=0.1))
-    result = run_recipe(recipe, tmp_path / "out", manifest=load_manifest(mini_manifest))
+    result = fuse_recipe(recipe, tmp_path / "out", manifest=load_manifest(mini_manifest))
     gates = json.loads((tmp_path / "out" / "gates.json").read_text())
     assert gates["calibration"]["samples"] == 2 and result.calibration == gates["calibration"]
     saved = Recipe.load(tmp_path / "out" / "recipe.yaml")
     assert saved.calibrate is None and len(saved.phi) == 14
     some = next(iter(saved.phi))
     assert gates["modules"][some]["alpha"] == pytest.approx(saved.phi[some]["alpha"])
+
+
+def test_run_recipe_refuses_an_uncalibrated_recipe(mini_manifest, tmp_path):
+    """The engine does not calibrate (it sits below the analysis layer): it says so instead."""
+    from graft_ui.models.merge import run_recipe
+
+    recipe = _recipe(mini_manifest, "lora").replace(calibrate=Calibrate(samples=2, steps=2, lr=0.1))
+    with pytest.raises(ValueError, match="calibrate"):
+        run_recipe(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from graft_ui.arena.export import EXPORT_COLUMNS, export_for_download, export_votes, read_csv, read_jsonl, to_text
 from graft_ui.arena.store import VoteStore
-from graft_ui.cli import main
+from graft_ui.commands import main
 from graft_ui.recipe import ExpertRef, Recipe
 
 from _arena_helpers import REPO, worker_env

@@ -40,7 +40,7 @@ def test_validate_rejects_naming_the_bad_value(method, params, match):
 
 
 def test_methods_cli_json_and_text(capsys):
-    from graft_ui.cli import main
+    from graft_ui.commands import main
 
     assert main(["methods", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from graft_ui.cli import main
+from graft_ui.commands import main
 from graft_ui.recipe import Recipe
 
 

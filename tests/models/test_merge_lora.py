@@ -5,6 +5,7 @@ Expected values come from peft itself (`get_delta_weight` of each expert loaded 
 PeftModel), so the adapters' scales are checked against peft, not against our parser.
 """
 
+import dataclasses
 import json
 import math
 
@@ -179,7 +180,7 @@ def test_load_model_accepts_the_fused_adapter(zoo, make_recipe, tmp_path):
 def test_tiled_lora_ties_matches_the_dense_path_and_ignores_thread_count(zoo, make_recipe, tmp_path, monkeypatch, method):
     """The tiled kernel (module jobs on worker threads) against the generic dense-delta path
     (what other devices run): the same stats and deltas; and the same bits on 1 thread."""
-    import graft_ui.models.merge as merge_mod
+    from graft_ui.merging.registry import METHODS
     from graft_ui.models.checkpoint import SafetensorsFile
     from graft_ui.models.lora_io import ADAPTER_WEIGHTS
 
@@ -193,7 +194,9 @@ def test_tiled_lora_ties_matches_the_dense_path_and_ignores_thread_count(zoo, ma
         run_recipe(make_recipe(method, experts, **extra), single)
     finally:
         torch.set_num_threads(threads)
-    monkeypatch.setattr(merge_mod, "FAST_LORA_TIES", ())
+    # without its lora_tiled kernel the method takes the generic dense-delta path
+    monkeypatch.setitem(METHODS, method, dataclasses.replace(
+        METHODS[method], kernels={k: v for k, v in METHODS[method].kernels.items() if k != "lora_tiled"}))
     run_recipe(make_recipe(method, experts, **extra), dense)
     a, b = SafetensorsFile(tiled / ADAPTER_WEIGHTS), SafetensorsFile(single / ADAPTER_WEIGHTS)
     assert sorted(a.tensors) == sorted(b.tensors)

@@ -53,6 +53,7 @@ def test_a_new_tab_module_plugs_in(ctx, monkeypatch):
     import gradio as gr
 
     from graft_ui.ui import app as app_mod
+    from graft_ui.ui import experts
 
     seen = {}
 
@@ -62,13 +63,13 @@ def test_a_new_tab_module_plugs_in(ctx, monkeypatch):
 
     fake = types.ModuleType("graft_ui.ui.fake_arena")
     fake.render, fake.TITLE = render, "⑤ Fake arena"
-    monkeypatch.setitem(sys.modules, "graft_ui.ui.fake_arena", fake)
-    tabs = [("experts", "Experts"), ("fake_arena", "x"), ("not_written_yet", "y")]
-    app = app_mod.build_app(ctx, tabs=tabs)
+    app = app_mod.build_app(ctx, tabs=[("experts", experts), ("fake_arena", fake)])
     titles = [b.label for b in app.blocks.values() if isinstance(b, gr.Tab)]
-    assert titles == ["① Experts", "⑤ Fake arena"]  # a missing module is skipped
+    assert titles == ["① Experts", "⑤ Fake arena"]
     assert seen["ctx"] is ctx and ctx.votes is None or isinstance(ctx.votes, str)
     assert callable(ctx.on_models_changed) and ctx.gpu == {"concurrency_id": "gpu", "concurrency_limit": 1}
+    with pytest.raises(AttributeError):  # a tab without render fails loudly, it is not skipped
+        app_mod.build_app(ctx, tabs=[("broken", types.ModuleType("graft_ui.ui.broken"))])
 
 
 def test_app_py_parses_its_flags():

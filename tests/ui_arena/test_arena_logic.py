@@ -10,6 +10,7 @@ import pytest
 
 from graft_ui.arena.store import VoteStore
 from graft_ui.chat import GenerationSettings
+from graft_ui.arena import session as S
 from graft_ui.ui import arena as A
 from graft_ui.ui import leaderboard as L
 
@@ -33,125 +34,125 @@ def store(tmp_path):
     s.close()
 
 
-def ask(studio, st, text="What is 1 + 2?", *, mode=A.BLIND, pool=POOL, a=None, b=None, domain=None, rng=None):
-    A.begin_turn(studio, st, text=text, image=None, mode=mode, pool=pool, named_a=a, named_b=b, domain=domain,
+def ask(studio, st, text="What is 1 + 2?", *, mode=S.BLIND, pool=POOL, a=None, b=None, domain=None, rng=None):
+    S.begin_turn(studio, st, text=text, image=None, mode=mode, pool=pool, named_a=a, named_b=b, domain=domain,
                  settings=FAST, rng=rng)
-    updates = list(A.stream_turn(studio, st))
+    updates = list(S.stream_turn(studio, st))
     assert updates and updates[-1].finished
     return updates
 
 
 def test_blind_turn_vote_reveal_and_next_battle(studio, store):
-    st = A.ArenaState()
+    st = S.ArenaState()
     ask(studio, st, domain="Math", rng=random.Random(3))
     assert st.phase == "answered" and st.battle.blind and set(st.names) <= set(POOL)
-    assert A.labels(st) == ("Model A", "Model B") and "Names are shown" in A.reveal_md(st)
+    assert S.labels(st) == ("Model A", "Model B") and "Names are shown" in A.reveal_md(st)
     assert not any(n in A.reveal_md(st) + A.status_md(st) for n in POOL)
-    assert A.can_vote(st)
+    assert S.can_vote(st)
 
-    vote, shown = A.cast_vote(store, st, "a", note=" short ", expertise="Code", client_address="10.0.0.7")
+    vote, shown = S.cast_vote(store, st, "a", note=" short ", expertise="Code", client_address="10.0.0.7")
     assert vote.new and (vote.variant_a, vote.variant_b) == st.names and vote.winner == st.names[0]
     assert (vote.note, vote.expertise, vote.domain, vote.prompt) == ("short", "code", "math", "What is 1 + 2?")
     assert vote.answer_a == st.chat.turns[-1].answers[st.names[0]]
     assert vote.settings["max_new_tokens"] == 3 and vote.settings["mode"] == "blind"
-    assert shown.variant_a == st.names[0] and st.phase == "voted" and not A.can_vote(st)
-    assert A.labels(st) == (f"Model A · {st.names[0]}", f"Model B · {st.names[1]}")
+    assert shown.variant_a == st.names[0] and st.phase == "voted" and not S.can_vote(st)
+    assert S.labels(st) == (f"Model A · {st.names[0]}", f"Model B · {st.names[1]}")
     assert st.names[0] in A.reveal_md(st) and f"#{vote.id}" in A.reveal_md(st)
 
-    again, _ = A.cast_vote(store, st, "b")  # double submit: the first vote stands
+    again, _ = S.cast_vote(store, st, "b")  # double submit: the first vote stands
     assert not again.new and again.vote == "a" and store.count() == 1
 
     first = st.battle.battle_id
     ask(studio, st, "And 2 + 2?")  # after a blind vote: a new battle, chat cleared
     assert st.battle.battle_id != first and len(st.chat.turns) == 1 and st.turn.index == 0
-    assert A.labels(st) == ("Model A", "Model B")
+    assert S.labels(st) == ("Model A", "Model B")
 
 
 def test_prompts_before_a_vote_continue_the_battle(studio, store):
-    st = A.ArenaState()
+    st = S.ArenaState()
     ask(studio, st, "First question?")
     battle = st.battle.battle_id
     ask(studio, st, "Second question?")
     assert st.battle.battle_id == battle and st.turn.index == 1 and len(st.chat.turns) == 2
-    vote, _ = A.cast_vote(store, st, "tie")
+    vote, _ = S.cast_vote(store, st, "tie")
     assert (vote.turn_index, vote.prompt) == (1, "Second question?")
 
 
 def test_named_mode_is_stored_unblind_and_continues(studio, store):
-    st = A.ArenaState()
-    ask(studio, st, mode=A.NAMED, a="base", b="math-lora")
-    assert A.labels(st) == ("A · base", "B · math-lora") and st.revealed
-    v1, _ = A.cast_vote(store, st, "b")
-    ask(studio, st, "Again?", mode=A.NAMED, a="base", b="math-lora")
-    v2, _ = A.cast_vote(store, st, "a")
+    st = S.ArenaState()
+    ask(studio, st, mode=S.NAMED, a="base", b="math-lora")
+    assert S.labels(st) == ("A · base", "B · math-lora") and st.revealed
+    v1, _ = S.cast_vote(store, st, "b")
+    ask(studio, st, "Again?", mode=S.NAMED, a="base", b="math-lora")
+    v2, _ = S.cast_vote(store, st, "a")
     assert (v1.blind, v2.blind, v2.battle_id, v2.turn_index) == (False, False, v1.battle_id, 1)
     assert "not counted" in A.reveal_md(st)
-    ask(studio, st, "Swap?", mode=A.NAMED, a="math-lora", b="base")  # another pair: another battle
+    ask(studio, st, "Swap?", mode=S.NAMED, a="math-lora", b="base")  # another pair: another battle
     assert st.battle.battle_id != v1.battle_id
-    ask(studio, st, "Blind now", mode=A.BLIND)  # switching mode starts a blind battle
+    ask(studio, st, "Blind now", mode=S.BLIND)  # switching mode starts a blind battle
     assert st.battle.blind
 
 
 def test_votes_need_an_answered_turn(studio, store):
-    st = A.ArenaState()
+    st = S.ArenaState()
     with pytest.raises(ValueError, match="nothing to vote on"):
-        A.cast_vote(store, st, "a")
-    A.begin_turn(studio, st, text="hi", image=None, mode=A.BLIND, pool=POOL, named_a=None, named_b=None,
+        S.cast_vote(store, st, "a")
+    S.begin_turn(studio, st, text="hi", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
                  domain=None, settings=FAST)
     with pytest.raises(ValueError, match="still streaming"):
-        A.begin_turn(studio, st, text="again", image=None, mode=A.BLIND, pool=POOL, named_a=None, named_b=None,
+        S.begin_turn(studio, st, text="again", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
                      domain=None, settings=FAST)
     with pytest.raises(ValueError, match="wait until both answers"):
-        A.cast_vote(store, st, "a")
-    gen = A.stream_turn(studio, st)
+        S.cast_vote(store, st, "a")
+    gen = S.stream_turn(studio, st)
     next(gen)
     gen.close()  # a cancelled request (browser closed): the session is not stuck "generating"
     assert st.phase == "failed"
     with pytest.raises(ValueError, match="cannot be voted"):
-        A.cast_vote(store, st, "a")
+        S.cast_vote(store, st, "a")
     assert store.count() == 0
 
 
 def test_new_battle_during_generation_drops_the_turn(studio, store):
-    st = A.ArenaState()
-    A.begin_turn(studio, st, text="hi", image=None, mode=A.BLIND, pool=POOL, named_a=None, named_b=None,
+    st = S.ArenaState()
+    S.begin_turn(studio, st, text="hi", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
                  domain=None, settings=FAST)
-    gen = A.stream_turn(studio, st)
+    gen = S.stream_turn(studio, st)
     next(gen)
     st.reset()  # "New battle" while the answers stream
     for _ in gen:
         pass
     assert (st.battle, st.phase, st.chat.turns, st.ui_votable) == (None, "idle", [], False)
     with pytest.raises(ValueError, match="nothing to vote on"):
-        A.cast_vote(store, st, "a")
+        S.cast_vote(store, st, "a")
     ask(studio, st)  # and the session goes on
     assert st.phase == "answered"
 
 
 def test_invalid_input_is_refused_by_name(studio, store):
-    st = A.ArenaState()
+    st = S.ArenaState()
     kw = dict(text="hi", image=None, named_a=None, named_b=None, domain=None, settings=FAST)
     with pytest.raises(ValueError, match="at least two"):
-        A.begin_turn(studio, st, mode=A.BLIND, pool=["base"], **kw)
+        S.begin_turn(studio, st, mode=S.BLIND, pool=["base"], **kw)
     with pytest.raises(ValueError, match="unknown model"):
-        A.begin_turn(studio, st, mode=A.BLIND, pool=["base", "nope"], **kw)
+        S.begin_turn(studio, st, mode=S.BLIND, pool=["base", "nope"], **kw)
     with pytest.raises(ValueError, match="two different"):
-        A.begin_turn(studio, st, mode=A.NAMED, pool=None, **{**kw, "named_a": "base", "named_b": "base"})
+        S.begin_turn(studio, st, mode=S.NAMED, pool=None, **{**kw, "named_a": "base", "named_b": "base"})
     with pytest.raises(ValueError, match="type a question"):
-        A.begin_turn(studio, st, mode=A.BLIND, pool=POOL, **{**kw, "text": "  "})
+        S.begin_turn(studio, st, mode=S.BLIND, pool=POOL, **{**kw, "text": "  "})
     with pytest.raises(ValueError, match="short label"):
-        A.begin_turn(studio, st, mode=A.BLIND, pool=POOL, **{**kw, "domain": "x" * 40})
+        S.begin_turn(studio, st, mode=S.BLIND, pool=POOL, **{**kw, "domain": "x" * 40})
     assert st.battle is None and st.phase == "idle"  # nothing changed
     ask(studio, st)
     with pytest.raises(ValueError, match="not one of"):
-        A.cast_vote(store, st, "maybe")
+        S.cast_vote(store, st, "maybe")
     with pytest.raises(ValueError, match="note has"):
-        A.cast_vote(store, st, "a", note="x" * (A.MAX_NOTE_CHARS + 1))
+        S.cast_vote(store, st, "a", note="x" * (S.MAX_NOTE_CHARS + 1))
     assert store.count() == 0 and st.phase == "answered"
 
 
 def test_names_stay_hidden_until_the_store_commits(studio, store, monkeypatch):
-    st = A.ArenaState()
+    st = S.ArenaState()
     ask(studio, st)
 
     def broken(**kwargs):
@@ -159,32 +160,32 @@ def test_names_stay_hidden_until_the_store_commits(studio, store, monkeypatch):
 
     monkeypatch.setattr(store, "record_vote", broken)
     with pytest.raises(OSError):
-        A.cast_vote(store, st, "a")
-    assert st.phase == "answered" and A.labels(st) == ("Model A", "Model B") and st.receipt is None
+        S.cast_vote(store, st, "a")
+    assert st.phase == "answered" and S.labels(st) == ("Model A", "Model B") and st.receipt is None
 
 
 def test_a_failing_side_does_not_reveal_its_name(studio, store, tmp_path):
     (tmp_path / "secret-expert").mkdir()
     studio.pool.register("secret-expert", str(tmp_path / "secret-expert"), "lora")
     try:
-        st = A.ArenaState()
+        st = S.ArenaState()
         updates = ask(studio, st, pool=["base", "secret-expert"])
         assert st.phase == "failed" and st.errors
-        shown = repr([A.views(st, u) for u in updates]) + repr(A.views(st)) + A.status_md(st) + A.reveal_md(st)
-        assert "secret-expert" not in shown and A.FAILED_BLIND in shown
+        shown = repr([S.views(st, u) for u in updates]) + repr(S.views(st)) + A.status_md(st) + A.reveal_md(st)
+        assert "secret-expert" not in shown and S.FAILED_BLIND in shown
         assert "could not answer" in A.status_md(st)
         with pytest.raises(ValueError, match="cannot be voted"):
-            A.cast_vote(store, st, "a")
+            S.cast_vote(store, st, "a")
     finally:
         studio.pool.unregister("secret-expert")
 
 
 def test_choices_and_fused_recipes(studio):
-    assert A.default_pool(studio) == ["base", "math-lora", "code-lora", "finance-lora", "medical-lora"]
-    assert A.domain_choices(studio) == ["code", "finance", "math", "medical", "other"]
-    assert A.clean_label("  Math ", "x") == "math" and A.clean_label("", "x") is None
+    assert S.default_pool(studio) == ["base", "math-lora", "code-lora", "finance-lora", "medical-lora"]
+    assert S.domain_choices(studio) == ["code", "finance", "math", "medical", "other"]
+    assert S.clean_label("  Math ", "x") == "math" and S.clean_label("", "x") is None
     fake = SimpleNamespace(variants={"graft-1": SimpleNamespace(recipe={"method": "graft"})})
-    assert A.variant_of(fake, "graft-1").recipe == {"method": "graft"} and A.variant_of(fake, "base").recipe is None
+    assert S.variant_of(fake, "graft-1").recipe == {"method": "graft"} and S.variant_of(fake, "base").recipe is None
 
 
 def test_leaderboard_compute_filters_and_exports(store):

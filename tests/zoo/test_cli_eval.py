@@ -2,13 +2,12 @@
 
 import json
 import shutil
-import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from graft_ui.cli import main
+from graft_ui.commands import main
 from graft_ui.zoo.profiles import DOMAINS
 
 
@@ -86,9 +85,7 @@ def test_eval_methods_fuses_with_every_registered_method(ci_zoo, ci_manifest, tm
         shutil.copytree(recipe.experts[0].path, out_dir)
         return types.SimpleNamespace(out_dir=str(out_dir))
 
-    fake = types.ModuleType("graft_ui.models.merge")
-    fake.run_recipe = run_recipe
-    monkeypatch.setitem(sys.modules, "graft_ui.models.merge", fake)
+    monkeypatch.setattr("graft_ui.models.merge.run_recipe", run_recipe)
     monkeypatch.setattr(registry, "get_method", lambda name: registry.METHODS[name])
     for name in ("stub_a", "stub_b"):
         monkeypatch.setitem(registry.METHODS, name, registry.Method(

@@ -13,6 +13,10 @@ import json
 import logging
 import math
 
+from graft_ui.arena.export import export_votes
+from graft_ui.arena.ratings import leaderboard
+from graft_ui.arena.store import VoteStore
+
 log = logging.getLogger(__name__)
 
 
@@ -42,14 +46,10 @@ def add_parser(subparsers) -> None:
 
 
 def _open(args):
-    from graft_ui.arena.store import VoteStore
-
     return VoteStore.open(args.db, create=False)
 
 
 def _export(args) -> int:
-    from graft_ui.arena.export import export_votes
-
     with _open(args) as store:
         votes = store.votes(blind=True if args.blind_only else None)
     out = export_votes(votes, args.out, args.format)
@@ -58,8 +58,6 @@ def _export(args) -> int:
 
 
 def _leaderboard(args) -> int:
-    from graft_ui.arena.ratings import leaderboard
-
     with _open(args) as store:
         votes = store.votes(blind=True)
     lb = leaderboard(votes, domain=args.domain, expertise=args.expertise, n_bootstrap=args.bootstrap, seed=args.seed)

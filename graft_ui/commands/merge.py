@@ -6,6 +6,10 @@ import argparse
 import json
 import logging
 
+from graft_ui.commands.common import add_manifest_args, load_manifest_arg
+from graft_ui.fusion import fuse_recipe
+from graft_ui.recipe import Recipe
+
 log = logging.getLogger(__name__)
 
 
@@ -22,34 +26,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be fused; write nothing")
     p.add_argument("--device", help="override the recipe's device: auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--manifest", help="manifest whose expert names the recipe may use (and whose datasets "
-                     "feed phi calibration)")
-    src.add_argument("--zoo", choices=["full", "ci"], help="use the demo zoo's manifest (built if missing)")
+    add_manifest_args(p, manifest_help="manifest whose expert names the recipe may use (and whose datasets "
+                      "feed phi calibration)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from graft_ui.models.merge import run_recipe
-    from graft_ui.recipe import Recipe
-
     recipe = Recipe.load(args.recipe)
-    manifest = None
-    if args.manifest or args.zoo:
-        from graft_ui.models.manifest import load_manifest
-
-        if args.zoo:
-            from graft_ui.zoo import ensure_zoo
-
-            manifest = load_manifest(ensure_zoo(args.zoo))
-        else:
-            manifest = load_manifest(args.manifest)
+    manifest = load_manifest_arg(args)
+    if manifest is not None:
         recipe = recipe.resolve_names(manifest)
     if args.device:
         recipe = recipe.replace(device=args.device)
     if not args.dry_run and not args.out:
         raise ValueError("--out DIR is required (or use --dry-run)")
-    result = run_recipe(recipe, args.out, overwrite=args.overwrite, dry_run=args.dry_run, manifest=manifest)
+    result = fuse_recipe(recipe, args.out, overwrite=args.overwrite, dry_run=args.dry_run, manifest=manifest)
     if args.json:
         data = result.summary()
         if args.dry_run:

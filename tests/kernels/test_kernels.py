@@ -9,14 +9,13 @@ from graft_ui.merging.graft import apply_row_weights, entropy, graft_row_weights
 from graft_ui.merging.lora import graft_lora
 from graft_ui.merging.steps import magnitude_threshold
 from graft_ui.models.checkpoint import check_finite
-from graft_ui.models.fastgraft import (
-    entropy16,
-    fuse_into,
-    graft_lora_fast,
-    graft_row_weights_dense,
-    kth_largest_abs,
-    minmax,
-)
+from graft_ui.kernels.entropy import entropy16, entropy32, minmax
+from graft_ui.kernels.graft import fuse_into, graft_lora_fast, graft_row_weights_dense
+from graft_ui.kernels.ties import kth_largest_abs, ties_dense, ties_thresholds
+from graft_ui.kernels.ties_lora import dare_keep_masks, lora_ties
+from graft_ui.merging.dare import dare_ties
+from graft_ui.merging.ties import ties_merge
+from graft_ui.models.merge_job import SingleThreaded
 
 
 def _cases():
@@ -102,8 +101,6 @@ def test_kth_largest_abs_equals_kthvalue(density):
 
 @pytest.mark.parametrize("bins", [2, 10, 37, 300])
 def test_entropy32_equals_reference(bins):
-    from graft_ui.models.fastgraft import entropy32
-
     for x in _cases():
         lo, hi = minmax(x, "x")
         assert entropy32(x, bins, lo, hi) == entropy(x, bins), (x.shape, bins)
@@ -112,9 +109,6 @@ def test_entropy32_equals_reference(bins):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("weights, lam", [([1.0, 1.0], 1.0), ([0.7, 0.4, 1.2], 0.8), ([1.0, -0.5], 1.3), ([0.0, 2.0], 1.0)])
 def test_ties_dense_equals_ties_merge(weights, lam, dtype):
-    from graft_ui.merging.ties import ties_merge
-    from graft_ui.models.fastgraft import ties_dense, ties_thresholds
-
     g = torch.Generator().manual_seed(4)
     base = (torch.randn(300, 200, generator=g) * 0.02).to(dtype)
     experts = [(base.float() + torch.randn(300, 200, generator=g) * 0.003).to(dtype) for _ in weights]
@@ -150,9 +144,6 @@ def _lora_cases():
 @pytest.mark.parametrize("tile", [1 << 18, 200, 37])
 def test_lora_ties_equals_ties_merge_on_the_dense_deltas(tile):
     """Tile by tile (deltas never whole), thresholds by bracket + exact search: ties_merge's values and stats."""
-    from graft_ui.merging.ties import ties_merge
-    from graft_ui.models.fastgraft import lora_ties
-
     for factors, weights, lam, density in _lora_cases():
         M, N = factors[0][0].shape[0], factors[0][1].shape[1]
         deltas = [B @ A for B, A in factors]
@@ -168,9 +159,6 @@ def test_lora_ties_equals_ties_merge_on_the_dense_deltas(tile):
 @pytest.mark.parametrize("p", [0.0, 0.5])
 def test_lora_dare_ties_equals_dare_ties(p):
     """DARE's masks drawn in dare_ties' block order: the same draws, the same result."""
-    from graft_ui.merging.dare import dare_ties
-    from graft_ui.models.fastgraft import dare_keep_masks, lora_ties
-
     for factors, weights, lam, _ in _lora_cases():
         M, N = factors[0][0].shape[0], factors[0][1].shape[1]
         out = torch.empty(M, N)
@@ -185,8 +173,7 @@ def test_lora_dare_ties_equals_dare_ties(p):
 @pytest.mark.parametrize("bracket", [(0.0, 1e-9), (1e9, 2e9), (0.0, math.inf), (0.5, 0.5)])
 def test_lora_ties_threshold_survives_a_missed_bracket(monkeypatch, bracket):
     """A sampled bracket that misses the k-th largest |d| costs a pass, never a wrong threshold."""
-    import graft_ui.models.fastgraft as fg
-    from graft_ui.merging.ties import ties_merge
+    import graft_ui.kernels.ties_lora as fg
 
     monkeypatch.setattr(fg, "_bracket", lambda *a: bracket)
     g = torch.Generator().manual_seed(7)
@@ -199,9 +186,6 @@ def test_lora_ties_threshold_survives_a_missed_bracket(monkeypatch, bracket):
 
 def test_lora_ties_on_real_valued_factors_keeps_exactly_k():
     """Random float factors: the same kept fractions as ties_merge on the same products (ties kept)."""
-    from graft_ui.merging.ties import ties_merge
-    from graft_ui.models.fastgraft import lora_ties
-
     g = torch.Generator().manual_seed(8)
     M, N = 700, 300
     factors = [(torch.randn(M, 8, generator=g) * 0.01 * s, torch.randn(8, N, generator=g)) for s in (2.0, 1.0)]
@@ -216,7 +200,6 @@ def test_lora_ties_on_real_valued_factors_keeps_exactly_k():
 def test_single_threaded_workers_leave_the_callers_threads_alone():
     import threading
 
-    from graft_ui.models.fastgraft import SingleThreaded
 
     before = torch.get_num_threads()
     pool = SingleThreaded(2)

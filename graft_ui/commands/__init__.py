@@ -1,8 +1,10 @@
-"""Headless entry point: `python -m graft_ui COMMAND ...`.
+"""Headless entry point: `python -m graft_ui COMMAND ...`, one module per command.
 
-Each command lives in the module that owns it and exposes `add_parser(subparsers)`, which
-registers a sub-parser whose `func(args) -> int` does the work. Modules are imported only
-for the command that runs, so `methods` does not pay for importing transformers.
+Each command is `graft_ui/commands/<command>.py` exposing `add_parser(subparsers)`, which
+registers a sub-parser whose `func(args) -> int` does the work; `COMMANDS` below lists them,
+so a new command is one module plus one line here. Modules are imported only for the
+command that runs, so `methods` does not pay for importing transformers. Commands that take
+a manifest share `common.add_manifest_args` / `common.load_manifest_arg`.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import logging
 import os
 import sys
 
-# command -> module exposing add_parser(subparsers)
+# command -> module exposing add_parser(subparsers); imported only when needed
 COMMANDS: dict[str, str] = {
-    "merge": "graft_ui.models.cli",
-    "methods": "graft_ui.merging.cli",
-    "zoo": "graft_ui.zoo.cli",
-    "eval": "graft_ui.zoo.cli",
-    "analyze": "graft_ui.analysis.cli",
-    "correlate": "graft_ui.analysis.cli",
-    "votes": "graft_ui.arena.cli",
+    "merge": "graft_ui.commands.merge",
+    "methods": "graft_ui.commands.methods",
+    "zoo": "graft_ui.commands.zoo",
+    "eval": "graft_ui.commands.eval",
+    "analyze": "graft_ui.commands.analyze",
+    "correlate": "graft_ui.commands.correlate",
+    "votes": "graft_ui.commands.votes",
 }
 
 

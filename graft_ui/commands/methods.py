@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .registry import describe
+from graft_ui.merging.registry import describe, get_method
 
 
 def _fmt_param(p: dict) -> str:
@@ -34,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(names: list[str]) -> list[str]:
-    from .registry import get_method
-
     return [get_method(n).name for n in names]
 
 

@@ -1,0 +1,97 @@
+"""`python -m graft_ui zoo ...`: build or list the offline demo zoo.
+
+    python -m graft_ui zoo build [--profile full|ci] [--force] [--dir DIR]
+    python -m graft_ui zoo list [--profile full|ci] [--dir DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from graft_ui.models.manifest import load_manifest
+from graft_ui.zoo import PROFILES, ensure_zoo, is_built, zoo_dir
+from graft_ui.zoo.build import BUILD_INFO, build_zoo
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+    profiles = sorted(PROFILES)
+    zoo = subparsers.add_parser("zoo", help="build or list the offline demo zoo",
+                                description="The offline demo zoo (tiny Qwen2-VL + four domain experts).")
+    zsub = zoo.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND")
+    b = zsub.add_parser("build", help="build the zoo (seeded, with progress)")
+    b.add_argument("--profile", choices=profiles, default="full")
+    b.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    b.add_argument("--dir", help="build here instead of $GRAFT_ZOO_DIR/<profile> or ~/.cache/graft_ui/zoo/<profile>")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_zoo_build)
+    ls = zsub.add_parser("list", help="print the zoo manifest")
+    ls.add_argument("--profile", choices=profiles, default="full")
+    ls.add_argument("--dir", help="a zoo folder (default: the profile's cache folder)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_zoo_list)
+    zoo.set_defaults(func=lambda args: (zoo.print_help(), 2)[1])
+
+
+def _zoo_path(args) -> Path:
+    return Path(args.dir).expanduser() if getattr(args, "dir", None) else zoo_dir(args.profile)
+
+
+def cmd_zoo_build(args) -> int:
+    t = time.time()
+    if args.dir:
+        path = Path(args.dir).expanduser()
+        if is_built(path) and not args.force:
+            print(f"zoo already built: {path} (use --force to rebuild)")
+            return 0
+        path = build_zoo(path, args.profile, force=True, progress=not args.quiet)
+    else:
+        path = ensure_zoo(args.profile, force=args.force, progress=not args.quiet)
+    info = json.loads((path / BUILD_INFO).read_text())
+    print(f"zoo ({info['profile']}) ready at {path}  [built in {info['seconds']:.0f} s; this command {time.time() - t:.0f} s]")
+    if info.get("self_check"):
+        print((path / "self_check.md").read_text())
+    return 0
+
+
+def zoo_listing(path: Path) -> dict:
+    """The manifest as JSON-able dict, with each expert's eval split, plus build info."""
+    m = load_manifest(path)
+    info_path = Path(path) / BUILD_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    experts = []
+    for e in m.experts:
+        ds = m.datasets.get(e.domain) if e.domain else None
+        experts.append({"name": e.name, "domain": e.domain, "kind": e.kind, "path": e.path,
+                        "eval": ds.eval if ds else None, "train": ds.train if ds else None})
+    return {
+        "zoo": str(Path(path).resolve()),
+        "manifest": m.source,
+        "name": m.name,
+        "base": {"name": m.base.name, "path": m.base.path, "kind": m.base.kind},
+        "experts": experts,
+        "datasets": {d: {"eval": v.eval, "train": v.train} for d, v in m.datasets.items()},
+        "build": {k: info.get(k) for k in ("profile", "seed", "seconds", "built_at", "parameters", "versions") if k in info},
+    }
+
+
+def cmd_zoo_list(args) -> int:
+    path = _zoo_path(args)
+    if not is_built(path):
+        raise FileNotFoundError(
+            f"no {args.profile} zoo at {str(path)!r}; build it with `python -m graft_ui zoo build --profile {args.profile}`")
+    listing = zoo_listing(path)
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    print(f"zoo {listing['name']} at {listing['zoo']}")
+    print(f"  base     {listing['base']['path']}")
+    for e in listing["experts"]:
+        print(f"  {e['name']:<14} {e['kind']:<5} {e['domain']:<8} {e['path']}")
+    for d, v in listing["datasets"].items():
+        print(f"  data {d:<9} eval {v['eval']}")
+    return 0

@@ -1,0 +1,180 @@
+"""The full-weight merge job: fine-tuned checkpoints (HF folders) fused one module at a time.
+
+Every tensor of the first expert is streamed to a sharded output; 2-D linear weights in
+scope are fused (each bias taking its weight's per-row gates when the method fuses whole
+modules, `fuse_rows`), the rest copied from the first expert. Task-vector methods read
+`recipe.base`. More than two experts fuse left to right in recipe order (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from graft_ui.merging.registry import Method
+from graft_ui.models.checkpoint import Checkpoint, ShardedWriter, check_finite, copy_tensor
+from graft_ui.models.keys import ModuleKey, parse_param
+from graft_ui.models.loading import is_adapter, local_folder
+from graft_ui.models.merge_job import MergeContext, write_through
+from graft_ui.models.scope import describe_scope, in_scope
+from graft_ui.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _FullModule:
+    key: ModuleKey
+    weight: str
+    bias: str | None = None
+
+
+class FullJob:
+    """Full fine-tunes: stream every tensor of the first expert; fuse the modules in scope."""
+
+    experts_kind = "full"
+    output_kind = "full"
+
+    def __init__(self, recipe: Recipe, method: Method, folders: Sequence[Path]):
+        self.recipe, self.method, self.folders = recipe, method, list(folders)
+        self.labels = [str(f) for f in folders]
+        self.notes: list[str] = []
+        self.ckpts = [Checkpoint(f) for f in folders]
+        first = self.ckpts[0]
+        for i, ck in enumerate(self.ckpts[1:], start=1):
+            missing = [n for n in first.names if n not in ck]
+            extra = [n for n in ck.names if n not in first]
+            if missing:
+                raise ValueError(f"expert {self.labels[i]!r} is missing tensor(s) {missing[:5]} that expert {self.labels[0]!r} has")
+            if extra:
+                raise ValueError(f"expert {self.labels[0]!r} is missing tensor(s) {extra[:5]} that expert {self.labels[i]!r} has")
+            for n in first.names:
+                if first.info(n).shape != ck.info(n).shape:
+                    raise ValueError(
+                        f"shape mismatch for tensor {n!r}: {list(first.info(n).shape)} in {self.labels[0]!r} "
+                        f"but {list(ck.info(n).shape)} in {self.labels[i]!r}"
+                    )
+        # fused modules, keyed by their weight tensor
+        self.modules: dict[str, _FullModule] = {}
+        biases: dict[ModuleKey, str] = {}
+        for n in first.names:
+            key, leaf = parse_param(n)
+            if not in_scope(key, recipe.scope):
+                continue
+            if leaf == "weight":
+                if len(first.info(n).shape) != 2:
+                    self.notes.append(f"{n}: not a 2-D linear weight; copied from the first expert")
+                    continue
+                self.modules[n] = _FullModule(key, n)
+            elif leaf == "bias":
+                biases[key] = n
+        for m in self.modules.values():
+            m.bias = biases.get(m.key)
+            if m.bias is not None and first.info(m.bias).shape[0] != first.info(m.weight).shape[0]:
+                raise ValueError(f"bias {m.bias!r} does not match the rows of {m.weight!r}")
+        self.fused_tensors = {m.weight for m in self.modules.values()} | {m.bias for m in self.modules.values() if m.bias}
+        self.base: Checkpoint | None = None
+        self.base_folder: Path | None = None
+        if method.needs_base:
+            if recipe.base is None:
+                raise ValueError(
+                    f"method {method.name!r} needs recipe.base (the model the experts were fine-tuned from); "
+                    "set base: in the recipe"
+                )
+            self.base_folder = local_folder(recipe.base)
+            if is_adapter(self.base_folder):
+                raise ValueError(f"recipe.base {recipe.base!r} is an adapter folder; it must be a full model")
+            self.base = Checkpoint(self.base_folder)
+            for n in sorted(self.fused_tensors):
+                if n not in self.base:
+                    raise ValueError(f"base {recipe.base!r} is missing tensor {n!r}, which the experts have")
+                if self.base.info(n).shape != first.info(n).shape:
+                    raise ValueError(
+                        f"shape mismatch for tensor {n!r}: {list(self.base.info(n).shape)} in base {recipe.base!r} "
+                        f"but {list(first.info(n).shape)} in the experts"
+                    )
+        elif recipe.base is not None:
+            log.info("method %s does not use the base %s", method.name, recipe.base)
+        if not self.modules:
+            self.notes.append(f"no module matches the scope ({describe_scope(recipe.scope)}): output = first expert")
+        self.fused = [m.key.name for m in self.modules.values()]
+        self.copied = [n for n in first.names if n not in self.fused_tensors]
+
+    @property
+    def total(self) -> int:
+        return len(self.ckpts[0].names)
+
+    def plan(self) -> list[dict]:
+        first = self.ckpts[0]
+        return [
+            {"module": m.key.name, "weight": m.weight, "bias": m.bias, "shape": list(first.info(m.weight).shape)}
+            for m in self.modules.values()
+        ]
+
+    def _read(self, ck: Checkpoint, name: str, role: str, ctx: MergeContext, who: str, check: bool = True) -> torch.Tensor:
+        info = ck.info(name)
+        t = ck.read(name, ctx.pool.bytes(role, info.nbytes))
+        if check:
+            check_finite(t, f"tensor {name!r} of {who}")
+        return ctx.to_device(t)
+
+    def execute(self, tmp: Path, ctx: MergeContext) -> tuple[dict[str, dict], list[str]]:
+        first = self.ckpts[0]
+        specs = [(n, ctx.out_dtype if n in self.fused_tensors else first.info(n).dtype, first.info(n).shape) for n in first.names]
+        writer = ShardedWriter(tmp, specs)
+        stats: dict[str, dict] = {}
+
+        def fill() -> None:
+            for n in first.names:
+                if n in self.modules:
+                    m = self.modules[n]
+                    stats[m.key.name] = self._fuse(m, writer, ctx)
+                    ctx.step(2 if m.bias else 1, m.key.name)
+                elif n not in self.fused_tensors:
+                    copy_tensor(first, n, writer, ctx.pool, what=f" of {self.labels[0]!r}")
+                    ctx.step(1, n)
+
+        return stats, write_through(writer, fill, self.folders[0], tmp)
+
+
+    def _fuse(self, m: _FullModule, writer: ShardedWriter, ctx: MergeContext) -> dict:
+        fuse_rows = self.method.kernel("fuse_rows")
+        who = [f"{self.labels[i]!r}" for i in range(len(self.ckpts))]
+        # a fuse_rows kernel checks its inputs itself (the aminmax it needs anyway)
+        ws = [self._read(ck, m.weight, f"e{i}", ctx, who[i], check=fuse_rows is None) for i, ck in enumerate(self.ckpts)]
+        bs = [self._read(ck, m.bias, f"b{i}", ctx, who[i]) for i, ck in enumerate(self.ckpts)] if m.bias else None
+        if fuse_rows is not None:
+            fw, fb, stats = fuse_rows(ws, bs, ctx.params(m.key.name), ctx, [f"tensor {m.weight!r} of {w}" for w in who])
+        else:
+            fw, fb, stats = self._per_tensor(m, ws, bs, ctx)
+        writer.write(m.weight, fw)
+        if bs:
+            writer.write(m.bias, fb)
+        return dict(stats, shape=list(ws[0].shape), bias_fused=bool(bs))
+
+    def _per_tensor(self, m: _FullModule, ws, bs, ctx: MergeContext):
+        """The weight and the bias merged each on its own (`fuse_tensor` kernel or `Method.merge`)."""
+        rec = self.recipe
+        weights = [e.weight for e in rec.experts]
+        base_w = self._read(self.base, m.weight, "base", ctx, f"base {rec.base!r}") if self.base else None
+        fw, stats = self._merge_one(m.key.name, base_w, ws, weights, ctx)
+        fb = None
+        if bs:
+            base_b = self._read(self.base, m.bias, "base_b", ctx, f"base {rec.base!r}") if self.base else None
+            fb, bstats = self._merge_one(m.key.name, base_b, bs, weights, ctx)
+            stats = dict(stats, bias=bstats)
+        return fw, fb, stats
+
+    def _merge_one(self, name: str, base, experts, weights, ctx: MergeContext):
+        fast = self.method.kernel("fuse_tensor")
+        done = fast(base, experts, weights, ctx.params(name), ctx) if fast is not None else None
+        out, stats = done if done is not None else self.method.merge(base, experts, weights, self.recipe.params, ctx.generator)
+        return out.to(ctx.out_dtype), stats
+
+    def close(self) -> None:
+        for ck in self.ckpts + ([self.base] if self.base else []):
+            ck.close()
