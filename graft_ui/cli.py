@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "graft_ui.analysis.cli",
     "correlate": "graft_ui.analysis.cli",
     "votes": "graft_ui.arena.cli",
+    "study": "graft_ui.study.cli",
 }
 
 

@@ -1,0 +1,69 @@
+"""`python -m graft_ui study ...`: the fusion-quality study (thin glue over study.runner)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "study", help="fusion-quality study: every method on every expert pair, predictors of the gain",
+        description="Fuse every pair of experts of one kind with every registered method (plus Graft's gate and "
+        "global-form ablations), score the fused models, and relate the measured gain to the pair's compatibility, "
+        "the stronger expert's baseline and the task-vector similarity (Spearman rho, bootstrap 95%% interval). "
+        "Writes DIR/study.json, DIR/study.md and figures; resumable (finished pieces are cached in DIR/cache).")
+    p.add_argument("--zoo", required=True, metavar="PROFILE_OR_PATH",
+                   help="a zoo profile (full, ci; built if missing), a zoo folder, or any manifest file")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (also holds the cache)")
+    p.add_argument("--kinds", nargs="+", choices=("lora", "full"), default=["lora", "full"])
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="registered methods, optionally with parameters: graft 'graft[gates=local]' ties "
+                        "(default: all, plus Graft's ablations)")
+    p.add_argument("--no-ablations", action="store_true", help="no Graft gate / global-form ablation rows")
+    p.add_argument("--pairs", nargs="+", metavar="A+B", help="only these pairs (default: every pair of each kind)")
+    p.add_argument("--limit", type=int, help="first N samples of each eval split (default: all)")
+    p.add_argument("--all-domains", action="store_true", help="score fused models on every domain, not just the pair's")
+    p.add_argument("-k", "--k", type=int, default=32, help="compatibility samples K on the pair's domains (default 32)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="fusion, sample selection and bootstrap seed (default 0)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size (default 16)")
+    p.add_argument("--keep-fused", action="store_true", help="keep the fused models under DIR/work")
+    p.add_argument("--no-png", action="store_true", help="figures as HTML only")
+    p.set_defaults(func=cmd_study)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from graft_ui.study.runner import StudyConfig, run_study
+
+    for name in ("limit", "k", "resamples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name}={value} must be at least 1")
+    config = StudyConfig(k=args.k, seed=args.seed, limit=args.limit, all_domains=args.all_domains,
+                         device=args.device, batch_size=args.batch_size)
+    command = "python -m graft_ui " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # one progress line per finished piece (below) instead of a tqdm bar per merge and per model load;
+    # worker processes inherit it
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    study = run_study(args.zoo, args.out, kinds=args.kinds, methods=args.methods, pairs=args.pairs,
+                      ablations=not args.no_ablations, config=config, workers=args.workers,
+                      resamples=args.resamples, keep_fused=args.keep_fused, command=command, png=not args.no_png,
+                      progress=lambda msg: print(msg, flush=True))
+    for group, c in study["correlations"].items():
+        s = c["gain_graft"]["pair_score"]
+        if s["rho"] is None:
+            rho = f"undefined ({s.get('note')})"
+        else:
+            ci = "n/a" if s["ci_lo"] is None else f"[{s['ci_lo']:+.2f}, {s['ci_hi']:+.2f}]"
+            rho = f"{s['rho']:+.3f} (p {s['p']:.3g}, 95% CI {ci})"
+        print(f"{group}: Spearman(pair score, Graft gain) = {rho}, n = {s['n']}")
+    print(f"wrote {args.out}/study.json and {args.out}/study.md")
+    return 0
+
+
+__all__ = ["add_parser", "cmd_study"]
