@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import sys
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +36,24 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=cmd_study)
 
 
+def canonical_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, rebuilt from the parsed options (defaults included)."""
+    parts = ["python -m graft_ui study", "--zoo", args.zoo, "--out", args.out, "--kinds", *args.kinds]
+    if args.methods:
+        parts += ["--methods", *args.methods]
+    if args.no_ablations:
+        parts.append("--no-ablations")
+    if args.pairs:
+        parts += ["--pairs", *args.pairs]
+    if args.limit:
+        parts += ["--limit", str(args.limit)]
+    if args.all_domains:
+        parts.append("--all-domains")
+    parts += ["-k", str(args.k), "--seed", str(args.seed), "--resamples", str(args.resamples),
+              "--workers", str(args.workers), "--device", args.device]
+    return " ".join(p if p.startswith("python -m") else shlex.quote(p) for p in parts)
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from graft_ui.study.runner import StudyConfig, run_study
 
@@ -46,7 +63,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name}={value} must be at least 1")
     config = StudyConfig(k=args.k, seed=args.seed, limit=args.limit, all_domains=args.all_domains,
                          device=args.device, batch_size=args.batch_size)
-    command = "python -m graft_ui " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = canonical_command(args)
     # one progress line per finished piece (below) instead of a tqdm bar per merge and per model load;
     # worker processes inherit it
     os.environ.setdefault("TQDM_DISABLE", "1")

@@ -90,6 +90,9 @@ def pair_rows(singles: dict, infos: list[dict], t1: list[dict]) -> list[dict]:
         defaults = [x for x in mine if not x["ablation"]]
         graft = next((x for x in mine if x["variant"] == "graft"), None)
         best = max(defaults, key=lambda x: x["gain"]) if defaults else None
+        tied = [x["variant"] for x in defaults if best and x["gain"] == best["gain"]]
+        # a tie names every tied method: picking the first one would invent a winner
+        best_name = None if best is None else ("all tie" if len(tied) == len(defaults) > 1 else ", ".join(tied))
         sa, sb = bench(singles[i["a"]], i["domains"]), bench(singles[i["b"]], i["domains"])
         c, w = i.get("compat") or {}, i.get("weights") or {}
         rows.append({
@@ -99,7 +102,7 @@ def pair_rows(singles: dict, infos: list[dict], t1: list[dict]) -> list[dict]:
             "single_a": sa, "single_b": sb, "best_single": max(sa, sb), "stronger": i["a"] if sa >= sb else i["b"],
             "gain_graft": graft["gain"] if graft else None, "graft_rank": graft.get("rank") if graft else None,
             "n_methods": len(defaults), "gain_best": best["gain"] if best else None,
-            "best_method": best["variant"] if best else None,
+            "best_method": best_name,
             "kept_min_graft": graft.get("kept_min") if graft else None,
             "kept_min_best": max((x["kept_min"] for x in defaults if x.get("kept_min") is not None), default=None),
             "tv_cosine": w.get("cosine"), "sign_agreement": w.get("sign_agreement"),

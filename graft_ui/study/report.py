@@ -62,19 +62,31 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _headline(study: Mapping) -> list[str]:
     """Plain sentences derived from the numbers (where Graft ranks, how the predictors did)."""
     out = []
+    own = [p["single_a"] for p in study["pairs"]] + [p["single_b"] for p in study["pairs"]]
+    if own and not any(own):
+        out.append("- **Every expert scores 0 on its pair's domains**, so gains and kept fractions carry no "
+                   "information here: this zoo is outside the regime where merging can be judged (DESIGN.md §7).")
     for m in study["methods"]:
         if m["variant"] != "graft":
             continue
         out.append(f"- **{m['kind']}**: Graft (defaults) ranks {_f(m['mean_rank'], '.1f')} on average among the "
-                   f"default methods, best on {m['wins']} of {m['pairs']} pairs; mean gain {_f(m['mean_gain'], '+.1f')} "
+                   f"default methods, best (ties included) on {m['wins']} of {m['pairs']} pairs; mean gain {_f(m['mean_gain'], '+.1f')} "
                    f"points, mean kept_min {_f(m['mean_kept_min'], '.2f')}, kept ≥ 0.8 of both experts on "
                    f"{m['pairs_kept_80']} pairs.")
     for kind in dict.fromkeys(m["kind"] for m in study["methods"]):
-        best = max((m for m in study["methods"] if m["kind"] == kind and "[" not in m["variant"]),
-                   key=lambda m: m["mean_gain"], default=None)
-        if best:
-            out.append(f"- **{kind}**: the best method by mean gain is {best['variant']} "
-                       f"({_f(best['mean_gain'], '+.1f')} points, kept_min {_f(best['mean_kept_min'], '.2f')}).")
+        ms = [m for m in study["methods"] if m["kind"] == kind and "[" not in m["variant"]]
+        if not ms:
+            continue
+        top = max(m["mean_gain"] for m in ms)
+        tied = [m for m in ms if m["mean_gain"] == top]
+        who = ("every method ties" if len(tied) == len(ms) > 1
+               else "the best method by mean gain is " + " = ".join(m["variant"] for m in tied))
+        out.append(f"- **{kind}**: {who} ({top:+.1f} points, kept_min {_f(tied[0]['mean_kept_min'], '.2f')}).")
+    for kind in dict.fromkeys(m["kind"] for m in study["methods"]):
+        abl = {m["variant"]: m for m in study["methods"] if m["kind"] == kind and m["variant"].startswith("graft")}
+        if len(abl) > 1:
+            out.append(f"- **{kind}**, Graft ablations (mean gain): "
+                       + ", ".join(f"{v} {_f(m['mean_gain'], '+.1f')}" for v, m in abl.items()) + ".")
     for group, c in study["correlations"].items():
         s = c["gain_graft"]["pair_score"]
         if s["rho"] is None:
