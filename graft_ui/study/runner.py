@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from graft_ui.models.manifest import Manifest, load_manifest
 from graft_ui.study.pairs import Pair, default_variants, enumerate_pairs
-from graft_ui.study.worker import Cache, run_task
+from graft_ui.study.worker import Cache, release_models, run_task
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def plan(manifest: Manifest, pairs: Sequence[Pair], variants: Sequence[str], cac
             tasks.append({**common, "type": "single", "expert": name, "domains": domains})
     cached = 0
     for p in pairs:
-        todo = [v for v in variants if Cache.read(cache.fused(p.name, v)) is None]
+        # a failed fusion is retried on the next run (it may have been a full disk or a kill)
+        todo = [v for v in variants if (Cache.read(cache.fused(p.name, v)) or {"error": 1}).get("error")]
         cached += len(variants) - len(todo)
         compat = Cache.read(cache.compat(p.name)) is None
         weights = Cache.read(cache.weights(p.name)) is None
@@ -234,7 +235,10 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
          f"{cached} cached, {n_other} other step(s); cache {cache.root}")
     prog = _Progress(n_fusions, n_other, note)
     prog.stats.fusions_cached = cached
-    _execute(tasks, workers, prog)
+    try:
+        _execute(tasks, workers, prog)
+    finally:
+        release_models()  # the in-process base model is not needed once the work is done
     singles, infos, fused = collect(manifest, chosen, variants, cache, config)
     prog.stats.wall_seconds = time.perf_counter() - t0
     timing = [r for r in fused if "fuse_seconds" in r]

@@ -113,6 +113,12 @@ def _models(manifest, device: str) -> _Models:
     return _MODELS[key]
 
 
+def release_models() -> None:
+    """Drop this process's loaded models (the study is done with them)."""
+    _MODELS.clear()
+    gc.collect()
+
+
 def _evaluate(models: _Models, model, domains: list[str], limit: int | None, batch_size: int) -> dict[str, float]:
     from graft_ui.zoo.evaluate import evaluate_model
 
