@@ -25,6 +25,7 @@ PREDICTOR_LABELS = {
     "two_factor_linear": "two-factor prediction (leave-one-out), points",
     "tv_cosine": "task-vector cosine",
 }
+TARGET_LABELS = {"gain_graft": "Graft gain", "gain_best": "best method's gain"}
 SIZE = (900, 560)
 
 
@@ -49,7 +50,7 @@ def gain_scatter(rows: Sequence[Mapping], predictor: str, target: str = "gain_gr
             lo, hi = min(vals), max(vals)
             fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="predicted = measured",
                                      line={"dash": "dot", "color": "#888"}))
-    title = f"{PREDICTOR_LABELS.get(predictor, predictor)} vs measured {target.replace('_', ' ')}"
+    title = f"{PREDICTOR_LABELS.get(predictor, predictor)} vs measured {TARGET_LABELS.get(target, target)}"
     if stats and stats.get("rho") is not None:
         ci = (f", 95% CI [{stats['ci_lo']:+.2f}, {stats['ci_hi']:+.2f}]" if stats.get("ci_lo") is not None else "")
         title += f"<br><sup>Spearman ρ = {stats['rho']:+.2f} (p = {stats['p']:.3g}, n = {stats['n']}){ci}</sup>"
@@ -132,9 +133,10 @@ def save(figs: Mapping[str, go.Figure], out_dir: str | Path, *, png: bool = True
         html = out / f"{stem}.html"
         fig.write_html(html, include_plotlyjs="directory")
         written.append(html)
-        if not png or not (use_kaleido or browser):
-            continue
         target = out / f"{stem}.png"
+        if not png or not (use_kaleido or browser):
+            target.unlink(missing_ok=True)  # a PNG of an earlier run would no longer match the HTML
+            continue
         try:
             if use_kaleido:
                 fig.write_image(target, scale=2)
@@ -142,5 +144,6 @@ def save(figs: Mapping[str, go.Figure], out_dir: str | Path, *, png: bool = True
                 _png_chromium(fig, target, browser)
             written.append(target)
         except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+            target.unlink(missing_ok=True)
             log.warning("PNG export of %s failed (%s); HTML only", stem, exc)
     return written

@@ -130,7 +130,8 @@ def render(ctx: AppContext) -> None:
             with gr.Row(equal_height=True):
                 order = gr.Markdown(order_md(first_two))
                 reverse_btn = gr.Button("⇅ Reverse", size="sm", scale=0, min_width=90)
-            warning = gr.Markdown(warning_md(fuse_warning(studio, first_two)), elem_id="gs-fuse-warning",
+            # a callable value is re-evaluated on every page load: a study written later is seen
+            warning = gr.Markdown(lambda: warning_md(fuse_warning(studio, first_two)), elem_id="gs-fuse-warning",
                                   elem_classes=["gs-hint"])
             modules = gr.CheckboxGroup(list(ALL_MODULES), value=list(ALL_MODULES), label="Module types",
                                        info="attention q, k, v, o · MLP gate, up, down")

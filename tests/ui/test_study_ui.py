@@ -92,3 +92,19 @@ def test_analyze_shows_gain_and_fuse_warns(client, zoo_study):
     assert "below the threshold 0.2" in warning and "loses 30.0 points" in warning
     assert "task_arithmetic does best there" in warning and "None" not in warning
     assert client.predict(["math-lora", "finance-lora"], api_name="/fuse_warning") == ""
+
+
+def test_fuse_tab_shows_the_warning_in_the_browser(app_server, zoo_study):
+    import re
+
+    import _browser
+    from playwright.sync_api import expect
+
+    if not Path(_browser.CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    with _browser.app_page(app_server[0]) as page:  # a new page: the warning is computed on load
+        page.get_by_role("tab", name=re.compile("Fuse", re.I)).click()
+        warning = page.locator("#gs-fuse-warning")
+        expect(warning).to_contain_text("loses 30.0 points", timeout=60_000)
+        expect(warning).to_contain_text("math-lora + code-lora")
+        assert "None" not in warning.inner_text() and "{" not in warning.inner_text()
