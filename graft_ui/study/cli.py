@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--all-domains", action="store_true", help="score fused models on every domain, not just the pair's")
     p.add_argument("-k", "--k", type=int, default=32, help="compatibility samples K on the pair's domains (default 32)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1: fastest for the zoo's tiny models on busy cores)")
     p.add_argument("--seed", type=int, default=0, help="fusion, sample selection and bootstrap seed (default 0)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
@@ -50,14 +52,14 @@ def canonical_command(args: argparse.Namespace) -> str:
     if args.all_domains:
         parts.append("--all-domains")
     parts += ["-k", str(args.k), "--seed", str(args.seed), "--resamples", str(args.resamples),
-              "--workers", str(args.workers), "--device", args.device]
+              "--workers", str(args.workers), "--threads", str(args.threads), "--device", args.device]
     return " ".join(p if p.startswith("python -m") else shlex.quote(p) for p in parts)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     from graft_ui.study.runner import StudyConfig, run_study
 
-    for name in ("limit", "k", "resamples"):
+    for name in ("limit", "k", "resamples", "threads", "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name}={value} must be at least 1")
@@ -68,7 +70,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     # worker processes inherit it
     os.environ.setdefault("TQDM_DISABLE", "1")
     study = run_study(args.zoo, args.out, kinds=args.kinds, methods=args.methods, pairs=args.pairs,
-                      ablations=not args.no_ablations, config=config, workers=args.workers,
+                      ablations=not args.no_ablations, config=config, workers=args.workers, threads=args.threads,
                       resamples=args.resamples, keep_fused=args.keep_fused, command=command, png=not args.no_png,
                       progress=lambda msg: print(msg, flush=True))
     for group, c in study["correlations"].items():

@@ -112,7 +112,8 @@ def markdown(study: Mapping, figures: Sequence[Path] = ()) -> str:
               + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
               f"- settings: K = {study['config']['k']} compatibility samples, eval limit "
               f"{study['config']['limit'] or 'all'} per domain, seed {study['config']['seed']}, "
-              f"{study['config']['resamples']} bootstrap resamples, workers {study['config']['workers']}",
+              f"{study['config']['resamples']} bootstrap resamples, {study['config']['workers']} worker(s) x "
+              f"{study['config'].get('threads', 1)} torch thread(s)",
               f"- run: {run['wall_seconds']:.0f} s wall; {run['fusions_done']} fusion(s) run, "
               f"{run['fusions_cached']} from the cache; per fusion {_f(cost['fuse_seconds_mean'], '.2f')} s to fuse + "
               f"{_f(cost['eval_seconds_mean'], '.2f')} s to evaluate (mean over {cost['fusions']})",

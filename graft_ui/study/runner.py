@@ -7,7 +7,8 @@ single-expert evaluations on the domains the expert's pairs need; per pair, the 
 compatibility (analysis.analyze_experts on the pair's domains), the task-vector similarity,
 and one fusion + evaluation per method variant. A second run with the same settings
 finds everything cached and only re-assembles the report. `workers` > 1 runs pair tasks
-in spawned processes (torch threads split between them).
+in spawned processes; every process uses `threads` torch threads (default 1: the zoo's tiny
+models run fastest single-threaded on busy cores, see worker.torch_threads).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue as queue_mod
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from graft_ui.models.manifest import Manifest, load_manifest
 from graft_ui.study.pairs import Pair, default_variants, enumerate_pairs
-from graft_ui.study.worker import Cache, release_models, run_task
+from graft_ui.study.worker import Cache, release_models, run_task, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,11 @@ class _Progress:
                   f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
 
 
-def _execute(tasks: list[dict], workers: int, progress: _Progress) -> None:
+def _execute(tasks: list[dict], workers: int, threads: int, progress: _Progress) -> None:
     if workers <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            run_task(t, progress)
+        with torch_threads(threads):
+            for t in tasks:
+                run_task(t, progress)
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -150,7 +151,6 @@ def _execute(tasks: list[dict], workers: int, progress: _Progress) -> None:
     from graft_ui.study.worker import _init_worker, run_task_in_worker
 
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-    threads = max(1, (os.cpu_count() or 1) // workers)
     with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                                        initargs=(threads,)) as pool:
         q = manager.Queue()
@@ -207,7 +207,7 @@ def _remove_empty_dirs(root: Path) -> None:
 
 def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequence[str] = ("lora", "full"),
               methods: Sequence[str] | None = None, pairs: Sequence[str] | None = None, ablations: bool = True,
-              config: StudyConfig = StudyConfig(), workers: int = 1, resamples: int = 1000,
+              config: StudyConfig = StudyConfig(), workers: int = 1, threads: int = 1, resamples: int = 1000,
               keep_fused: bool = False, command: str | None = None, png: bool = True,
               progress: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) the study and write DIR/study.json, study.md and the figures; returns the study dict."""
@@ -216,8 +216,8 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
 
     t0 = time.perf_counter()
     note = progress or (lambda msg: log.info("%s", msg))
-    if workers < 1:
-        raise ValueError(f"workers={workers} must be at least 1")
+    if workers < 1 or threads < 1:
+        raise ValueError(f"workers={workers} and threads={threads} must be at least 1")
     manifest, zoo, info = resolve_manifest(src)
     fp = fingerprint(info) if info else None
     chosen = enumerate_pairs(manifest, kinds, is_zoo=info is not None, only=pairs)
@@ -236,7 +236,7 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
     prog = _Progress(n_fusions, n_other, note)
     prog.stats.fusions_cached = cached
     try:
-        _execute(tasks, workers, prog)
+        _execute(tasks, workers, threads, prog)
     finally:
         release_models()  # the in-process base model is not needed once the work is done
     singles, infos, fused = collect(manifest, chosen, variants, cache, config)
@@ -251,7 +251,7 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
                 "build_info": {k: info.get(k) for k in ("format", "profile", "seed", "seconds", "built_at",
                                                          "versions", "host") if k in info} if info else None},
         "config": {**asdict(config), "kinds": list(kinds), "methods": list(methods or []), "pairs": list(pairs or []),
-                   "ablations": ablations, "workers": workers, "resamples": resamples, "cache_key": key},
+                   "ablations": ablations, "workers": workers, "threads": threads, "resamples": resamples, "cache_key": key},
         "variants": variants,
         "run": {**asdict(prog.stats), "command": command, **report.machine()},
     })
