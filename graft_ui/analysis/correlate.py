@@ -23,12 +23,13 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from graft_ui.analysis import scores as S
+from graft_ui.analysis.pairstats import bench as _bench
+from graft_ui.analysis.pairstats import spearman  # noqa: F401  (re-exported: correlate.spearman)
 from graft_ui.analysis.analyze import analyze_experts, analyze_model
 from graft_ui.analysis.data import iter_inputs, load_target
 from graft_ui.analysis.stats import DEFAULT_EPS
@@ -71,20 +72,6 @@ class CorrelationResult:
         return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in p.items()
                  if k in ("a", "b", "score", "score_mean", "score_fused", "fused", "best_single", "gain")}
                 for p in self.pairs]
-
-
-def spearman(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float | None]:
-    """Spearman rho and two-sided p (scipy); None with a note when undefined (n < 3 or a constant side)."""
-    from scipy.stats import spearmanr
-
-    n = len(xs)
-    if n < 3:
-        return {"rho": None, "p": None, "n": n, "note": f"needs at least 3 pairs, have {n}"}
-    if len(set(xs)) < 2 or len(set(ys)) < 2:
-        return {"rho": None, "p": None, "n": n, "note": "undefined: one side is constant"}
-    res = spearmanr(xs, ys)
-    rho, p = float(res.statistic), float(res.pvalue)
-    return {"rho": None if math.isnan(rho) else rho, "p": None if math.isnan(p) else p, "n": n}
 
 
 def expert_pairs(manifest: Manifest, kind: str, names: Sequence[str] | None = None) -> list[tuple[ModelEntry, ModelEntry]]:
@@ -172,8 +159,8 @@ def correlate(
         acc = _accuracies(model, processor, manifest, [a.domain, b.domain], eval_limit)
         del model
         gc.collect()
-        bench = lambda accs: (accs[a.domain] + accs[b.domain]) / 2.0  # noqa: E731
-        fused_b, sa, sb = bench(acc), bench(singles[a.name]), bench(singles[b.name])
+        domains = [a.domain, b.domain]
+        fused_b, sa, sb = _bench(acc, domains), _bench(singles[a.name], domains), _bench(singles[b.name], domains)
         rows.append({
             "a": a.name, "b": b.name, "domains": [a.domain, b.domain], "target": target,
             "score": score, "score_mean": score_mean, "score_fused": S.compatibility(fused_stats),

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "graft_ui.commands.analyze",
     "correlate": "graft_ui.commands.correlate",
     "votes": "graft_ui.commands.votes",
+    "study": "graft_ui.commands.study",
 }
 
 

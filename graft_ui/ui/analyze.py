@@ -6,11 +6,12 @@ import gradio as gr
 
 from graft_ui.ui.common import choices_update, friendly, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
+from graft_ui.ui.study_hints import gain_cell, study_for
 
 TITLE = "② Analyze"
 UPLOAD = "uploaded JSONL"
 EXPERT_COLUMNS = ["expert", "kind", "domain", "score", "pass"]
-PAIR_COLUMNS = ["pair", "score", "pass"]
+PAIR_COLUMNS = ["pair", "score", "pass", "gain (study)"]
 HEIGHT_EMPTY = 320
 
 
@@ -28,8 +29,12 @@ def _result(state):
     return AnalysisResult.from_dict(state)
 
 
-def bars(state, threshold):
-    """Compatibility bars re-coloured for `threshold` from the stored result (no recomputation)."""
+def bars(state, threshold, study=None):
+    """Compatibility bars re-coloured for `threshold` from the stored result (no recomputation).
+
+    `study`: the loaded zoo's fusion study; its measured (or predicted) Graft gain of each
+    pair is shown beside the pair's score.
+    """
     if not state:
         return None, None, None
     res = _result(state)
@@ -41,7 +46,8 @@ def bars(state, threshold):
     rows = [{"expert": n, "kind": e.kind, "domain": e.domain or "—", "score": round(e.compatibility, 4),
              "pass": "yes" if e.compatibility >= threshold else "no"} for n, e in res.experts.items()]
     pairs = [{"pair": f"{p['a']} + {p['b']}", "score": round(p["score"], 4),
-              "pass": "yes" if p["score"] >= threshold else "no"} for p in res.pairs]
+              "pass": "yes" if p["score"] >= threshold else "no", "gain (study)": gain_cell(study, p["a"], p["b"])}
+             for p in res.pairs]
     return fig, table(rows, EXPERT_COLUMNS), table(pairs, PAIR_COLUMNS)
 
 
@@ -109,7 +115,7 @@ def render(ctx: AppContext) -> None:
         progress(0, desc="loading models")
         res = studio.analyze(target, experts, k=int(k), eps=float(eps), threshold=float(threshold), progress=True)
         d = res.to_dict()
-        fig, t1, t2 = bars(d, threshold)
+        fig, t1, t2 = bars(d, threshold, study_for(studio))
         choices = heatmap_choices(d)
         label = "your JSONL" if dataset == UPLOAD else dataset
         msg = ok(f"Analysed {len(res.experts)} expert(s) on **{label}**, K = {res.k}.")
@@ -118,7 +124,8 @@ def render(ctx: AppContext) -> None:
     run_btn.click(run, [dataset, upload, experts, k, eps, threshold],
                   [state, bars_plot, expert_table, pair_table, which, heat_plot, status],
                   api_name="run_analysis", **ctx.gpu)
-    threshold.change(friendly(bars), [state, threshold], [bars_plot, expert_table, pair_table],
+    threshold.change(friendly(lambda d, t: bars(d, t, study_for(studio))), [state, threshold],
+                     [bars_plot, expert_table, pair_table],
                      api_name="recolour", show_progress="hidden", queue=False)
     which.change(friendly(heatmap), [state, which], heat_plot, api_visibility="private", show_progress="hidden")
     dataset.change(lambda d: gr.update(visible=d == UPLOAD), dataset, upload, api_visibility="private", queue=False)

@@ -80,5 +80,14 @@ def make_context(
     votes: str | None = None,
     zoo_manifest: str | None = None,
 ) -> AppContext:
+    from graft_ui.ui.context import EXAMPLES_DIR, examples_for
+
     studio = Studio.from_manifest(manifest, device=device, work_dir=work_dir, votes=votes)
-    return AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest)
+    examples = examples_for(studio.manifest.source)
+    ctx = AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest, examples=examples)
+    images = {str(Path(e["image"]).parent) for e in examples if e.get("image")}
+    outside = sorted(p for p in images if not Path(p).is_relative_to(EXAMPLES_DIR))
+    if outside:  # the zoo's showcase images: servable, and accepted back as chat inputs
+        gr.set_static_paths(outside)
+        ctx.upload_roots.extend(outside)
+    return ctx

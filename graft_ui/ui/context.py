@@ -14,7 +14,8 @@
     ctx.new_stop(request) / ctx.stop(request)
                           per-browser-session threading.Event for Stop buttons
     ctx.check_image(path) an uploaded image path, checked to be an image inside the upload area
-    ctx.examples          example prompts: list of {"text", "image" (path or None), "domain"}
+    ctx.examples          example prompts: list of {"text", "image" (path or None), "domain", "label"};
+                          from the zoo's showcase.json when it has one (load_showcase), else examples/
 """
 
 from __future__ import annotations
@@ -53,6 +54,56 @@ def load_examples(root: Path = EXAMPLES_DIR) -> list[dict]:
             "label": item.get("label") or item["text"][:40],
         })
     return out
+
+
+SHOWCASE = "showcase.json"
+
+
+def load_showcase(zoo_dir: str | Path) -> list[dict]:
+    """`<zoo>/showcase.json`, written by the zoo build: held-out items an expert answered correctly.
+
+    Format: [{"domain", "label", "text", "image" (relative to the zoo folder) or null, "answer",
+    "sample_id", "correct_by": [expert names]}]. Returns [] when the file is absent; raises
+    ValueError naming the file and the item when it is malformed.
+    """
+    path = Path(zoo_dir) / SHOWCASE
+    if not path.is_file():
+        return []
+    try:
+        items = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{path} must hold a JSON list of examples, not a {type(items).__name__}")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str) or not item["text"].strip():
+            raise ValueError(f"{path}: example {i} needs a non-empty 'text'")
+        image = item.get("image")
+        image_path = (Path(zoo_dir) / image).resolve() if image else None
+        if image_path is not None and not image_path.is_file():
+            raise ValueError(f"{path}: example {i} names the image {image!r}, which does not exist")
+        correct_by = [str(x) for x in item.get("correct_by") or []]
+        label = item.get("label") or item["text"][:40]
+        out.append({"text": item["text"], "image": str(image_path) if image_path else None,
+                    "domain": item.get("domain"), "label": label, "answer": item.get("answer"),
+                    "sample_id": item.get("sample_id"), "correct_by": correct_by})
+    return out
+
+
+def examples_for(manifest_path: str | Path | None) -> list[dict]:
+    """The showcase of the zoo holding `manifest_path` when it has one, else examples/prompts.json."""
+    if manifest_path:
+        folder = Path(manifest_path)
+        folder = folder.parent if folder.suffix in (".yaml", ".yml", ".json") else folder
+        try:
+            showcase = load_showcase(folder)
+        except ValueError as exc:  # a broken showcase must not keep the app from starting
+            log.warning("ignoring the zoo's showcase: %s", exc)
+            showcase = []
+        if showcase:
+            return showcase
+    return load_examples()
 
 
 @dataclass

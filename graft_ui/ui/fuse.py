@@ -9,6 +9,7 @@ import gradio as gr
 from graft_ui.recipe import ALL_MODULES
 from graft_ui.ui.common import choices_update, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
+from graft_ui.ui.study_hints import fuse_warning
 
 TITLE = "③ Fuse"
 VARIANT_COLUMNS = ["name", "method", "experts", "kind", "modules", "seconds", "device"]
@@ -50,6 +51,10 @@ def next_name(studio, method: str) -> str:
     while f"{method}-{i}" in studio.variants or f"{method}-{i}" in studio.chat_names():
         i += 1
     return f"{method}-{i}"
+
+
+def warning_md(text: str) -> str:
+    return f"⚠️ {text}" if text else ""
 
 
 def device_md(studio) -> str:
@@ -125,6 +130,9 @@ def render(ctx: AppContext) -> None:
             with gr.Row(equal_height=True):
                 order = gr.Markdown(order_md(first_two))
                 reverse_btn = gr.Button("⇅ Reverse", size="sm", scale=0, min_width=90)
+            # a callable value is re-evaluated on every page load: a study written later is seen
+            warning = gr.Markdown(lambda: warning_md(fuse_warning(studio, first_two)), elem_id="gs-fuse-warning",
+                                  elem_classes=["gs-hint"])
             modules = gr.CheckboxGroup(list(ALL_MODULES), value=list(ALL_MODULES), label="Module types",
                                        info="attention q, k, v, o · MLP gate, up, down")
             with gr.Row():
@@ -178,6 +186,9 @@ def render(ctx: AppContext) -> None:
     method.change(on_method, [method, name], list(param_boxes.values()) + [cal_box, method_info, name],
                   api_visibility="private", queue=False, show_progress="hidden")
     experts.change(order_md, experts, order, api_visibility="private", queue=False, show_progress="hidden")
+    # the study's verdict on the chosen pair, before anyone spends a fusion on it
+    experts.change(lambda e: warning_md(fuse_warning(studio, e)), experts, warning, api_name="fuse_warning",
+                   queue=False, show_progress="hidden")
     reverse_btn.click(lambda e: list(reversed(e or [])), experts, experts, api_visibility="private", queue=False)
 
     def recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values):
@@ -211,6 +222,9 @@ def render(ctx: AppContext) -> None:
     def fuse_form(variant_name, m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds,
                   progress=gr.Progress(track_tqdm=True), *values):
         recipe = recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values)
+        text = fuse_warning(studio, exps)
+        if text:
+            gr.Warning(text)  # a toast; the fusion still runs: the user asked for it
         return run_recipe_yaml(recipe.to_yaml(), variant_name, progress)
 
     @guarded(len(run_outputs), status=0)

@@ -1,0 +1,75 @@
+"""What the fusion-quality study tells the app (issue 13, item 7): gains in ② Analyze, warnings in ③ Fuse.
+
+The study of the loaded zoo is found by graft_ui.study.lookup (the zoo's own
+`study/study.json`, else the committed one when its build fingerprint matches). It is
+looked up at call time, keyed by the manifest and the candidate files' modification
+times, so a study written while the app runs is picked up and another manifest gets its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_CACHE: dict[tuple, Any] = {}
+
+
+def _candidates(folder: Path) -> list[Path]:
+    from graft_ui.study.lookup import COMMITTED
+
+    return [folder / "study" / "study.json", COMMITTED]
+
+
+def study_for(studio) -> dict | None:
+    """The study of the studio's current manifest, or None (not a zoo, or no matching study)."""
+    from graft_ui.study.lookup import find_study
+
+    source = getattr(studio.manifest, "source", None)
+    if not source:
+        return None
+    folder = Path(source).parent
+    files = _candidates(folder)
+    key = (str(folder), *[(p.stat().st_mtime_ns if p.is_file() else None) for p in files])
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = find_study(folder, files)
+    return _CACHE[key]
+
+
+def gain_cell(study: dict | None, a: str, b: str) -> str:
+    """'+3.2 (measured)', '−5.0 (predicted)' or '—' for the Analyze tab's pair table."""
+    from graft_ui.study.lookup import pair_gain
+
+    g = pair_gain(study, a, b)
+    if g is None:
+        return "—"
+    return f"{g['gain']:+.1f} ({g['source']})"
+
+
+def pair_compatibility(study: dict | None, a: str, b: str) -> float | None:
+    from graft_ui.study.lookup import pair_row
+
+    row = pair_row(study, a, b)
+    return None if row is None or row.get("pair_score") is None else float(row["pair_score"])
+
+
+def fuse_warning(studio, experts: list[str] | None, threshold: float | None = None) -> str:
+    """A sentence warning about the first two selected experts, or '' when there is nothing to say.
+
+    The pair's compatibility comes from the study (measured on the union of the two experts'
+    domains), compared with the Analyze tab's default threshold.
+    """
+    from graft_ui.analysis.scores import DEFAULT_THRESHOLD
+    from graft_ui.study.lookup import fuse_warning as sentence
+
+    if not experts or len(experts) < 2:
+        return ""
+    study = study_for(studio)
+    if study is None:
+        return ""
+    a, b = experts[0], experts[1]
+    text = sentence(study, a, b, pair_compatibility(study, a, b), DEFAULT_THRESHOLD if threshold is None else threshold)
+    return text or ""
