@@ -286,7 +286,7 @@ def train_expert_pair(task: dict, report=None) -> dict:
     design, so the result does not depend on scheduling.
     """
     from graft_ui.models.loading import load_model, load_processor
-    from graft_ui.zoo.train import add_lora, freeze_vision, train_loop
+    from graft_ui.zoo.train import add_lora, train_loop, train_projections_only
 
     _quiet_transformers()
     prof = Profile.from_dict(task["settings"])
@@ -307,9 +307,9 @@ def train_expert_pair(task: dict, report=None) -> dict:
             model = add_lora(model, spec.lora_rank, prof.lora_alpha_per_rank * spec.lora_rank, seed)
             params, lr = [p for p in model.parameters() if p.requires_grad], prof.lora_lr
         else:
-            params, lr = freeze_vision(model), prof.full_lr
+            params, lr = train_projections_only(model), prof.full_lr
         losses = train_loop(model, data, params=params, steps=spec.steps, lr=lr * spec.lr_scale,
-                            batch_size=prof.batch_size, seed=seed, pad_id=processor.tokenizer.pad_token_id,
+                            batch_size=prof.expert_batch_size, seed=seed, pad_id=processor.tokenizer.pad_token_id,
                             warmup=min(prof.warmup, spec.steps // 4 + 1),
                             on_step=lambda step, loss: put(1))
         path = zoo / "experts" / name
@@ -320,7 +320,7 @@ def train_expert_pair(task: dict, report=None) -> dict:
             what = f"LoRA expert (r={spec.lora_rank}, language-model projections) trained on {mix}."
         else:
             _save_full(model, processor, path)
-            what = f"full fine-tune of the language model (vision frozen) trained on {mix}."
+            what = f"full-rank fine-tune of the language model's projections (embeddings, norms, head, vision frozen) trained on {mix}."
         _model_card(path, name, what + (f" {spec.note}." if spec.note else ""))
         result["loss"][name] = _loss_summary(losses)
         result["seconds"][name] = round(time.time() - t, 1)
@@ -493,8 +493,12 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 stages["self_check"] = time.time() - t
                 cpu["self_check"] = _cpu_seconds() - c
                 if check["missed_targets"] and prof.strict:
-                    raise RuntimeError(f"the {prof.name} zoo missed its regime targets, so it is not built:\n"
-                                       + self_check_markdown(check))
+                    # kept aside (not used) so the miss can be inspected without rebuilding
+                    rejected = out_dir.parent / f".{out_dir.name}.rejected"
+                    shutil.rmtree(rejected, ignore_errors=True)
+                    tmp.rename(rejected)
+                    raise RuntimeError(f"the {prof.name} zoo missed its regime targets, so it is not used "
+                                       f"(kept for inspection at {rejected}):\n" + self_check_markdown(check))
         bar.set_postfix_str("done")
     except BaseException:
         bar.close()

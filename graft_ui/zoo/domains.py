@@ -16,6 +16,7 @@ Domains (each answer follows from the drawing or the template, so it is checkabl
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -94,13 +95,22 @@ def digits_image(rng: random.Random):
 CHART_COLORS = {"bar": (30, 60, 170), "line": (200, 40, 40)}
 
 
-def chart_image(rng: random.Random):
-    """A quarterly chart (112x84): 4 distinct values 1..7, bar or line; returns (image, values, kind, color).
+# the value sets of a chart: 4 values in 1..9, any two at least 2 apart (15 sets, 360 orderings)
+CHART_VALUE_SETS = [c for c in itertools.combinations(range(1, 10), 4) if min(b - a for a, b in zip(c, c[1:])) >= 2]
+CHART_UNIT_PX = 8
 
-    One quarter per 28-px column (one merged vision token wide), 10 px per unit, a single
+
+def chart_image(rng: random.Random):
+    """A quarterly chart (112x84): 4 values in 1..9 at least 2 apart, bar or line; returns
+    (image, values, kind, color).
+
+    One quarter per 28-px column (one merged vision token wide), 8 px per unit, a single
     colour per chart kind and no tick labels: the heights are the only thing that varies.
+    Values at least 2 units (16 px) apart: closer heights are below what the zoo's tiny
+    vision tower resolves, which left "highest quarter" at chance for every expert.
     """
-    values = rng.sample(range(1, 8), 4)
+    values = list(rng.choice(CHART_VALUE_SETS))
+    rng.shuffle(values)
     kind = rng.choice(["bar", "line"])
     color = "blue" if kind == "bar" else "red"
     img = Image.new("RGB", (112, 84), (255, 255, 255))
@@ -110,9 +120,9 @@ def chart_image(rng: random.Random):
     centres = [14 + 28 * i for i in range(4)]
     if kind == "bar":
         for cx, v in zip(centres, values):
-            draw.rectangle([cx - 11, base_y - v * 10, cx + 11, base_y], fill=CHART_COLORS[kind])
+            draw.rectangle([cx - 11, base_y - v * CHART_UNIT_PX, cx + 11, base_y], fill=CHART_COLORS[kind])
     else:
-        pts = [(cx, base_y - v * 10) for cx, v in zip(centres, values)]
+        pts = [(cx, base_y - v * CHART_UNIT_PX) for cx, v in zip(centres, values)]
         draw.line(pts, fill=CHART_COLORS[kind], width=4)
         for x, y in pts:
             draw.ellipse([x - 6, y - 6, x + 6, y + 6], fill=CHART_COLORS[kind])

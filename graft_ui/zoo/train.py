@@ -181,11 +181,18 @@ def train_loop(
     return losses
 
 
-def freeze_vision(model) -> list[torch.nn.Parameter]:
-    """Full fine-tunes train the language model (and head) only; returns the trainable params."""
+def train_projections_only(model) -> list[torch.nn.Parameter]:
+    """Full experts train every weight of the language model's projections (full rank), nothing else.
+
+    Embeddings, norms, the head and the vision tower stay the base's. Every weight a full
+    expert changes is then inside a fusion's scope (the same seven projections LoRA experts
+    adapt); a changed embedding or head would be taken from the first expert alone and
+    silently drop the other expert's skill. Returns the trainable parameters.
+    """
     trainable = []
     for name, p in model.named_parameters():
-        p.requires_grad = ".visual." not in f".{name}"
+        parts = name.split(".")
+        p.requires_grad = ".visual." not in f".{name}" and any(t in parts for t in LORA_TARGETS)
         if p.requires_grad:
             trainable.append(p)
     return trainable
