@@ -33,9 +33,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from graft_ui.analysis.data import Sample, load_target, read_jsonl, select
-from graft_ui.merging.graft import apply_row_weights, entropy_blocks, gate_weights, row_l1_distance
+from graft_ui.merging.graft import apply_row_weights, entropy_blocks, gate_weights, row_l1_distance, scale_delta
 from graft_ui.merging.lora import lora_delta_blocks
-from graft_ui.merging.registry import validate_params
+from graft_ui.merging.registry import get_method, validate_params
 from graft_ui.merging.steps import as_rows, auto_block_rows, row_slices
 from graft_ui.recipe import Recipe
 
@@ -155,11 +155,13 @@ class _Module:
 
 
 class _FullGraph(_Module):
-    """Fused weight (and bias) of one linear of full experts as a function of (alpha, beta)."""
+    """Fused weight (and bias) of one linear of full experts as a function of (alpha, beta).
 
-    def __init__(self, name, weights: list[torch.Tensor], biases: list[torch.Tensor] | None, params):
+    `base` (weight, bias | None) is the backbone's, needed only for Graft's `scale` != 1."""
+
+    def __init__(self, name, weights: list[torch.Tensor], biases: list[torch.Tensor] | None, params, base=None):
         super().__init__(name, as_rows(weights[0]).shape[0], params)
-        self.weights, self.biases = weights, biases
+        self.weights, self.biases, self.base = weights, biases, base
 
     def fused(self, alpha, beta) -> dict[str, torch.Tensor]:
         W = self.weights[0]
@@ -174,6 +176,11 @@ class _FullGraph(_Module):
             W = apply_row_weights(wb, W, self.weights[j], out_dtype=out_dtype)
             if b is not None:
                 b = apply_row_weights(wb, b, self.biases[j], out_dtype=out_dtype)
+        scale = self.params["scale"]
+        if scale != 1.0:  # Graft's extension (merging/graft.py): base + scale * (fused - base)
+            W = scale_delta(W, self.base[0], scale)
+            if b is not None:
+                b = scale_delta(b, self.base[1], scale)
         out = {f"{self.name}.weight": W}
         if b is not None:
             out[f"{self.name}.bias"] = b
@@ -211,6 +218,8 @@ class _LoraGraph(_Module):
                 lora_delta_blocks(Bf, Af, 1.0), lora_delta_blocks(Bj, Aj, sj))
             wb = self.wb(self.gate_inputs(pairs, j, cacheable=(j == 1)), alpha, beta)
             coefs = [c * wb for c in coefs] + [1.0 - wb]
+        if self.params["scale"] != 1.0:  # Graft's extension: the fused delta times scale, after the chain
+            coefs = [c * self.params["scale"] for c in coefs]
         self.coefs = coefs
         return coefs
 
@@ -240,7 +249,7 @@ class GraftCalibrator:
 
     def __init__(self, recipe: Recipe, *, device: str | torch.device | None = None):
         from graft_ui.analysis.modules import scope_modules
-        from graft_ui.models.loading import is_adapter, load_model, resolve_device
+        from graft_ui.models.loading import is_adapter, load_model, local_folder, resolve_device
 
         if recipe.method != "graft":
             raise ValueError(f"calibration learns Graft's phi; recipe method is {recipe.method!r}")
@@ -302,7 +311,11 @@ class GraftCalibrator:
             self.model.requires_grad_(False)
             mods = scope_modules(self.model, recipe.scope)
             tensors: list[dict[str, torch.Tensor]] = []
-            for p in paths[1:]:
+            base_params = get_method("graft").base_params(self.params)  # scale != 1 reads the base
+            if base_params and recipe.base is None:
+                raise ValueError(f"graft with {base_params[0]}={self.params[base_params[0]]!r} needs recipe.base "
+                                 "for full experts; set base: in the recipe")
+            for p in ([local_folder(recipe.base)] if base_params else []) + paths[1:]:
                 ck = Checkpoint(p)
                 found: dict[str, torch.Tensor] = {}
                 for tname in ck.names:
@@ -311,6 +324,7 @@ class GraftCalibrator:
                         found[f"{key.name}.{leaf}"] = ck.read(tname).to(self.device, torch.float32)
                 ck.close()
                 tensors.append(found)
+            base = tensors.pop(0) if base_params else None
             for name, module in mods.items():
                 ws = [module.weight.detach()]
                 bs = [module.bias.detach()] if module.bias is not None else None
@@ -320,7 +334,12 @@ class GraftCalibrator:
                     ws.append(found[f"{name}.weight"])
                     if bs is not None:
                         bs.append(found[f"{name}.bias"])
-                self.graphs[name] = _FullGraph(name, ws, bs, self.params)
+                base_wb = None
+                if base is not None:
+                    if f"{name}.weight" not in base:
+                        raise ValueError(f"base {recipe.base!r} has no tensor for module {name!r}")
+                    base_wb = (base[f"{name}.weight"], base[f"{name}.bias"] if bs is not None else None)
+                self.graphs[name] = _FullGraph(name, ws, bs, self.params, base_wb)
         if not self.graphs:
             raise ValueError("no fused module to calibrate in the recipe's scope")
         init = {m: recipe.phi.get(m, {"alpha": self.params["alpha"], "beta": self.params["beta"]}) for m in self.graphs}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from graft_ui.merging.registry import base_unless, describe
 from graft_ui.recipe import ALL_MODULES
 from graft_ui.ui.common import choices_update, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
@@ -16,17 +17,13 @@ VARIANT_COLUMNS = ["name", "method", "experts", "kind", "modules", "seconds", "d
 DEFAULT_METHOD = "graft"
 
 
-def _describe() -> list[dict]:
-    from graft_ui.merging.registry import describe
-
-    return describe()
-
-
 def param_widget(p: dict):
     """A widget for one registry parameter: slider for small ranges, number otherwise."""
     name, kind, default = p["name"], p.get("kind", "float"), p["default"]
     info = p.get("help")
     low, high = p.get("low"), p.get("high")
+    above = p.get("above") if low is None else None  # an exclusive lower bound: the widget starts a step above
+    low = above if above is not None else low
     if kind == "choice":
         return gr.Radio(list(p["choices"]), value=default, label=name, info=info)
     if kind == "bool":
@@ -38,12 +35,12 @@ def param_widget(p: dict):
         return gr.Number(value=default, precision=0, minimum=low, maximum=high, label=name, info=info)
     if bounded and high - low <= 20:
         step = 0.01 if high - low <= 2 else 0.05
-        return gr.Slider(low, high, value=default, step=step, label=name, info=info)
+        return gr.Slider(low + step if above is not None else low, high, value=default, step=step, label=name, info=info)
     return gr.Number(value=default, minimum=low, maximum=high, label=name, info=info)
 
 
 def method_md(m: dict) -> str:
-    return f"{m['summary']}. [paper]({m['paper']})" + ("" if m["needs_base"] else " · needs no base")
+    return f"{m['summary']}. [paper]({m['paper']})" + ("" if m["needs_base"] else f" · needs no base{base_unless(m)}")
 
 
 def next_name(studio, method: str) -> str:
@@ -87,7 +84,7 @@ def summary_md(v) -> str:
 
 def render(ctx: AppContext) -> None:
     studio = ctx.studio
-    methods = _describe()
+    methods = describe()
     by_name = {m["name"]: m for m in methods}
     default_method = DEFAULT_METHOD if DEFAULT_METHOD in by_name else methods[0]["name"]
     n_layers = studio.num_layers()
