@@ -25,7 +25,8 @@ import torch
 from graft_ui.analysis import scores as S
 from graft_ui.analysis.data import Sample, iter_inputs, load_target
 from graft_ui.analysis.modules import parse_name
-from graft_ui.analysis.stats import DEFAULT_EPS, ActivationStats, collect_stats
+from graft_ui.analysis.collect import collect_stats
+from graft_ui.analysis.stats import DEFAULT_EPS, ActivationStats
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest
 from graft_ui.recipe import Scope
 
