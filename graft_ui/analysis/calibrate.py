@@ -26,8 +26,14 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from graft_ui.analysis.data import Sample, load_target, read_jsonl, select
+from graft_ui.analysis.modules import scope_modules
 from graft_ui.analysis.phi_graphs import FullGraph, LoraGraph, ModuleGraph
 from graft_ui.merging.registry import get_method, validate_params
+from graft_ui.models.checkpoint import Checkpoint
+from graft_ui.models.inputs import build_inputs
+from graft_ui.models.keys import parse_module, parse_param
+from graft_ui.models.loading import is_adapter, load_model, load_processor, local_folder, resolve_device
+from graft_ui.models.lora_io import LoraAdapter, check_bases
 from graft_ui.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -83,8 +89,6 @@ def calibration_samples(recipe: Recipe, manifest=None, *, seed: int | None = Non
 
 def _encode(processor, samples: Sequence[Sample]) -> list[dict[str, Any]]:
     """Inputs with labels on the answer tokens only (prompt masked with -100)."""
-    from graft_ui.models.inputs import build_inputs
-
     out = []
     for s in samples:
         if not s.answer:
@@ -110,9 +114,6 @@ class GraftCalibrator:
     """
 
     def __init__(self, recipe: Recipe, *, device: str | torch.device | None = None):
-        from graft_ui.analysis.modules import scope_modules
-        from graft_ui.models.loading import is_adapter, load_model, local_folder, resolve_device
-
         if recipe.method != "graft":
             raise ValueError(f"calibration learns Graft's phi; recipe method is {recipe.method!r}")
         if len(recipe.experts) < 2:
@@ -130,16 +131,12 @@ class GraftCalibrator:
         self.graphs: dict[str, ModuleGraph] = {}
         self._hooks: list[Any] = []
         if self.kind == "lora":
-            from graft_ui.models.lora_io import LoraAdapter, check_bases
-
             ads = [LoraAdapter(p, label=e.name or p) for p, e in zip(paths, recipe.experts)]
             base = check_bases(ads, recipe.base)
             self.processor_ref = base
             self.model = load_model(base, device=self.device, dtype=torch.float32)
             self.model.requires_grad_(False)
             mods = scope_modules(self.model, recipe.scope)
-            from graft_ui.models.keys import parse_module
-
             partial = []
             for name, module in mods.items():
                 found = [ad.modules.get(parse_module(name)) for ad in ads]
@@ -165,9 +162,6 @@ class GraftCalibrator:
                 log.info("%d module(s) are adapted by some experts only; the others count as zero deltas: %s",
                          len(partial), partial[:5])
         else:
-            from graft_ui.models.checkpoint import Checkpoint
-            from graft_ui.models.keys import parse_param
-
             self.processor_ref = paths[0]
             self.model = load_model(paths[0], device=self.device, dtype=torch.float32)
             self.model.requires_grad_(False)
@@ -304,8 +298,6 @@ def calibrate_phi(
     CalibrationResult with the loss curve instead of the tuple.
     Put the result in the recipe as `recipe.replace(phi=phi)` before fusing.
     """
-    from graft_ui.models.loading import load_processor
-
     cal = recipe.calibrate
     steps = int(steps if steps is not None else (cal.steps if cal else 20))
     lr = float(lr if lr is not None else (cal.lr if cal else 0.05))

@@ -115,7 +115,7 @@ def _fused():
             _FUSED = False
         else:
             try:
-                from graft_ui.analysis._triton_stats import fused_stats
+                from graft_ui.analysis._triton_stats import fused_stats  # needs triton (optional, CUDA only)
 
                 _FUSED = fused_stats
             except Exception as exc:  # no triton, or no working compiler: the torch path is exact too

@@ -423,5 +423,6 @@ register(
         needs_base=False,
         kernels={"fuse_rows": "graft_ui.kernels.graft:fuse_rows", "lora_factors": "graft_ui.kernels.graft:lora_factors"},
         module_params=("alpha", "beta"),
+        min_experts=2,
     )
 )

@@ -78,7 +78,8 @@ class Method:
       listed in graft_ui/kernels/__init__.py). Dotted names, resolved on first use, so this
       package stays torch-only while a kernel may use numpy.
     - `module_params`: parameters a recipe's `phi` table may set per module (and that phi
-      calibration learns).
+      calibration learns; the app offers calibration for methods that have them).
+    - `min_experts`: the fewest experts a recipe may list (Graft fuses pairs: 2).
     """
 
     name: str
@@ -90,6 +91,7 @@ class Method:
     linear: bool = False
     kernels: Mapping[str, str] = field(default_factory=dict)
     module_params: tuple[str, ...] = ()
+    min_experts: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
@@ -159,6 +161,8 @@ def describe(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "summary": m.summary,
                 "paper": m.paper,
                 "needs_base": m.needs_base,
+                "module_params": list(m.module_params),
+                "min_experts": m.min_experts,
                 "params": [
                     {k: v for k, v in vars(p).items() if v not in ((), None, "")} for p in m.params
                 ],

@@ -111,7 +111,8 @@ def render(ctx: AppContext) -> None:
                     if not params:
                         gr.Markdown("*This method has no parameters.*", padding=True)
                 param_boxes[m["name"]] = box
-            with gr.Group(visible=default_method == "graft") as cal_box:
+            # calibration learns a method's per-module parameters (Graft's phi): offered where there are some
+            with gr.Group(visible=bool(by_name[default_method]["module_params"])) as cal_box:
                 calibrate = gr.Checkbox(False, label="Calibrate φ on target data",
                                         info="learn α, β per module with a few Adam steps (off = fixed rule)")
                 with gr.Row():
@@ -177,7 +178,7 @@ def render(ctx: AppContext) -> None:
     def on_method(m, current_name):
         auto = not current_name or any(current_name.startswith(f"{x}-") for x in by_name)
         return ([gr.update(visible=(k == m)) for k in param_boxes]
-                + [gr.update(visible=m == "graft"), method_md(by_name[m]),
+                + [gr.update(visible=bool(by_name[m]["module_params"])), method_md(by_name[m]),
                    gr.update(value=next_name(studio, m)) if auto else gr.update()])
 
     method.change(on_method, [method, name], list(param_boxes.values()) + [cal_box, method_info, name],
@@ -199,7 +200,7 @@ def render(ctx: AppContext) -> None:
             raise ValueError("tick at least one module type to fuse")
         layers = "all" if (lo == 0 and hi >= studio.num_layers() - 1) else (lo, hi)
         calib = None
-        if cal and m == "graft":
+        if cal and by_name[m]["module_params"]:
             calib = {"steps": int(steps), "samples": int(samples),
                      "dataset": None if cal_ds in ("auto", "", None) else cal_ds}
         return studio.build_recipe(m, exps or [], params, modules=mods, layers=layers, vision=bool(vis),
@@ -238,7 +239,7 @@ def render(ctx: AppContext) -> None:
     def gates_fig(v):
         if v.gates_path is None or v.recipe.method != "graft":
             return None
-        from graft_ui.analysis.plots import gate_maps
+        from graft_ui.analysis.plots import gate_maps  # plotly: on the first fusion, not at app startup
 
         try:
             return gate_maps(v.gates_path, title=f"Graft gates — {v.name}")
