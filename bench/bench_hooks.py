@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graft_ui.analysis import _native_stats as N  # noqa: E402
 from graft_ui.analysis import stats as S  # noqa: E402
 from graft_ui.analysis.modules import scope_modules  # noqa: E402
-from graft_ui.analysis.stats import collect_stats  # noqa: E402
+from graft_ui.analysis.collect import collect_stats  # noqa: E402
 
 SHAPES = {
     # Qwen2-VL-2B-Instruct's language model (the vision tower does not run on text inputs)

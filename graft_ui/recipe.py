@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from graft_ui.merging.registry import validate_params
+from graft_ui.merging.registry import get_method, validate_params
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
@@ -118,10 +118,9 @@ class Recipe:
     def __post_init__(self):
         # validated params with defaults filled in, so a saved recipe is fully resolved
         object.__setattr__(self, "params", validate_params(self.method, self.params))
-        if len(self.experts) < 1:
-            raise ValueError("recipe needs at least one expert")
-        if self.method == "graft" and len(self.experts) < 2:
-            raise ValueError(f"graft fuses two or more experts; recipe lists {len(self.experts)}")
+        least = get_method(self.method).min_experts
+        if len(self.experts) < least:
+            raise ValueError(f"method {self.method!r} fuses {least} or more experts; recipe lists {len(self.experts)}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device={self.device!r} is not one of {list(DEVICES)} or 'cuda:N'")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

@@ -49,7 +49,8 @@ def test_defaults_are_filled_and_layers_range_round_trips():
         ({"output": {"kind": "gguf"}}, "gguf"),
         ({"output": {"rank": 0}}, "output.rank"),
         ({"method": "nearswap"}, "nearswap"),
-        ({"experts": [{"path": "a"}]}, "two or more"),
+        ({"experts": [{"path": "a"}]}, "2 or more"),
+        ({"experts": []}, "'graft' fuses 2 or more experts; recipe lists 0"),
         ({"experts": [{"path": "a", "wieght": 1}, {"path": "b"}]}, "wieght"),
         ({"device": "tpu"}, "tpu"),
         ({"calibrate": {"steps": -1}}, "calibrate.steps"),
@@ -65,3 +66,14 @@ def test_rejections_name_the_problem(patch, needle):
 def test_invalid_yaml_is_a_value_error():
     with pytest.raises(ValueError, match="YAML"):
         Recipe.from_yaml("method: [graft")
+
+
+def test_graft_scale_round_trips_and_is_checked():
+    r = Recipe.from_yaml(YAML.replace("global_form: algorithm}", "global_form: algorithm, scale: 2}"))
+    assert r.params["scale"] == 2.0
+    again = Recipe.from_yaml(r.to_yaml())
+    assert again == r and "scale: 2.0" in r.to_yaml()
+    assert Recipe.from_yaml(YAML).params["scale"] == 1.0  # the paper's method by default
+    for bad in (0, -0.5, ".nan", ".inf", "x"):
+        with pytest.raises(ValueError, match="'scale'"):
+            Recipe.from_yaml(YAML.replace("global_form: algorithm}", f"global_form: algorithm, scale: {bad}}}"))

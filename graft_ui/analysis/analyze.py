@@ -12,6 +12,7 @@ side and activated in turn); full experts are loaded one at a time and freed.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import json
@@ -23,9 +24,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from graft_ui.analysis import scores as S
+from graft_ui.analysis.collect import collect_stats
 from graft_ui.analysis.data import Sample, iter_inputs, load_target
 from graft_ui.analysis.modules import parse_name
-from graft_ui.analysis.stats import DEFAULT_EPS, ActivationStats, collect_stats
+from graft_ui.analysis.stats import DEFAULT_EPS, ActivationStats, ModuleStats
+from graft_ui.models.loading import attach_adapter, load_model, load_processor, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest
 from graft_ui.recipe import Scope
 
@@ -96,8 +99,6 @@ class AnalysisResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AnalysisResult":
-        from graft_ui.analysis.stats import ModuleStats
-
         experts = {}
         for n, e in d["experts"].items():
             stats = ActivationStats(
@@ -128,8 +129,6 @@ class AnalysisResult:
 
     def with_threshold(self, threshold: float) -> "AnalysisResult":
         """The same result judged against another threshold (no recomputation)."""
-        import dataclasses
-
         experts = {n: dataclasses.replace(e, acceptable=S.acceptable(e.compatibility, threshold))
                    for n, e in self.experts.items()}
         pairs = [dict(p, acceptable=S.acceptable(p["score"], threshold)) for p in self.pairs]
@@ -207,8 +206,6 @@ def analyze_experts(
     `dataset` is a manifest domain, a JSONL path, or a union "dom1+dom2". Every expert
     sees the same samples. Pair scores are computed for every pair of the same kind.
     """
-    from graft_ui.models.loading import attach_adapter, load_model, load_processor, resolve_device
-
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     entries = [manifest.expert(n) for n in experts] if experts else list(manifest.experts)
     if not entries:

@@ -4,18 +4,11 @@ phi(d) = alpha * (d - mean d) / (std d + eps) + beta has two scalars per fused m
 Calibration learns them, and nothing else, with Adam on K target samples: the loss is
 the fused model's next-token cross-entropy on the samples' answers (prompt tokens are
 masked), every model weight frozen. The fused weights are a differentiable function of
-(alpha, beta) through the local gate w_loc = sigmoid(phi(d)) and the dual gate:
-
-- full experts: each fused linear's weight (and bias) is `wb * W1 + (1 - wb) * W2`,
-  substituted into the first expert's model with `torch.func.functional_call`;
-- LoRA experts: the fused adapter is [diag(wb) s1 B1 | diag(1-wb) s2 B2] @ [A1; A2], run
-  as a forward hook adding `wb * s1 B1 A1 x + (1 - wb) * s2 B2 A2 x` to the base linear.
-
-Gate inputs (row distances d, entropies) do not depend on phi and are computed once,
-exactly as `graft_ui.merging` computes them. With more than two experts (left-to-right
-chain F = graft(graft(E1, E2), E3) ...), one (alpha, beta) per module serves every step,
-as in `Recipe.phi`; later steps' gate inputs depend on the earlier fusion and are
-recomputed (detached) at every calibration step.
+(alpha, beta) through the local gate w_loc = sigmoid(phi(d)) and the dual gate
+(`phi_graphs`): full experts' fused linears are substituted into the first expert's
+model with `torch.func.functional_call`; LoRA experts' fused adapters run as forward
+hooks on the base model. With more than two experts one (alpha, beta) per module serves
+every step of the left-to-right chain, as in `Recipe.phi`.
 
 The returned phi is the one with the lowest calibration loss seen (the initial phi
 included), so calibration never makes the loss on its own samples worse; it goes into
@@ -33,16 +26,17 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from graft_ui.analysis.data import Sample, load_target, read_jsonl, select
-from graft_ui.merging.graft import apply_row_weights, entropy_blocks, gate_weights, row_l1_distance
-from graft_ui.merging.lora import lora_delta_blocks
-from graft_ui.merging.registry import validate_params
-from graft_ui.merging.steps import as_rows, auto_block_rows, row_slices
+from graft_ui.analysis.modules import scope_modules
+from graft_ui.analysis.phi_graphs import FullGraph, LoraGraph, ModuleGraph
+from graft_ui.merging.registry import get_method, validate_params
+from graft_ui.models.checkpoint import Checkpoint
+from graft_ui.models.inputs import build_inputs
+from graft_ui.models.keys import parse_module, parse_param
+from graft_ui.models.loading import is_adapter, load_model, load_processor, local_folder, resolve_device
+from graft_ui.models.lora_io import LoraAdapter, check_bases
 from graft_ui.recipe import Recipe
 
 log = logging.getLogger(__name__)
-
-GATE_BLOCK_ELEMS = 1 << 22  # as graft.py: row blocks for the gate scans
-
 
 @dataclass
 class CalibrationResult:
@@ -95,8 +89,6 @@ def calibration_samples(recipe: Recipe, manifest=None, *, seed: int | None = Non
 
 def _encode(processor, samples: Sequence[Sample]) -> list[dict[str, Any]]:
     """Inputs with labels on the answer tokens only (prompt masked with -100)."""
-    from graft_ui.models.inputs import build_inputs
-
     out = []
     for s in samples:
         if not s.answer:
@@ -112,123 +104,6 @@ def _encode(processor, samples: Sequence[Sample]) -> list[dict[str, Any]]:
     return out
 
 
-# ------------------------------------------------------------------------------- fusion graphs
-
-def _blocks_of(W: torch.Tensor):
-    W2 = as_rows(W)
-    step = auto_block_rows(W2.shape[1], GATE_BLOCK_ELEMS)
-    return lambda: (W2[sl] for sl in row_slices(W2.shape[0], step))
-
-
-class _Module:
-    """One fused module: expert tensors, cached gate inputs, and the differentiable row weights."""
-
-    def __init__(self, name: str, rows: int, params: Mapping[str, Any]):
-        self.name = name
-        self.rows = rows
-        self.params = params
-        self.cache: list[tuple[Any, Any, Any] | None] = []
-
-    def gate_inputs(self, pairs, step: int, cacheable: bool):
-        if cacheable and step < len(self.cache) and self.cache[step] is not None:
-            return self.cache[step]
-        gates = self.params["gates"]
-        d = row_l1_distance(pairs) if gates != "global" else None
-        if gates != "local":
-            H_b = entropy_blocks(lambda: (b for b, _ in pairs()), self.params["bins"])
-            H_g = entropy_blocks(lambda: (g for _, g in pairs()), self.params["bins"])
-        else:
-            H_b = H_g = None
-        out = (d, H_b, H_g)
-        if cacheable:
-            while len(self.cache) <= step:
-                self.cache.append(None)
-            self.cache[step] = out
-        return out
-
-    def wb(self, gate_in, alpha, beta) -> torch.Tensor:
-        d, H_b, H_g = gate_in
-        p = self.params
-        wb64, _ = gate_weights(d, H_b, H_g, rows=self.rows, a=p["a"], c=p["c"], gates=p["gates"],
-                               global_form=p["global_form"], alpha=alpha, beta=beta)
-        return wb64.float()  # graft_row_weights returns float32 row weights
-
-
-class _FullGraph(_Module):
-    """Fused weight (and bias) of one linear of full experts as a function of (alpha, beta)."""
-
-    def __init__(self, name, weights: list[torch.Tensor], biases: list[torch.Tensor] | None, params):
-        super().__init__(name, as_rows(weights[0]).shape[0], params)
-        self.weights, self.biases = weights, biases
-
-    def fused(self, alpha, beta) -> dict[str, torch.Tensor]:
-        W = self.weights[0]
-        b = self.biases[0] if self.biases else None
-        k = len(self.weights)
-        for j in range(1, k):
-            Wd = W.detach()
-            pairs = lambda Wd=Wd, j=j: zip(_blocks_of(Wd)(), _blocks_of(self.weights[j])())  # noqa: E731
-            wb = self.wb(self.gate_inputs(pairs, j, cacheable=(j == 1)), alpha, beta)
-            last = j == k - 1
-            out_dtype = self.weights[0].dtype if last else torch.float32
-            W = apply_row_weights(wb, W, self.weights[j], out_dtype=out_dtype)
-            if b is not None:
-                b = apply_row_weights(wb, b, self.biases[j], out_dtype=out_dtype)
-        out = {f"{self.name}.weight": W}
-        if b is not None:
-            out[f"{self.name}.bias"] = b
-        return out
-
-
-class _LoraGraph(_Module):
-    """Per-expert output-row coefficients of the fused adapter as a function of (alpha, beta).
-
-    For E1..Ek fused left to right with row weights wb_2..wb_k, the fused delta is
-    sum_i coef_i * (s_i B_i A_i) with coef_1 = prod_j wb_j, coef_i = (1 - wb_i) prod_{j>i} wb_j,
-    i.e. exactly the concatenated adapter [diag(coef_i) s_i B_i]_i @ [A_i]_i.
-    """
-
-    def __init__(self, name, factors: list[tuple[torch.Tensor, torch.Tensor, float]], params):
-        super().__init__(name, factors[0][0].shape[0], params)
-        self.factors = factors
-        self.A_cat = torch.cat([A for _, A, _ in factors], 0)  # (sum r, N)
-        self.ranks = [A.shape[0] for _, A, _ in factors]
-        self.sB = [B * s for B, _, s in factors]  # (M, r_i), scale folded in
-        self.coefs: list[torch.Tensor] | None = None
-
-    def _fused_factors(self, coefs) -> tuple[torch.Tensor, torch.Tensor]:
-        B = torch.cat([c.detach().reshape(-1, 1) * sB for c, sB in zip(coefs, self.sB)], 1)
-        return B, self.A_cat[: B.shape[1]]
-
-    def compute(self, alpha, beta) -> list[torch.Tensor]:
-        coefs: list[torch.Tensor] = [torch.ones(self.rows, device=self.A_cat.device)]
-        k = len(self.factors)
-        for j in range(1, k):
-            # gate inputs on the deltas: the fused adapter so far (scale 1) vs expert j
-            Bf, Af = self._fused_factors(coefs) if j > 1 else (self.sB[0], self.factors[0][1])
-            Bj, Aj, sj = self.factors[j]
-            pairs = lambda Bf=Bf, Af=Af, Bj=Bj, Aj=Aj, sj=sj: zip(  # noqa: E731
-                lora_delta_blocks(Bf, Af, 1.0), lora_delta_blocks(Bj, Aj, sj))
-            wb = self.wb(self.gate_inputs(pairs, j, cacheable=(j == 1)), alpha, beta)
-            coefs = [c * wb for c in coefs] + [1.0 - wb]
-        self.coefs = coefs
-        return coefs
-
-    def fused_adapter(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B_cat (M, sum r), A_cat) of the current coefficients, scale 1."""
-        return self._fused_factors(self.coefs)
-
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(self.A_cat.dtype) @ self.A_cat.T  # (..., sum r)
-        out = None
-        start = 0
-        for c, sB, r in zip(self.coefs, self.sB, self.ranks):
-            part = (h[..., start:start + r] @ sB.T) * c  # (..., M), row weights broadcast on channels
-            out = part if out is None else out + part
-            start += r
-        return out
-
-
 # ------------------------------------------------------------------------------- calibrator
 
 class GraftCalibrator:
@@ -239,9 +114,6 @@ class GraftCalibrator:
     """
 
     def __init__(self, recipe: Recipe, *, device: str | torch.device | None = None):
-        from graft_ui.analysis.modules import scope_modules
-        from graft_ui.models.loading import is_adapter, load_model, resolve_device
-
         if recipe.method != "graft":
             raise ValueError(f"calibration learns Graft's phi; recipe method is {recipe.method!r}")
         if len(recipe.experts) < 2:
@@ -256,19 +128,15 @@ class GraftCalibrator:
         if any(adapters) and not all(adapters):
             raise ValueError(f"recipe mixes LoRA adapters and full checkpoints: {paths}")
         self.kind = "lora" if all(adapters) else "full"
-        self.graphs: dict[str, _Module] = {}
+        self.graphs: dict[str, ModuleGraph] = {}
         self._hooks: list[Any] = []
         if self.kind == "lora":
-            from graft_ui.models.lora_io import LoraAdapter, check_bases
-
             ads = [LoraAdapter(p, label=e.name or p) for p, e in zip(paths, recipe.experts)]
             base = check_bases(ads, recipe.base)
             self.processor_ref = base
             self.model = load_model(base, device=self.device, dtype=torch.float32)
             self.model.requires_grad_(False)
             mods = scope_modules(self.model, recipe.scope)
-            from graft_ui.models.keys import parse_module
-
             partial = []
             for name, module in mods.items():
                 found = [ad.modules.get(parse_module(name)) for ad in ads]
@@ -286,7 +154,7 @@ class GraftCalibrator:
                     else:
                         B, A = ad.read(mod, self.device)
                         factors.append((B, A, float(mod.scale)))
-                self.graphs[name] = _LoraGraph(name, factors, self.params)
+                self.graphs[name] = LoraGraph(name, factors, self.params)
                 self._hooks.append(module.register_forward_hook(self._lora_hook(self.graphs[name])))
             for ad in ads:
                 ad.close()
@@ -294,15 +162,16 @@ class GraftCalibrator:
                 log.info("%d module(s) are adapted by some experts only; the others count as zero deltas: %s",
                          len(partial), partial[:5])
         else:
-            from graft_ui.models.checkpoint import Checkpoint
-            from graft_ui.models.keys import parse_param
-
             self.processor_ref = paths[0]
             self.model = load_model(paths[0], device=self.device, dtype=torch.float32)
             self.model.requires_grad_(False)
             mods = scope_modules(self.model, recipe.scope)
             tensors: list[dict[str, torch.Tensor]] = []
-            for p in paths[1:]:
+            base_params = get_method("graft").base_params(self.params)  # scale != 1 reads the base
+            if base_params and recipe.base is None:
+                raise ValueError(f"graft with {base_params[0]}={self.params[base_params[0]]!r} needs recipe.base "
+                                 "for full experts; set base: in the recipe")
+            for p in ([local_folder(recipe.base)] if base_params else []) + paths[1:]:
                 ck = Checkpoint(p)
                 found: dict[str, torch.Tensor] = {}
                 for tname in ck.names:
@@ -311,6 +180,7 @@ class GraftCalibrator:
                         found[f"{key.name}.{leaf}"] = ck.read(tname).to(self.device, torch.float32)
                 ck.close()
                 tensors.append(found)
+            base = tensors.pop(0) if base_params else None
             for name, module in mods.items():
                 ws = [module.weight.detach()]
                 bs = [module.bias.detach()] if module.bias is not None else None
@@ -320,7 +190,12 @@ class GraftCalibrator:
                     ws.append(found[f"{name}.weight"])
                     if bs is not None:
                         bs.append(found[f"{name}.bias"])
-                self.graphs[name] = _FullGraph(name, ws, bs, self.params)
+                base_wb = None
+                if base is not None:
+                    if f"{name}.weight" not in base:
+                        raise ValueError(f"base {recipe.base!r} has no tensor for module {name!r}")
+                    base_wb = (base[f"{name}.weight"], base[f"{name}.bias"] if bs is not None else None)
+                self.graphs[name] = FullGraph(name, ws, bs, self.params, base_wb)
         if not self.graphs:
             raise ValueError("no fused module to calibrate in the recipe's scope")
         init = {m: recipe.phi.get(m, {"alpha": self.params["alpha"], "beta": self.params["beta"]}) for m in self.graphs}
@@ -331,7 +206,7 @@ class GraftCalibrator:
         log.info("calibrating phi of %d %s modules on %s", len(self.graphs), self.kind, self.device)
 
     @staticmethod
-    def _lora_hook(graph: _LoraGraph):
+    def _lora_hook(graph: LoraGraph):
         def hook(_module, args, output):
             return output + graph.delta(args[0]).to(output.dtype)
 
@@ -359,7 +234,7 @@ class GraftCalibrator:
         """Rebuild the fused weights (full) or the adapter coefficients (LoRA) from alpha/beta."""
         overrides: dict[str, torch.Tensor] = {}
         for m, g in self.graphs.items():
-            if isinstance(g, _FullGraph):
+            if isinstance(g, FullGraph):
                 overrides.update(g.fused(self.alpha[m], self.beta[m]))
             else:
                 g.compute(self.alpha[m], self.beta[m])
@@ -397,7 +272,7 @@ class GraftCalibrator:
             overrides = self._prepare()
             out = {k: v.detach().clone() for k, v in overrides.items()}
             for m, g in self.graphs.items():
-                if isinstance(g, _LoraGraph):
+                if isinstance(g, LoraGraph):
                     B, A = g.fused_adapter()
                     out[f"{m}.lora_B"] = B.clone()
                     out[f"{m}.lora_A"] = A.clone()
@@ -423,8 +298,6 @@ def calibrate_phi(
     CalibrationResult with the loss curve instead of the tuple.
     Put the result in the recipe as `recipe.replace(phi=phi)` before fusing.
     """
-    from graft_ui.models.loading import load_processor
-
     cal = recipe.calibrate
     steps = int(steps if steps is not None else (cal.steps if cal else 20))
     lr = float(lr if lr is not None else (cal.lr if cal else 0.05))

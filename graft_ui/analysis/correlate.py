@@ -20,6 +20,7 @@ reported with its p-value, whatever it is; with 6 pairs (4 domains) the p-value 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -28,13 +29,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from graft_ui.analysis import scores as S
-from graft_ui.analysis.pairstats import bench as _bench
-from graft_ui.analysis.pairstats import spearman  # noqa: F401  (re-exported: correlate.spearman)
 from graft_ui.analysis.analyze import analyze_experts, analyze_model
 from graft_ui.analysis.data import iter_inputs, load_target
+from graft_ui.analysis.pairstats import bench as _bench
+from graft_ui.analysis.pairstats import spearman  # noqa: F401  (re-exported: correlate.spearman)
 from graft_ui.analysis.stats import DEFAULT_EPS
+from graft_ui.models.loading import load_model, load_processor, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest
-from graft_ui.recipe import Scope
+from graft_ui.models.merge import run_recipe
+from graft_ui.recipe import ExpertRef, Output, Recipe, Scope
+from graft_ui.zoo.evaluate import evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,6 @@ def expert_pairs(manifest: Manifest, kind: str, names: Sequence[str] | None = No
 
 
 def _accuracies(model, processor, manifest: Manifest, domains: Sequence[str], limit: int | None) -> dict[str, float]:
-    from graft_ui.zoo.evaluate import evaluate_model
-
     datasets = {d: manifest.dataset(d).eval for d in domains}
     res = evaluate_model(model, processor, datasets, limit=limit)
     return {d: float(v["accuracy"]) for d, v in res["domains"].items()}
@@ -109,12 +111,6 @@ def correlate(
     progress: Callable[[str], None] | None = None,
 ) -> CorrelationResult:
     """Score, fuse and evaluate every pair; see the module docstring for the definitions."""
-    import gc
-
-    from graft_ui.models.loading import load_model, load_processor, resolve_device
-    from graft_ui.models.merge import run_recipe
-    from graft_ui.recipe import ExpertRef, Output, Recipe
-
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     if kind not in ("lora", "full"):
         raise ValueError(f"kind={kind!r} must be 'lora' or 'full'")

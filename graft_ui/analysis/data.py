@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from graft_ui.jsonl import conversation, iter_jsonl
+from graft_ui.models.inputs import build_inputs
 from graft_ui.models.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,6 @@ def load_target(
 
 def iter_inputs(processor, samples: Sequence[Sample], *, with_answer: bool = False) -> Iterator[Any]:
     """Model inputs per sample (prompt with generation prompt; plus the answer if asked and present)."""
-    from graft_ui.models.inputs import build_inputs
-
     for s in samples:
         answer = s.answer if with_answer else None
         yield build_inputs(processor, s.messages, answer=answer, root=s.root)

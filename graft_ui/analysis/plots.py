@@ -22,6 +22,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from graft_ui.analysis.modules import column_order, module_keys, row_order
+from graft_ui.analysis.modules import parse_name
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +218,6 @@ def gate_maps(gates: str | Path | Mapping[str, Any], *, title: str = "Graft gate
 
 
 def _parsable(name: str) -> bool:
-    from graft_ui.analysis.modules import parse_name
-
     return parse_name(name) is not None
 
 

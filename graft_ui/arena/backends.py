@@ -118,7 +118,7 @@ class PostgresBackend(Backend):
 
     def __init__(self, url: str, connect_timeout_s: float):
         try:
-            import psycopg
+            import psycopg  # optional: only a PostgreSQL vote store needs it
             from psycopg.rows import dict_row
         except ImportError:
             raise ValueError(f"database URL {redact_url(url)!r} needs the psycopg package ({PSYCOPG_HINT})") from None

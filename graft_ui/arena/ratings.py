@@ -278,7 +278,7 @@ class Leaderboard:
 
     def table(self):
         """A pandas DataFrame with TABLE_COLUMNS (rating, 95% interval, battles, wins, ...)."""
-        import pandas as pd
+        import pandas as pd  # only the table needs pandas (gradio's DataFrame); the ratings do not
 
         return pd.DataFrame(self.rows(), columns=list(TABLE_COLUMNS))
 

@@ -6,7 +6,8 @@
 - `GenerationSettings`: max new tokens, temperature, greedy, top_p, seed (validated).
 """
 
-from graft_ui.chat.pool import ModelPool, StreamUpdate, VariantSpec, build_batch_inputs, rss_bytes
+from graft_ui.chat.generation import StreamUpdate, build_batch_inputs
+from graft_ui.chat.pool import ModelPool, VariantSpec, rss_bytes
 from graft_ui.chat.session import SideBySide, Turn, check_image_upload
 from graft_ui.chat.settings import CHAT_MAX_PIXELS, MAX_NEW_TOKENS_CAP, GenerationSettings
 

@@ -14,7 +14,8 @@ from typing import Iterator, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from graft_ui.chat.pool import ModelPool, StreamUpdate
+from graft_ui.chat.generation import StreamUpdate
+from graft_ui.chat.pool import ModelPool
 from graft_ui.chat.settings import GenerationSettings
 from graft_ui.models.inputs import MAX_PROMPT_CHARS
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from graft_ui.merging.registry import describe, get_method
+from graft_ui.merging.registry import base_unless, describe, get_method
 
 
 def _fmt_param(p: dict) -> str:
     if p.get("kind") == "choice":
         rng = "|".join(p["choices"])
+    elif "above" in p:
+        rng = f"({p['above']}, {p.get('high', 'inf')}]"
     elif "low" in p or "high" in p:
         rng = f"[{p.get('low', '-inf')}, {p.get('high', 'inf')}]"
     else:
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(methods, indent=2))
         return 0
     for m in methods:
-        base = "" if m["needs_base"] else "  (no base needed)"
+        base = "" if m["needs_base"] else f"  (no base needed{base_unless(m)})"
         print(f"{m['name']}: {m['summary']}{base}\n  paper: {m['paper']}")
         for p in m["params"]:
             print(_fmt_param(p))

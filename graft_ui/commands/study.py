@@ -7,6 +7,7 @@ import os
 import shlex
 
 from graft_ui.commands.common import add_manifest_args, load_manifest_arg
+from graft_ui.study.runner import StudyConfig, run_study
 
 
 def add_parser(subparsers) -> None:
@@ -59,8 +60,6 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from graft_ui.study.runner import StudyConfig, run_study
-
     for name in ("limit", "k", "resamples", "threads", "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -9,9 +9,10 @@ The merge engine never names a method: it asks the method's registry entry
 (`Method.kernel(hook)`, from `Method.kernels = {hook: "module:function"}`) for these hooks,
 each optional:
 
-- `fuse_rows(ws, bs, params, ctx, what) -> (weight, bias | None, stats)`: one full-weight
-  module (weight and bias together) from the experts' weights `ws`, left to right. The
-  weights arrive unchecked: the hook checks them for NaN/inf (`what[i]` names expert i).
+- `fuse_rows(ws, bs, params, ctx, what, base=None) -> (weight, bias | None, stats)`: one
+  full-weight module (weight and bias together) from the experts' weights `ws`, left to
+  right. The weights arrive unchecked: the hook checks them for NaN/inf (`what[i]` names
+  expert i). `base` is the backbone's (weight, bias | None) when `Method.uses_base(params)`.
 - `fuse_tensor(base, experts, weights, params, ctx) -> (merged, stats) | None`: one
   full-weight tensor; None falls back to `Method.merge`.
 - `lora_factors(read, params, ctx) -> (B, A, stats)`: LoRA experts [(B, A, scale)] fused

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from graft_ui.kernels.entropy import entropy_any, minmax
-from graft_ui.merging.graft import apply_row_weights, gate_weights
-from graft_ui.merging.lora import concat_lora
+from graft_ui.merging.graft import apply_row_weights, check_scale, gate_weights, scale_delta
+from graft_ui.merging.lora import concat_lora, scale_factors
 
 
 def _stats(wb: torch.Tensor, w_glob: float, H_b, H_g, rows: int, kw: dict[str, Any]) -> dict[str, Any]:
@@ -134,10 +134,13 @@ def _entropy_dense(x: torch.Tensor, bins: int, scratch: torch.Tensor | None) -> 
 
 # ---------------------------------------------------------------------------- engine hooks
 
-def fuse_rows(ws, bs, params: dict[str, Any], ctx, what: list[str]):
+def fuse_rows(ws, bs, params: dict[str, Any], ctx, what: list[str], base=None):
     """Left-to-right Graft of one full-weight module: the weight through the streaming
     kernel, the bias (if any) with the same row gates. ws are unchecked (minmax checks them);
-    returns (weight in ctx.out_dtype, bias or None, stats)."""
+    returns (weight in ctx.out_dtype, bias or None, stats). With params["scale"] != 1 (not in
+    the paper, merging/graft.py) `base` = (weight, bias | None) of the backbone: W = base +
+    scale * (fused - base), weight and bias alike."""
+    scale = check_scale(params.get("scale", 1.0))
     shape = (ws[0].shape[0], ws[0][0].numel())
     fw, fb, steps = ws[0], (bs[0] if bs else None), []
     for i in range(1, len(ws)):
@@ -148,12 +151,20 @@ def fuse_rows(ws, bs, params: dict[str, Any], ctx, what: list[str]):
             scratch=ctx.scratch("g32", (diff.numel(),)),
         )
         if bs:
-            fb = apply_row_weights(wb, fb, bs[i], out_dtype=ctx.out_dtype if last else torch.float32)
+            out = ctx.out_dtype if last and scale == 1.0 else torch.float32
+            fb = apply_row_weights(wb, fb, bs[i], out_dtype=out)
         fw = fuse_into(diff, wb, ws[i], ctx.scratch("g32", (diff.numel(),)))  # float32 (M, K)
         steps.append(st)
     stats = dict(steps[-1])
     if len(steps) > 1:
         stats["steps"] = steps
+    if scale != 1.0:
+        if base is None:
+            raise ValueError(f"graft parameter 'scale'={scale} needs the base model's tensor; fuse_rows got none")
+        fw = scale_delta(fw, base[0].reshape(fw.shape), scale)
+        if bs:
+            fb = scale_delta(fb, base[1], scale, out_dtype=ctx.out_dtype)
+        stats["scale"] = scale
     if fw.dtype != ctx.out_dtype:
         fw = ctx.scratch("out", fw.shape, ctx.out_dtype).copy_(fw)
     return fw.reshape(ws[0].shape), fb, stats
@@ -161,7 +172,8 @@ def fuse_rows(ws, bs, params: dict[str, Any], ctx, what: list[str]):
 
 def lora_factors(read, params: dict[str, Any], ctx):
     """Left-to-right Graft of LoRA experts [(B, A, scale)], exact at the sum of their ranks
-    (DESIGN.md §2.4): (B, A, stats) with the scales folded into B."""
+    (DESIGN.md §2.4): (B, A, stats) with the scales, and Graft's `scale` on the fused delta,
+    folded into B."""
     M, N = read[0][0].shape[0], read[0][1].shape[1]
     bufs = (ctx.scratch("delta0", (M * N,)), ctx.scratch("delta1", (M * N,)), ctx.scratch("hist", (M * N,)))
     B, A, s0 = read[0]
@@ -172,4 +184,5 @@ def lora_factors(read, params: dict[str, Any], ctx):
     st = dict(steps[-1])
     if len(steps) > 1:
         st["steps"] = steps
+    B, A = scale_factors(B, A, params.get("scale", 1.0), st)  # Graft's scale extension (merging/graft.py)
     return B, A, st

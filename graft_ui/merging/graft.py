@@ -9,6 +9,14 @@ Experts E1..Ek fuse left to right: F = graft(graft(E1, E2), E3) ...
 Deviations from the paper's text, all per DESIGN.md section 2: phi is the affine map above
 (alpha, beta per module, default 1 and 0); Algorithm 1's a/pi (eq. 4's a/c kept as
 global_form="eq4") and its minus sign inside exp (eq. 6 drops it).
+
+Extension, NOT in the paper: `scale` (default 1.0 = the paper's method, bit for bit)
+multiplies the fused delta against the base, W = W_base + scale * (W_fused - W_base), after
+the whole left-to-right chain. Why (DESIGN.md section 7): the gates sum to 1 per channel, so
+the fused delta is about wb dW_A + (1 - wb) dW_B with wb near 1/2, i.e. half of each
+expert's own delta, where task arithmetic keeps dW_A + dW_B whole; scale = 2 lets Graft keep
+full-strength deltas. Full experts need the base for it (scale != 1 only); LoRA experts'
+deltas are already relative to the base, so their fused B factors are multiplied by scale.
 """
 
 from __future__ import annotations
@@ -328,26 +336,59 @@ def graft_pair(
     return apply_row_weights(wb, Wb, Wg, out_dtype=out_dtype, block_rows=kw.get("block_rows")), stats
 
 
+def check_scale(scale: float) -> float:
+    """`scale` as a float: finite and > 0 (the registry enforces the same on recipes)."""
+    s = float(scale)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"graft parameter 'scale'={scale!r} must be a finite number above 0")
+    return s
+
+
+def scale_delta(
+    fused: torch.Tensor, base: torch.Tensor | None, scale: float, *, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """base + scale * (fused - base) in float32 (`scale`, an extension: see the module docstring).
+
+    scale == 1 returns `fused` itself (no base needed, no rounding); otherwise `base` is required.
+    """
+    scale = check_scale(scale)
+    if scale == 1.0:
+        return fused if out_dtype is None else fused.to(out_dtype)
+    if base is None:
+        raise ValueError(f"graft parameter 'scale'={scale} needs the base model (W = base + scale * (fused - base)); "
+                         "set base: in the recipe")
+    if base.shape != fused.shape:
+        raise ValueError(f"graft scale: base shape {tuple(base.shape)} != fused shape {tuple(fused.shape)}")
+    out = torch.lerp(base.to(fused.device, torch.float32), fused.float(), scale)  # base + scale * (fused - base)
+    return out.to(out_dtype or fused.dtype)
+
+
 def graft_chain(
-    experts: Sequence[torch.Tensor], **kw: Any
+    experts: Sequence[torch.Tensor], *, base: torch.Tensor | None = None, scale: float = 1.0, **kw: Any
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """F = graft(graft(E1, E2), E3) ...; intermediates stay float32, the result has E1's dtype.
 
-    stats: the last step's stats, plus "steps" (every step's stats) when there are >2 experts.
+    `scale` != 1 (not in the paper) returns base + scale * (F - base) and needs `base`.
+    stats: the last step's stats, plus "steps" (every step's stats) when there are >2 experts,
+    plus "scale" when it is not 1.
     """
     check_inputs(None, experts, None, needs_base=False, method="graft")
+    scale = check_scale(scale)
     if len(experts) == 1:
-        return experts[0].clone(), {"steps": []}
+        return scale_delta(experts[0].clone(), base, scale), {"steps": []}
     dtype = experts[0].dtype
     fused, steps = experts[0], []
     for i, e in enumerate(experts[1:], start=1):
-        last = i == len(experts) - 1
+        last = i == len(experts) - 1 and scale == 1.0
         fused, st = graft_pair(fused, e, out_dtype=dtype if last else torch.float32, **kw)
         steps.append(st)
         log.debug("graft step %d: w_glob=%.4f wb_mean=%.4f", i, st["w_glob"], st["wb_mean"])
     stats = dict(steps[-1])
     if len(steps) > 1:
         stats["steps"] = steps
+    if scale != 1.0:
+        fused = scale_delta(fused, base, scale, out_dtype=dtype)
+        stats["scale"] = scale
     return fused, stats
 
 
@@ -355,7 +396,7 @@ def _merge(base, experts, weights, params, generator=None):
     p = validate_params("graft", params)
     if weights is not None and len(set(float(w) for w in weights)) > 1:
         log.debug("graft ignores expert weights %s: the gates set the mix", list(weights))
-    return graft_chain(experts, **p)
+    return graft_chain(experts, base=base, **p)
 
 
 register(
@@ -372,11 +413,16 @@ register(
             Param("alpha", 1.0, "float", -100.0, 100.0,
                   help="phi slope; its sign picks the side disagreeing rows lean to"),
             Param("beta", 0.0, "float", -100.0, 100.0, help="phi offset"),
+            Param("scale", 1.0, "float", high=10.0, above=0.0, needs_base_unless=1.0,
+                  help="NOT in the paper (1 = the paper's Graft): W = base + scale * (fused - base). The gates "
+                       "sum to 1 per channel, so the fused delta is about half of each expert's; 2 keeps full-"
+                       "strength deltas like task arithmetic. Full experts need the base when != 1"),
         ),
         paper="https://arxiv.org/abs/2506.23940",
         summary="Graft dual-gate fusion (local channel gate x global entropy gate), experts fused left to right",
         needs_base=False,
         kernels={"fuse_rows": "graft_ui.kernels.graft:fuse_rows", "lora_factors": "graft_ui.kernels.graft:lora_factors"},
         module_params=("alpha", "beta"),
+        min_experts=2,
     )
 )

@@ -21,7 +21,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 
-from .graft import GATE_BLOCK_ELEMS, graft_pair, graft_row_weights_from_blocks
+from .graft import GATE_BLOCK_ELEMS, check_scale, graft_pair, graft_row_weights_from_blocks
 from .steps import auto_block_rows, row_slices
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,14 @@ def graft_lora(
 
 
 def graft_lora_chain(
-    factors: Sequence[tuple[torch.Tensor, torch.Tensor, float]], **graft_kw: Any
+    factors: Sequence[tuple[torch.Tensor, torch.Tensor, float]], *, scale: float = 1.0, **graft_kw: Any
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Left-to-right Graft of k LoRA experts [(B, A, scale), ...]: rank grows to sum of ranks.
 
-    stats: last step's stats, plus "steps" when there are more than two experts.
+    `scale` (Graft's extension, not in the paper; graft.py) multiplies the fused delta: the
+    fused B is multiplied by it once, after the chain (the deltas are relative to the base).
+    stats: last step's stats, plus "steps" when there are more than two experts, plus
+    "scale" when it is not 1.
     """
     if not factors:
         raise ValueError("graft_lora_chain: no experts given")
@@ -107,7 +110,19 @@ def graft_lora_chain(
     stats = dict(steps[-1]) if steps else {}
     if len(steps) > 1:
         stats["steps"] = steps
-    return B, A, stats
+    return (*scale_factors(B, A, scale, stats), stats)
+
+
+def scale_factors(
+    B: torch.Tensor, A: torch.Tensor, scale: float, stats: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale * B, A): Graft's `scale` on a fused LoRA delta. At scale 1, B itself (bit-exact);
+    otherwise "scale" is recorded in `stats`."""
+    scale = check_scale(scale)
+    if scale == 1.0:
+        return B, A
+    stats["scale"] = scale
+    return B * scale, A
 
 
 def graft_lora_factor(

@@ -10,6 +10,7 @@ parameters a recipe may set per module) is on its entry, so the engine never tes
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,6 +26,9 @@ class Param:
     high: float | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
+    above: float | None = None  # exclusive lower bound (a strictly positive parameter: above=0)
+    # the method needs the base model whenever this parameter is not this value (see Method.base_params)
+    needs_base_unless: Any = None
 
     def check(self, value: Any) -> Any:
         """Return `value` coerced to this parameter's type, or raise ValueError naming it."""
@@ -44,6 +48,10 @@ class Param:
             value = int(value)
         else:
             value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"parameter {self.name!r}={value!r} must be a finite number")
+        if self.above is not None and not value > self.above:
+            raise ValueError(f"parameter {self.name!r}={value!r} must be above {self.above}")
         if self.low is not None and value < self.low:
             raise ValueError(f"parameter {self.name!r}={value!r} is below its minimum {self.low}")
         if self.high is not None and value > self.high:
@@ -61,14 +69,17 @@ class Method:
     stats being a small JSON-able dict for gates.json.
 
     Traits the merge engine reads:
-    - `needs_base`: merge takes the backbone tensor (task vectors); False: base is None.
+    - `needs_base`: merge takes the backbone tensor (task vectors); False: base is None,
+      unless a parameter asks for it (`Param.needs_base_unless`, e.g. Graft's `scale`):
+      the engine asks `uses_base(params)`.
     - `linear`: the result is a weighted sum of the experts' deltas, so LoRA experts stay
       exact by concatenating their factors with the coefficients `merge` gives one-hot inputs.
     - `kernels`: {hook: "module:function"} fast paths on whole checkpoints (the hooks are
       listed in graft_ui/kernels/__init__.py). Dotted names, resolved on first use, so this
       package stays torch-only while a kernel may use numpy.
     - `module_params`: parameters a recipe's `phi` table may set per module (and that phi
-      calibration learns).
+      calibration learns; the app offers calibration for methods that have them).
+    - `min_experts`: the fewest experts a recipe may list (Graft fuses pairs: 2).
     """
 
     name: str
@@ -80,10 +91,21 @@ class Method:
     linear: bool = False
     kernels: Mapping[str, str] = field(default_factory=dict)
     module_params: tuple[str, ...] = ()
+    min_experts: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
+
+    def base_params(self, params: Mapping[str, Any] | None) -> list[str]:
+        """The parameters whose value in `params` (defaults filled) makes the merge read the base."""
+        params = params or {}
+        return [p.name for p in self.params
+                if p.needs_base_unless is not None and params.get(p.name, p.default) != p.needs_base_unless]
+
+    def uses_base(self, params: Mapping[str, Any] | None) -> bool:
+        """Whether merging with `params` takes the backbone tensor (`needs_base` or a base parameter)."""
+        return self.needs_base or bool(self.base_params(params))
 
     def kernel(self, hook: str) -> Callable | None:
         """The fast path registered for `hook`, or None (the engine then uses `merge`)."""
@@ -139,9 +161,17 @@ def describe(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "summary": m.summary,
                 "paper": m.paper,
                 "needs_base": m.needs_base,
+                "module_params": list(m.module_params),
+                "min_experts": m.min_experts,
                 "params": [
                     {k: v for k, v in vars(p).items() if v not in ((), None, "")} for p in m.params
                 ],
             }
         )
     return out
+
+
+def base_unless(described: Mapping[str, Any]) -> str:
+    """" unless scale != 1.0" for a described method whose parameters can ask for the base, else ""."""
+    conds = [f"{p['name']} != {p['needs_base_unless']}" for p in described["params"] if "needs_base_unless" in p]
+    return f" unless {' or '.join(conds)}" if conds else ""

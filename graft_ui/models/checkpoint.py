@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,8 +401,6 @@ SKIP_FILES = {"recipe.yaml", "gates.json", INDEX_NAME, "pytorch_model.bin.index.
 
 def copy_sidecar_files(src: str | Path, dst: str | Path, *, skip: Iterable[str] = ()) -> list[str]:
     """Copy config, tokenizer, processor and chat-template files (not weights) from `src` to `dst`."""
-    import shutil
-
     skip = SKIP_FILES | set(skip)
     copied = []
     for p in sorted(Path(src).iterdir()):

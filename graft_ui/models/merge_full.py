@@ -79,11 +79,13 @@ class FullJob:
         self.fused_tensors = {m.weight for m in self.modules.values()} | {m.bias for m in self.modules.values() if m.bias}
         self.base: Checkpoint | None = None
         self.base_folder: Path | None = None
-        if method.needs_base:
+        if method.uses_base(recipe.params):
             if recipe.base is None:
+                why = method.base_params(recipe.params)
+                with_params = " with " + ", ".join(f"{p}={recipe.params[p]!r}" for p in why) if why else ""
                 raise ValueError(
-                    f"method {method.name!r} needs recipe.base (the model the experts were fine-tuned from); "
-                    "set base: in the recipe"
+                    f"method {method.name!r}{with_params} needs recipe.base (the model the experts were fine-tuned "
+                    "from); set base: in the recipe"
                 )
             self.base_folder = local_folder(recipe.base)
             if is_adapter(self.base_folder):
@@ -148,7 +150,13 @@ class FullJob:
         ws = [self._read(ck, m.weight, f"e{i}", ctx, who[i], check=fuse_rows is None) for i, ck in enumerate(self.ckpts)]
         bs = [self._read(ck, m.bias, f"b{i}", ctx, who[i]) for i, ck in enumerate(self.ckpts)] if m.bias else None
         if fuse_rows is not None:
-            fw, fb, stats = fuse_rows(ws, bs, ctx.params(m.key.name), ctx, [f"tensor {m.weight!r} of {w}" for w in who])
+            base = None
+            if self.base is not None:
+                base_who = f"base {self.recipe.base!r}"
+                base = (self._read(self.base, m.weight, "base", ctx, base_who),
+                        self._read(self.base, m.bias, "base_b", ctx, base_who) if m.bias else None)
+            fw, fb, stats = fuse_rows(ws, bs, ctx.params(m.key.name), ctx, [f"tensor {m.weight!r} of {w}" for w in who],
+                                      base=base)
         else:
             fw, fb, stats = self._per_tensor(m, ws, bs, ctx)
         writer.write(m.weight, fw)

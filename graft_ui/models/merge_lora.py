@@ -231,7 +231,7 @@ class LoraJob:
             start = sketch_start([B * (s * w) for (B, _, s), w in zip(read, weights)], [A for _, A, _ in read], pad[0])
             P = sketch_basis(N, pad[0], None, start, pad=pad[1], device=ctx.device)
         deltas = [(B @ A).mul_(s) if B.shape[1] else torch.zeros(M, N, device=ctx.device) for B, A, s in read]
-        base = torch.zeros_like(deltas[0]) if self.method.needs_base else None
+        base = torch.zeros_like(deltas[0]) if self.method.uses_base(rec.params) else None
         merged, st = self.method.merge(base, deltas, weights, rec.params, ctx.generator)
         del deltas
         sketch = None

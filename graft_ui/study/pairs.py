@@ -19,7 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from graft_ui.merging.registry import METHODS, get_method, validate_params
 from graft_ui.models.manifest import Manifest, ModelEntry
+from graft_ui.zoo import profiles
 
 # used until graft_ui.zoo.profiles defines RELATED_DOMAINS: math and finance both read numbers off images
 FALLBACK_RELATED = frozenset({frozenset({"math", "finance"})})
@@ -28,8 +30,6 @@ GRAFT_ABLATIONS: tuple[dict[str, Any], ...] = ({"gates": "local"}, {"gates": "gl
 
 
 def related_domains() -> frozenset:
-    from graft_ui.zoo import profiles
-
     return getattr(profiles, "RELATED_DOMAINS", FALLBACK_RELATED)
 
 
@@ -120,8 +120,6 @@ _LABEL = re.compile(r"^(?P<m>[A-Za-z0-9_]+)(\[(?P<p>[^\]]*)\])?$")
 
 def parse_variant(label: str) -> Variant:
     """'ties' or 'graft[gates=local]' -> Variant, parameters checked against the registry."""
-    from graft_ui.merging.registry import get_method, validate_params
-
     m = _LABEL.match(label.strip())
     if not m:
         raise ValueError(f"method {label!r} must be NAME or NAME[param=value,...]")
@@ -147,8 +145,6 @@ def _coerce(raw: str) -> Any:
 
 def default_variants(methods: Sequence[str] | None = None, *, ablations: bool = True) -> list[Variant]:
     """Every registered method (or `methods`) at its defaults, then Graft's ablations when graft is in."""
-    from graft_ui.merging.registry import METHODS, get_method
-
     get_method("graft")  # importing the package registers every method
     variants = [parse_variant(m) for m in methods] if methods else [Variant(m) for m in sorted(METHODS)]
     if ablations and any(v.method == "graft" and not v.params for v in variants):

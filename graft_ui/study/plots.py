@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from graft_ui.analysis.plots import kaleido_available
+
 log = logging.getLogger(__name__)
 
 KIND_COLOURS = {"lora": "#1f77b4", "full": "#d62728"}
@@ -120,8 +122,6 @@ def _png_chromium(fig: go.Figure, png: Path, browser: str) -> None:
 
 def save(figs: Mapping[str, go.Figure], out_dir: str | Path, *, png: bool = True) -> list[Path]:
     """HTML (+ plotly.min.js beside it, so pages work offline) and PNG for each figure."""
-    from graft_ui.analysis.plots import kaleido_available
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -12,6 +12,8 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from graft_ui.study import plots
+
 log = logging.getLogger(__name__)
 
 PREDICTOR_NAMES = {
@@ -181,8 +183,6 @@ def markdown(study: Mapping, figures: Sequence[Path] = ()) -> str:
 
 
 def write(study: dict, out_dir: str | Path, *, png: bool = True) -> dict[str, Path]:
-    from graft_ui.study import plots
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = plots.save(plots.study_figures(study), out, png=png)

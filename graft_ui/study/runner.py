@@ -16,15 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import queue as queue_mod
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from graft_ui.models.manifest import Manifest, load_manifest
+from graft_ui.study import predictors, report
+from graft_ui.study.lookup import fingerprint
 from graft_ui.study.pairs import Pair, default_variants, enumerate_pairs
-from graft_ui.study.worker import Cache, release_models, run_task, torch_threads
+from graft_ui.study.worker import Cache, _init_worker, release_models, run_task, run_task_in_worker, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +141,6 @@ def _execute(tasks: list[dict], workers: int, threads: int, progress: _Progress)
             for t in tasks:
                 run_task(t, progress)
         return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    from graft_ui.study.worker import _init_worker, run_task_in_worker
-
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                                        initargs=(threads,)) as pool:
@@ -203,9 +202,6 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
               keep_fused: bool = False, command: str | None = None, png: bool = True,
               progress: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) the study and write DIR/study.json, study.md and the figures; returns the study dict."""
-    from graft_ui.study import predictors, report
-    from graft_ui.study.lookup import fingerprint
-
     t0 = time.perf_counter()
     note = progress or (lambda msg: log.info("%s", msg))
     if workers < 1 or threads < 1:

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from graft_ui.models.checkpoint import Checkpoint
+from graft_ui.models.keys import parse_module
+from graft_ui.models.lora_io import LoraAdapter
 from graft_ui.models.manifest import Manifest, ModelEntry
 from graft_ui.recipe import ALL_MODULES
 
@@ -56,8 +59,6 @@ class _Acc:
 
 
 def _lora_similarity(a: ModelEntry, b: ModelEntry) -> dict:
-    from graft_ui.models.lora_io import LoraAdapter
-
     ad_a, ad_b = LoraAdapter(a.path), LoraAdapter(b.path)
     try:
         acc = _Acc()
@@ -75,9 +76,6 @@ def _lora_similarity(a: ModelEntry, b: ModelEntry) -> dict:
 
 
 def _full_similarity(base: ModelEntry, a: ModelEntry, b: ModelEntry) -> dict:
-    from graft_ui.models.checkpoint import Checkpoint
-    from graft_ui.models.keys import parse_module
-
     cks = [Checkpoint(e.path) for e in (base, a, b)]
     try:
         acc = _Acc()

@@ -24,6 +24,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from graft_ui.analysis import scores as S
+from graft_ui.analysis.analyze import analyze_experts
+from graft_ui.models import merge
+from graft_ui.models.loading import attach_adapter, load_model, load_processor
+from graft_ui.models.manifest import load_manifest
+from graft_ui.recipe import ExpertRef, Output, Recipe
+from graft_ui.study.pairs import parse_variant
+from graft_ui.study.weights import task_vector_similarity
+from graft_ui.zoo.evaluate import evaluate_model
+
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict], None]
@@ -71,8 +83,6 @@ class _Models:
     """Per-process model holder: one base (wrapped by peft once an adapter is attached)."""
 
     def __init__(self, manifest, device: str):
-        from graft_ui.models.loading import load_processor
-
         self.manifest = manifest
         self.device = device
         self.processor = load_processor(manifest.base.path)
@@ -81,8 +91,6 @@ class _Models:
 
     def with_adapter(self, path: str):
         """The shared base with adapter `path` active (the previous one is detached)."""
-        from graft_ui.models.loading import attach_adapter, load_model
-
         if self._lora is None:
             self._lora = load_model(self.manifest.base, device=self.device)
         previous = list(getattr(self._lora, "peft_config", {}) or [])
@@ -95,8 +103,6 @@ class _Models:
         return self._lora
 
     def full(self, path: str):
-        from graft_ui.models.loading import load_model
-
         return load_model(path, device=self.device)
 
     def model(self, path: str, kind: str):
@@ -121,17 +127,12 @@ def release_models() -> None:
 
 
 def _evaluate(models: _Models, model, domains: list[str], limit: int | None, batch_size: int) -> dict[str, float]:
-    from graft_ui.zoo.evaluate import evaluate_model
-
     datasets = {d: models.manifest.dataset(d).eval for d in domains}
     res = evaluate_model(model, models.processor, datasets, limit=limit, batch_size=batch_size)
     return {d: float(v["accuracy"]) for d, v in res["domains"].items()}
 
 
 def _recipe(manifest, a, b, variant, seed: int, device: str):
-    from graft_ui.recipe import ExpertRef, Output, Recipe
-    from graft_ui.study.pairs import parse_variant
-
     v = parse_variant(variant)
     return Recipe(method=v.method, params=dict(v.params), base=manifest.base.path,
                   experts=(ExpertRef(path=a.path, name=a.name), ExpertRef(path=b.path, name=b.name)),
@@ -140,8 +141,6 @@ def _recipe(manifest, a, b, variant, seed: int, device: str):
 
 
 def run_single(task: dict, report: Report) -> None:
-    from graft_ui.models.manifest import load_manifest
-
     manifest = load_manifest(task["manifest"])
     models = _models(manifest, task["device"])
     e = manifest.expert(task["expert"])
@@ -156,23 +155,16 @@ def run_single(task: dict, report: Report) -> None:
 
 
 def run_pair(task: dict, report: Report) -> None:
-    from graft_ui.models.manifest import load_manifest
-
     manifest = load_manifest(task["manifest"])
     cache = Cache(task["cache"])
     a, b = manifest.expert(task["a"]), manifest.expert(task["b"])
     pair = f"{a.name}+{b.name}"
     target = "+".join(dict.fromkeys([a.domain, b.domain]))
     if task["weights"]:
-        from graft_ui.study.weights import task_vector_similarity
-
         t = time.perf_counter()
         write_json(cache.weights(pair), {**task_vector_similarity(manifest, a, b),
                                          "seconds": round(time.perf_counter() - t, 3)})
     if task["compat"]:
-        from graft_ui.analysis import scores as S
-        from graft_ui.analysis.analyze import analyze_experts
-
         t = time.perf_counter()
         res = analyze_experts(manifest, [a.name, b.name], target, k=task["k"], seed=task["seed"], device=task["device"])
         ea, eb = res.experts[a.name], res.experts[b.name]
@@ -184,14 +176,12 @@ def run_pair(task: dict, report: Report) -> None:
         gc.collect()
     if not task["variants"]:
         return
-    from graft_ui.models.merge import run_recipe
-
     models = _models(manifest, task["device"])
     for variant in task["variants"]:
         out = Path(task["work"]) / safe_name(pair) / safe_name(variant)
         t0 = time.perf_counter()
         try:
-            run_recipe(_recipe(manifest, a, b, variant, task["seed"], task["device"]), out, overwrite=True)
+            merge.run_recipe(_recipe(manifest, a, b, variant, task["seed"], task["device"]), out, overwrite=True)
             t1 = time.perf_counter()
             model = models.model(str(out), a.kind)
             acc = _evaluate(models, model, task["domains"], task["limit"], task["batch_size"])
@@ -218,8 +208,6 @@ def torch_threads(n: int):
     The zoo's models are tiny: with 2 threads on 2 busy cores, OpenMP's spinning made a
     study ~7x slower (209 s vs 27 s, same work) than with 1 thread.
     """
-    import torch
-
     old = torch.get_num_threads()
     torch.set_num_threads(max(1, n))
     try:
@@ -236,8 +224,6 @@ def run_task(task: dict, report: Report) -> None:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(max(1, threads))  # workers split the cores instead of fighting over them
     logging.basicConfig(level=logging.WARNING)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from graft_ui.analysis.analyze import AnalysisResult
+from graft_ui.analysis.scores import DEFAULT_THRESHOLD
+from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.ui.common import choices_update, friendly, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
 from graft_ui.ui.study_hints import gain_cell, study_for
@@ -16,14 +19,12 @@ HEIGHT_EMPTY = 320
 
 
 def _plots():
-    from graft_ui.analysis import plots
+    from graft_ui.analysis import plots  # plotly loads on the first analysis, not at app startup
 
     return plots
 
 
 def _result(state):
-    from graft_ui.analysis.analyze import AnalysisResult
-
     if not state:
         raise ValueError("run the analysis first")
     return AnalysisResult.from_dict(state)
@@ -71,9 +72,6 @@ def heatmap_choices(state) -> list[str]:
 
 def render(ctx: AppContext) -> None:
     studio = ctx.studio
-    from graft_ui.analysis.scores import DEFAULT_THRESHOLD
-    from graft_ui.analysis.stats import DEFAULT_EPS
-
     hint("How strongly each expert's modules respond to a target dataset (ρ′ = normalised mean magnitude × "
          "(1 − sparsity) × √variance, paper §3.4), and a compatibility score per expert and pair. "
          "Move the threshold to re-colour the bars; nothing is recomputed.")

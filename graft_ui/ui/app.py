@@ -17,7 +17,7 @@ import gradio as gr
 from graft_ui.studio import Studio
 from graft_ui.ui import analyze, arena, chat, experts, fuse, leaderboard
 from graft_ui.ui import theme as T
-from graft_ui.ui.context import AppContext
+from graft_ui.ui.context import EXAMPLES_DIR, AppContext, examples_for
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,6 @@ def make_context(
     votes: str | None = None,
     zoo_manifest: str | None = None,
 ) -> AppContext:
-    from graft_ui.ui.context import EXAMPLES_DIR, examples_for
-
     studio = Studio.from_manifest(manifest, device=device, work_dir=work_dir, votes=votes)
     examples = examples_for(studio.manifest.source)
     ctx = AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest, examples=examples)

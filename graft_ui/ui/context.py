@@ -30,6 +30,7 @@ from typing import Any, Callable
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from graft_ui.arena.store import open_store
 from graft_ui.chat.session import check_image_upload
 from graft_ui.studio import Studio
 from graft_ui.ui.common import GPU_EVENT
@@ -165,7 +166,5 @@ class AppContext:
     def vote_store(self):
         with self._lock:
             if self._store is None:
-                from graft_ui.arena.store import open_store
-
                 self._store = open_store(self.votes)
             return self._store

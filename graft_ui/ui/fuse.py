@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from graft_ui.merging.registry import base_unless, describe
 from graft_ui.recipe import ALL_MODULES
 from graft_ui.ui.common import choices_update, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
@@ -16,17 +17,13 @@ VARIANT_COLUMNS = ["name", "method", "experts", "kind", "modules", "seconds", "d
 DEFAULT_METHOD = "graft"
 
 
-def _describe() -> list[dict]:
-    from graft_ui.merging.registry import describe
-
-    return describe()
-
-
 def param_widget(p: dict):
     """A widget for one registry parameter: slider for small ranges, number otherwise."""
     name, kind, default = p["name"], p.get("kind", "float"), p["default"]
     info = p.get("help")
     low, high = p.get("low"), p.get("high")
+    above = p.get("above") if low is None else None  # an exclusive lower bound: the widget starts a step above
+    low = above if above is not None else low
     if kind == "choice":
         return gr.Radio(list(p["choices"]), value=default, label=name, info=info)
     if kind == "bool":
@@ -38,12 +35,12 @@ def param_widget(p: dict):
         return gr.Number(value=default, precision=0, minimum=low, maximum=high, label=name, info=info)
     if bounded and high - low <= 20:
         step = 0.01 if high - low <= 2 else 0.05
-        return gr.Slider(low, high, value=default, step=step, label=name, info=info)
+        return gr.Slider(low + step if above is not None else low, high, value=default, step=step, label=name, info=info)
     return gr.Number(value=default, minimum=low, maximum=high, label=name, info=info)
 
 
 def method_md(m: dict) -> str:
-    return f"{m['summary']}. [paper]({m['paper']})" + ("" if m["needs_base"] else " · needs no base")
+    return f"{m['summary']}. [paper]({m['paper']})" + ("" if m["needs_base"] else f" · needs no base{base_unless(m)}")
 
 
 def next_name(studio, method: str) -> str:
@@ -87,7 +84,7 @@ def summary_md(v) -> str:
 
 def render(ctx: AppContext) -> None:
     studio = ctx.studio
-    methods = _describe()
+    methods = describe()
     by_name = {m["name"]: m for m in methods}
     default_method = DEFAULT_METHOD if DEFAULT_METHOD in by_name else methods[0]["name"]
     n_layers = studio.num_layers()
@@ -114,7 +111,8 @@ def render(ctx: AppContext) -> None:
                     if not params:
                         gr.Markdown("*This method has no parameters.*", padding=True)
                 param_boxes[m["name"]] = box
-            with gr.Group(visible=default_method == "graft") as cal_box:
+            # calibration learns a method's per-module parameters (Graft's phi): offered where there are some
+            with gr.Group(visible=bool(by_name[default_method]["module_params"])) as cal_box:
                 calibrate = gr.Checkbox(False, label="Calibrate φ on target data",
                                         info="learn α, β per module with a few Adam steps (off = fixed rule)")
                 with gr.Row():
@@ -180,7 +178,7 @@ def render(ctx: AppContext) -> None:
     def on_method(m, current_name):
         auto = not current_name or any(current_name.startswith(f"{x}-") for x in by_name)
         return ([gr.update(visible=(k == m)) for k in param_boxes]
-                + [gr.update(visible=m == "graft"), method_md(by_name[m]),
+                + [gr.update(visible=bool(by_name[m]["module_params"])), method_md(by_name[m]),
                    gr.update(value=next_name(studio, m)) if auto else gr.update()])
 
     method.change(on_method, [method, name], list(param_boxes.values()) + [cal_box, method_info, name],
@@ -202,7 +200,7 @@ def render(ctx: AppContext) -> None:
             raise ValueError("tick at least one module type to fuse")
         layers = "all" if (lo == 0 and hi >= studio.num_layers() - 1) else (lo, hi)
         calib = None
-        if cal and m == "graft":
+        if cal and by_name[m]["module_params"]:
             calib = {"steps": int(steps), "samples": int(samples),
                      "dataset": None if cal_ds in ("auto", "", None) else cal_ds}
         return studio.build_recipe(m, exps or [], params, modules=mods, layers=layers, vision=bool(vis),
@@ -241,7 +239,7 @@ def render(ctx: AppContext) -> None:
     def gates_fig(v):
         if v.gates_path is None or v.recipe.method != "graft":
             return None
-        from graft_ui.analysis.plots import gate_maps
+        from graft_ui.analysis.plots import gate_maps  # plotly: on the first fusion, not at app startup
 
         try:
             return gate_maps(v.gates_path, title=f"Graft gates — {v.name}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.context import Context
 
+from graft_ui.arena.export import export_for_download
 from graft_ui.ui.common import friendly, hint, section, table
 from graft_ui.ui.context import AppContext
 
@@ -54,6 +55,7 @@ def rows_of(lb) -> list[dict]:
 
 def compute(store, domain: str | None = None, expertise: str | None = None, n_bootstrap: int = N_BOOTSTRAP):
     """(summary markdown, table, rating figure, win-fraction figure, battle-count figure) for the filters."""
+    # plotly and scipy load on the first refresh, not at app startup
     from graft_ui.arena.plots import battle_count_figure, rating_figure, win_fraction_figure
     from graft_ui.arena.ratings import leaderboard
 
@@ -86,8 +88,6 @@ def _title_clear(fig):
 
 def export_file(store, fmt: str) -> str:
     """A fresh export of every vote (blind and named) in a per-process temporary folder."""
-    from graft_ui.arena.export import export_for_download
-
     global _export_dir
     with _export_lock:
         if _export_dir is None or not _export_dir.is_dir():

@@ -12,21 +12,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from graft_ui.analysis.scores import DEFAULT_THRESHOLD
+from graft_ui.study.lookup import COMMITTED, find_study, pair_gain, pair_row
+from graft_ui.study.lookup import fuse_warning as sentence
+
 log = logging.getLogger(__name__)
 
 _CACHE: dict[tuple, Any] = {}
 
 
 def _candidates(folder: Path) -> list[Path]:
-    from graft_ui.study.lookup import COMMITTED
-
     return [folder / "study" / "study.json", COMMITTED]
 
 
 def study_for(studio) -> dict | None:
     """The study of the studio's current manifest, or None (not a zoo, or no matching study)."""
-    from graft_ui.study.lookup import find_study
-
     source = getattr(studio.manifest, "source", None)
     if not source:
         return None
@@ -41,8 +41,6 @@ def study_for(studio) -> dict | None:
 
 def gain_cell(study: dict | None, a: str, b: str) -> str:
     """'+3.2 (measured)', '−5.0 (predicted)' or '—' for the Analyze tab's pair table."""
-    from graft_ui.study.lookup import pair_gain
-
     g = pair_gain(study, a, b)
     if g is None:
         return "—"
@@ -50,8 +48,6 @@ def gain_cell(study: dict | None, a: str, b: str) -> str:
 
 
 def pair_compatibility(study: dict | None, a: str, b: str) -> float | None:
-    from graft_ui.study.lookup import pair_row
-
     row = pair_row(study, a, b)
     return None if row is None or row.get("pair_score") is None else float(row["pair_score"])
 
@@ -62,9 +58,6 @@ def fuse_warning(studio, experts: list[str] | None, threshold: float | None = No
     The pair's compatibility comes from the study (measured on the union of the two experts'
     domains), compared with the Analyze tab's default threshold.
     """
-    from graft_ui.analysis.scores import DEFAULT_THRESHOLD
-    from graft_ui.study.lookup import fuse_warning as sentence
-
     if not experts or len(experts) < 2:
         return ""
     study = study_for(studio)

@@ -177,3 +177,27 @@ def test_run_recipe_refuses_an_uncalibrated_recipe(mini_manifest, tmp_path):
     with pytest.raises(ValueError, match="calibrate"):
         run_recipe(recipe, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_calibration_fuses_with_graft_scale(mini_manifest, kind):
+    """Graft's scale (extension, not in the paper) is in the calibrated model too: the fused delta doubles."""
+    base_path = str(load_manifest(mini_manifest).base.path)
+    fused = {}
+    for scale in (1.0, 2.0):
+        calib = GraftCalibrator(_recipe(mini_manifest, kind, base=base_path, params={"scale": scale}))
+        try:
+            fused[scale] = calib.fused_tensors()
+        finally:
+            calib.close()
+    assert fused[1.0].keys() == fused[2.0].keys()
+    if kind == "full":
+        base = Checkpoint(base_path)
+        names = {f"{k.name}.{leaf}": n for n in base.names for k, leaf in [parse_param(n)] if k is not None}
+        for t, W in fused[1.0].items():
+            torch.testing.assert_close(fused[2.0][t], torch.lerp(base.read(names[t]).float(), W, 2.0), rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match="scale=2.0 needs recipe.base"):
+            GraftCalibrator(_recipe(mini_manifest, kind, params={"scale": 2.0}))
+    else:
+        for t in (t for t in fused[1.0] if t.endswith(".lora_B")):
+            torch.testing.assert_close(fused[2.0][t], 2.0 * fused[1.0][t], rtol=1e-6, atol=0)

@@ -10,7 +10,9 @@ import torch
 
 from graft_ui.analysis import stats as S
 from graft_ui.analysis.modules import parse_name, scope_modules
-from graft_ui.analysis.stats import StatsAccumulator, collect_stats, count_forward_hooks
+from graft_ui.analysis import _portable_stats as P
+from graft_ui.analysis.collect import collect_stats
+from graft_ui.analysis.stats import StatsAccumulator, count_forward_hooks
 from graft_ui.recipe import Scope
 
 NAME = "model.language_model.layers.0.mlp.up_proj"
@@ -129,23 +131,25 @@ def test_accumulator_keeps_only_scalars():
     acc = StatsAccumulator([NAME], 1e-3, path="direct")
     big = torch.randn(64, 512)
     acc.observe(NAME, big)
-    pending = acc._l1 + acc._x0 + acc._sd + acc._sq + acc._big
+    p = acc.portable
+    pending = p._l1 + p._x0 + p._sd + p._sq + p._big
     assert len(pending) == 5 and all(t.dim() == 0 for t in pending)
     # no pending scalar is a view keeping the activation's storage alive
     assert all(t.untyped_storage().nbytes() <= 8 for t in pending)
     acc.end_sample()
-    assert acc._meta == [] and acc._l1 == [] and acc.k == 1
+    assert p._meta == [] and p._l1 == [] and acc.k == 1
     # numpy keeps plain floats; the C kernel writes one row of 8 float64 per call into the call table,
     # which finished samples are folded out of once they fill half of it
     acc = StatsAccumulator([NAME], 1e-3, path="numpy")
     acc.observe(NAME, big)
-    assert acc._meta == [] and len(acc._rows) == 1 and all(type(v) is float for v in acc._rows[0][3])
+    p = acc.portable
+    assert p._meta == [] and len(p._rows) == 1 and all(type(v) is float for v in p._rows[0][3])
     acc = StatsAccumulator([NAME], 1e-3, path="native")
     for k in range(3 * S.FOLD_ROWS // 100):
         for _ in range(100):
             acc.observe(NAME, big)
         acc.end_sample()
-        assert acc._meta == acc._rows == [] and acc._used < S.FOLD_ROWS // 2 and acc._table.shape[0] == S.FOLD_ROWS
+        assert acc.portable._meta == acc.portable._rows == [] and acc._used < S.FOLD_ROWS // 2 and acc._table.shape[0] == S.FOLD_ROWS
     assert acc.result()[NAME].calls == 100 * acc.k
     # one sample with more calls than the table holds: it grows, then shrinks back with the hooks
     for _ in range(S.FOLD_ROWS + 1):
@@ -191,9 +195,10 @@ def test_staged_activations_are_copies_in_bounded_buffers():
             direct.observe(name, x)
             acc.observe(name, x)
             x.mul_(100.0)  # e.g. an in-place activation after the hook
-            arenas = [t for ts in acc._free.values() for t in ts] + [st.arena for st in acc._stages.values()]
-            assert sum(acc._arenas.values()) <= 2 and len(arenas) <= 2
-            assert all(t.numel() * 4 == 4096 for t in arenas + list(acc._scratch.values()))
+            p = acc.portable
+            arenas = [t for ts in p._free.values() for t in ts] + [st.arena for st in p._stages.values()]
+            assert sum(p._arenas.values()) <= 2 and len(arenas) <= 2
+            assert all(t.numel() * 4 == 4096 for t in arenas + list(p._scratch.values()))
         acc.end_sample()
         direct.end_sample()
     got, want = acc.result(), direct.result()
@@ -201,7 +206,7 @@ def test_staged_activations_are_copies_in_bounded_buffers():
         g_, w_ = got[name], want[name]
         assert (g_.mu, g_.s, g_.v) == (pytest.approx(w_.mu, rel=1e-6), w_.s, pytest.approx(w_.v, rel=1e-5))
     acc.discard_sample()
-    assert not acc._free and not acc._scratch and not acc._stages
+    assert not acc.portable._free and not acc.portable._scratch and not acc.portable._stages
 
 
 def _observe_all(acc, acts):
@@ -217,9 +222,7 @@ def test_every_reduction_path_agrees(monkeypatch):
     (several thresholds in one staging buffer), a module called twice, bf16 and strided activations,
     values on the sparsity threshold, a staging buffer filling up mid-sample, more lengths in one
     sample than buffers, several numpy chunks."""
-    from graft_ui.analysis import stats as S
-
-    monkeypatch.setattr(S, "HOST_CHUNK", 1000)
+    monkeypatch.setattr(P, "HOST_CHUNK", 1000)
     eps = 1e-2
     g = torch.Generator().manual_seed(4)
     names = [f"m{i}" for i in range(12)]
@@ -244,14 +247,14 @@ def test_every_reduction_path_agrees(monkeypatch):
         sample.append((names[11], torch.randn(24, generator=g), scales[11]))
         acts.append(sample)
     staged = StatsAccumulator(names, eps, path="staged", stage_bytes=4 * 200, stage_buffers=2)
-    assert staged._stage_max == 25
+    assert staged.portable.stage_max == 25
     reduced = []  # rows per batched reduction
 
     def reduce_stage(st):
         reduced.append(st.rows)
-        S.StatsAccumulator._reduce_stage(staged, st)
+        P.PortableSums._reduce_stage(staged.portable, st)
 
-    monkeypatch.setattr(staged, "_reduce_stage", reduce_stage)
+    monkeypatch.setattr(staged.portable, "_reduce_stage", reduce_stage)
     results = {
         "direct": _observe_all(StatsAccumulator(names, eps, path="direct"), acts),
         "staged": _observe_all(staged, acts),

@@ -214,3 +214,52 @@ def test_single_threaded_workers_leave_the_callers_threads_alone():
         assert out == [before]  # threads made later get the caller's default again
     finally:
         pool.close()
+
+
+class _Ctx:
+    """The engine context a kernel hook sees: scratch buffers and the output dtype."""
+
+    def __init__(self, out_dtype=torch.float32):
+        self.out_dtype, self.device = out_dtype, torch.device("cpu")
+
+    def scratch(self, role, shape, dtype=torch.float32):
+        return torch.empty(tuple(shape) if not isinstance(shape, int) else (shape,), dtype=dtype)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_fuse_rows_scale_matches_reference_chain(out_dtype):
+    """Graft's scale (not in the paper) on the fast full-weight path: weight and bias against the base."""
+    from graft_ui.kernels.graft import fuse_rows
+    from graft_ui.merging.graft import graft_chain
+
+    g = torch.Generator().manual_seed(5)
+    base_w, base_b = torch.randn(40, 24, generator=g), torch.randn(40, generator=g)
+    ws = [base_w + 0.05 * torch.randn(40, 24, generator=g) for _ in range(3)]
+    bs = [base_b + 0.05 * torch.randn(40, generator=g) for _ in range(3)]
+    params = {"a": 0.4, "c": 500.0, "bins": 10, "gates": "dual", "global_form": "algorithm", "alpha": 1.0, "beta": 0.0}
+    fw1, fb1, st1 = fuse_rows(ws, bs, dict(params, scale=1.0), _Ctx(torch.float32), ["w0", "w1", "w2"])
+    fw0, fb0, _ = fuse_rows(ws, bs, params, _Ctx(torch.float32), ["w0", "w1", "w2"])
+    assert torch.equal(fw1, fw0) and torch.equal(fb1, fb0) and "scale" not in st1
+    torch.testing.assert_close(fw1, graft_chain(ws, **params)[0], rtol=1e-5, atol=1e-6)
+    fw2, fb2, st2 = fuse_rows(ws, bs, dict(params, scale=2.0), _Ctx(out_dtype), ["w0", "w1", "w2"],
+                              base=(base_w, base_b))
+    assert st2["scale"] == 2.0 and fw2.dtype == fb2.dtype == out_dtype
+    assert torch.equal(fw2, torch.lerp(base_w, fw1, 2.0).to(out_dtype))
+    assert torch.equal(fb2, torch.lerp(base_b, fb1, 2.0).to(out_dtype))
+    tol = 1e-5 if out_dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(fw2.float() - base_w, 2 * (fw1 - base_w), rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="scale"):
+        fuse_rows(ws, bs, dict(params, scale=2.0), _Ctx(), ["w0", "w1", "w2"])
+
+
+def test_lora_factors_scale_doubles_the_fused_adapter():
+    from graft_ui.kernels.graft import lora_factors
+
+    g = torch.Generator().manual_seed(6)
+    read = [(torch.randn(30, r, generator=g), torch.randn(r, 20, generator=g), s) for r, s in ((2, 0.5), (4, 2.0))]
+    params = {"a": 0.4, "c": 500.0, "bins": 10, "gates": "dual", "global_form": "algorithm", "alpha": 1.0, "beta": 0.0}
+    B0, A0, _ = lora_factors(read, params, _Ctx())
+    B1, A1, st1 = lora_factors(read, dict(params, scale=1.0), _Ctx())
+    assert torch.equal(B1, B0) and torch.equal(A1, A0) and "scale" not in st1
+    B2, A2, st2 = lora_factors(read, dict(params, scale=2.0), _Ctx())
+    assert st2["scale"] == 2.0 and torch.equal(A2, A0) and torch.equal(B2, 2.0 * B0)

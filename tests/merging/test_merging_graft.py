@@ -215,3 +215,56 @@ def test_chain_left_to_right_and_dtype():
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match=r"\(2, 3\)"):
         graft_pair(torch.ones(2, 3), torch.ones(3, 2))
+
+
+# ---------------------------------------------------------------- scale (extension, not in the paper)
+
+def _same_entropy_pair():
+    """Two experts with the same multiset of values (so H_b == H_g exactly) around a base."""
+    base = rand(6, 5, seed=7)
+    e1 = base + 0.1 * rand(6, 5, seed=8)
+    return base, e1, e1.flip(0)
+
+
+def test_scale_one_is_the_papers_graft_bit_for_bit():
+    E = [rand(9, 7, seed=s) for s in (1, 2, 3)]
+    ref, st_ref = graft_pair(graft_pair(E[0], E[1], out_dtype=torch.float32)[0], E[2])
+    for kw in ({}, {"scale": 1.0}, {"scale": 1.0, "base": None}, {"scale": 1, "base": rand(9, 7, seed=4)}):
+        out, st = graft_chain(E, **kw)
+        assert torch.equal(out, ref) and "scale" not in st
+    out, _ = get_method("graft").merge(None, E[:2], None, {"scale": 1.0})
+    assert torch.equal(out, graft_pair(E[0], E[1])[0])
+
+
+def test_scale_two_doubles_the_fused_delta_by_hand():
+    # gates="global" with equal entropies: w_glob = 0.5, w_loc = 0.5, so wb = 1/2 exactly and the
+    # fused model is the mean; scale 2 then keeps both deltas whole: base + d1 + d2 (task arithmetic)
+    base, e1, e2 = _same_entropy_pair()
+    mean, st = graft_chain([e1, e2], gates="global")
+    assert st["w_glob"] == 0.5 and st["wb_min"] == st["wb_max"] == 0.5
+    torch.testing.assert_close(mean, (e1 + e2) / 2, rtol=0, atol=1e-7)
+    out, st2 = graft_chain([e1, e2], gates="global", base=base, scale=2.0)
+    assert st2["scale"] == 2.0
+    torch.testing.assert_close(out, base + (e1 - base) + (e2 - base), rtol=0, atol=1e-6)
+    # any gates: the fused delta against the base is exactly doubled (up to float32 rounding)
+    fused, _ = graft_chain([e1, e2])
+    out, _ = graft_chain([e1, e2], base=base, scale=2.0)
+    torch.testing.assert_close(out - base, 2 * (fused - base), rtol=0, atol=1e-6)
+    # the registry path: Method.merge gets the base because scale != 1 makes Graft use it
+    m = get_method("graft")
+    assert not m.uses_base({}) and not m.uses_base({"scale": 1.0}) and m.uses_base({"scale": 2.0})
+    assert m.base_params({"scale": 0.5}) == ["scale"]
+    assert torch.equal(m.merge(base, [e1, e2], None, {"scale": 2.0})[0], out)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "2"])
+def test_scale_must_be_finite_and_positive_naming_it(bad):
+    base, e1, e2 = _same_entropy_pair()
+    with pytest.raises(ValueError, match="scale"):
+        get_method("graft").merge(base, [e1, e2], None, {"scale": bad})
+
+
+def test_scale_without_base_names_the_parameter():
+    _, e1, e2 = _same_entropy_pair()
+    with pytest.raises(ValueError, match="'scale'=2.0 needs the base"):
+        graft_chain([e1, e2], scale=2.0)

@@ -206,3 +206,16 @@ def test_gate_scan_streams_blocks_in_two_passes():
     wb, _ = graft_row_weights_from_blocks(pairs, 10)
     assert len(calls) == 2 and max(biggest) == 3
     assert torch.allclose(wb, graft_row_weights(Bb @ Ab, Bg @ Ag)[0], atol=1e-6)
+
+
+def test_graft_lora_chain_scale_multiplies_the_fused_delta():
+    """Graft's scale (extension, not in the paper) on LoRA: B times scale, A unchanged; 1 = bit-exact."""
+    ads = [adapter(12, 9, r, seed) + (s,) for r, seed, s in ((2, 1, 0.5), (3, 2, 2.0))]
+    B1, A1, st1 = graft_lora_chain(ads)
+    B, A, st = graft_lora_chain(ads, scale=1.0)
+    assert torch.equal(B, B1) and torch.equal(A, A1) and "scale" not in st
+    B2, A2, st2 = graft_lora_chain(ads, scale=2.0)
+    assert st2["scale"] == 2.0 and torch.equal(A2, A1)
+    torch.testing.assert_close(B2 @ A2, 2 * (B1 @ A1), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="scale"):
+        graft_lora_chain(ads, scale=-1.0)
