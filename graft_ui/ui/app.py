@@ -17,6 +17,7 @@ import gradio as gr
 from graft_ui.studio import Studio
 from graft_ui.ui import analyze, arena, chat, experts, fuse, leaderboard
 from graft_ui.ui import theme as T
+from graft_ui.ui.admission import limit_gpu_queue
 from graft_ui.ui.context import AppContext
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ TABS: list[tuple[str, ModuleType]] = [
     ("arena", arena),
     ("leaderboard", leaderboard),
 ]
-QUEUE_MAX_SIZE = 16
+QUEUE_MAX_SIZE = 16  # model runs (GPU group) that may wait; others are never refused
 MAX_FILE_SIZE = "20mb"
 
 
@@ -50,7 +51,9 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
         ctx.on_models_changed(lambda: header(ctx), [head])
         ctx.wire_refreshers()
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
-    app.queue(max_size=ctx_queue_size(ctx), default_concurrency_limit=4)
+    # gradio's max_size would count votes against the same cap as generations: only model runs are capped
+    app.queue(max_size=None, default_concurrency_limit=4)
+    limit_gpu_queue(app, ctx_queue_size(ctx))
     return app
 
 
