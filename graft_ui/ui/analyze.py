@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from graft_ui.checks import number
 from graft_ui.ui.common import choices_update, friendly, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
 from graft_ui.ui.study_hints import gain_cell, study_for
@@ -37,6 +38,7 @@ def bars(state, threshold, study=None):
     """
     if not state:
         return None, None, None
+    threshold = number("threshold", threshold)
     res = _result(state)
     plots = _plots()
     scores = {n: e.compatibility for n, e in res.experts.items()}
@@ -54,6 +56,7 @@ def bars(state, threshold, study=None):
 def heatmap(state, which):
     if not state or not which:
         return None
+    threshold = number("threshold", threshold)
     res = _result(state)
     plots = _plots()
     if " − " in which:
@@ -113,7 +116,8 @@ def render(ctx: AppContext) -> None:
         else:
             target = dataset
         progress(0, desc="loading models")
-        res = studio.analyze(target, experts, k=int(k), eps=float(eps), threshold=float(threshold), progress=True)
+        res = studio.analyze(target, experts, k=number("K", k, integer=True, low=1, high=512), eps=number("eps", eps),
+                             threshold=number("threshold", threshold), progress=True)
         d = res.to_dict()
         fig, t1, t2 = bars(d, threshold, study_for(studio))
         choices = heatmap_choices(d)

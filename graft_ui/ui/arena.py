@@ -193,7 +193,7 @@ def render(ctx: AppContext) -> None:
     @friendly
     def send(value, st, mode_, pool_, a_, b_, domain_, max_new_, temperature_, greedy_, request: gr.Request):
         text, image = prompt_of(value, ctx.check_image, per="prompt")
-        settings = GenerationSettings(max_new_tokens=int(max_new_), temperature=float(temperature_),
+        settings = GenerationSettings(max_new_tokens=max_new_, temperature=temperature_,
                                       greedy=bool(greedy_))
         st = st if isinstance(st, ArenaState) else ArenaState()
         begin_turn(studio, st, text=text, image=image, mode=mode_, pool=pool_, named_a=a_, named_b=b_,
