@@ -25,7 +25,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from graft_ui.logs import setup_logging
+
+    setup_logging(logging.INFO)  # user values in log lines are shortened
     from graft_ui.zoo import ensure_zoo
 
     zoo = str(ensure_zoo(args.zoo_profile) / "manifest.yaml") if not args.manifest else None

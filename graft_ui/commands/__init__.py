@@ -17,6 +17,7 @@ import os
 import sys
 
 from graft_ui.checks import shorten
+from graft_ui.logs import setup_logging
 
 # command -> module exposing add_parser(subparsers); imported only when needed
 COMMANDS: dict[str, str] = {
@@ -47,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -30,6 +30,9 @@ TABS: list[tuple[str, ModuleType]] = [
     ("arena", arena),
     ("leaderboard", leaderboard),
 ]
+# uploads (and other gradio temp files) older than an hour are deleted every hour, and all of them
+# when the server stops: an open instance cannot fill the temp folder 20 MiB at a time
+UPLOAD_CACHE = (3600, 3600)
 QUEUE_MAX_SIZE = 16  # model runs (GPU group) that may wait; others are never refused
 MAX_FILE_SIZE = "20mb"
 
@@ -41,7 +44,7 @@ def header(ctx: AppContext) -> str:
 
 def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
     """Build the Blocks (not launched). Each tab's `render(ctx)` runs inside its own gr.Tab."""
-    with gr.Blocks(title="Graft Studio", analytics_enabled=False) as app:
+    with gr.Blocks(title="Graft Studio", analytics_enabled=False, delete_cache=UPLOAD_CACHE) as app:
         head = gr.HTML(header(ctx), elem_id="gs-header-box", padding=False)
         ctx.models_changed = gr.State(ctx.studio.version)
         with gr.Tabs(elem_id="gs-tabs"):

@@ -42,3 +42,13 @@ def test_a_full_gpu_queue_refuses_model_runs_in_words_and_admits_the_rest():
     queue.event_queue_per_concurrency_id["gpu"].queue.pop()
     assert push("gen")[0] is True
     assert admitted.count(index["light"]) == 50 and admitted.count(index["gen"]) == 1
+
+
+def test_uploads_expire_and_are_deleted_on_exit():
+    from graft_ui.ui.app import UPLOAD_CACHE, build_app
+
+    # build_app passes it to gr.Blocks(delete_cache=...): hourly sweep, everything at shutdown
+    assert UPLOAD_CACHE == (3600, 3600)
+    import inspect
+
+    assert "delete_cache=UPLOAD_CACHE" in inspect.getsource(build_app)
