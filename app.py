@@ -38,6 +38,10 @@ def main(argv=None):
 
     ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
                        zoo_manifest=zoo)
+    from graft_ui.ui.app import exposure_warning
+
+    if warning := exposure_warning(args.host, auth):
+        logging.getLogger("graft_ui").warning("%s", warning)
     build_app(ctx).launch(**launch_kwargs(host=args.host, port=args.port, auth=auth))
 
 

@@ -64,6 +64,21 @@ def ctx_queue_size(ctx: AppContext) -> int:
     return getattr(ctx, "queue_size", None) or QUEUE_MAX_SIZE
 
 
+def exposure_warning(host: str, auth: tuple[str, str] | None) -> str | None:
+    """A warning when the app is reachable from other machines and anyone there may use it."""
+    import ipaddress
+
+    if auth or host in ("localhost", ""):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: assume it is reachable
+    return (f"Graft Studio is bound to {host} without --auth: anyone who can reach this machine can load models, "
+            "run fusions and cast votes. Pass --auth user:password, or --host 127.0.0.1.")
+
+
 def launch_kwargs(*, host: str = "127.0.0.1", port: int | None = 7860, auth: tuple[str, str] | None = None,
                   max_file_size: str = MAX_FILE_SIZE, quiet: bool = False) -> dict:
     """Keyword arguments for `Blocks.launch` with the app's safety defaults and look."""
