@@ -56,7 +56,6 @@ def bars(state, threshold, study=None):
 def heatmap(state, which):
     if not state or not which:
         return None
-    threshold = number("threshold", threshold)
     res = _result(state)
     plots = _plots()
     if " − " in which:
