@@ -25,7 +25,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from graft_ui.logs import setup_logging
+
+    setup_logging(logging.INFO)  # user values in log lines are shortened
     from graft_ui.zoo import ensure_zoo
 
     zoo = str(ensure_zoo(args.zoo_profile) / "manifest.yaml") if not args.manifest else None
@@ -36,6 +38,10 @@ def main(argv=None):
 
     ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
                        zoo_manifest=zoo)
+    from graft_ui.ui.app import exposure_warning
+
+    if warning := exposure_warning(args.host, auth):
+        logging.getLogger("graft_ui").warning("%s", warning)
     build_app(ctx).launch(**launch_kwargs(host=args.host, port=args.port, auth=auth))
 
 

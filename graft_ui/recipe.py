@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from graft_ui.checks import number
 from graft_ui.merging.registry import get_method, validate_params
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -42,8 +43,7 @@ class ExpertRef:
     def __post_init__(self):
         if not str(self.path).strip():
             raise ValueError("recipe expert has an empty path")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
-            raise ValueError(f"expert {self.path!r} weight={self.weight!r} must be a number")
+        number(f"expert {self.path!r} weight", self.weight)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Calibrate:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"calibrate.{key}={v!r} must be a positive integer")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+        if not number("calibrate.lr", self.lr) > 0:
             raise ValueError(f"calibrate.lr={self.lr!r} must be a positive number")
 
 
@@ -128,6 +128,8 @@ class Recipe:
         for module, ab in self.phi.items():
             if set(ab) != {"alpha", "beta"}:
                 raise ValueError(f"phi[{module!r}] must have exactly the keys alpha and beta, got {sorted(ab)}")
+            for key in ("alpha", "beta"):
+                number(f"phi[{module!r}].{key}", ab[key])
 
     # ---- YAML / dict round trip -------------------------------------------------------
 

@@ -33,6 +33,7 @@ from graft_ui.analysis.data import import_dataset
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.chat.pool import ModelPool
+from graft_ui.checks import number
 from graft_ui.fusion import fuse_recipe
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
@@ -250,10 +251,11 @@ class Studio:
         progress: bool | Callable[[int, int], None] | None = True,
     ):
         """Activation statistics and compatibility of `experts` on `dataset` (domain name or JSONL path)."""
-        if isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= 512:
-            raise ValueError(f"K={k!r} must be an integer between 1 and 512")
-        if eps is not None and not float(eps) > 0:
+        k = number("K", k, integer=True, low=1, high=512)
+        if eps is not None and not number("eps", eps) > 0:
             raise ValueError(f"eps={eps!r} must be positive")
+        if threshold is not None:
+            threshold = number("threshold", threshold)
         if not dataset:
             raise ValueError("choose a target dataset (a domain or an uploaded JSONL file)")
         experts = list(experts or self.expert_names())

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (venv + pinned packages + Debian chromium for browser tests) and run the test suite.
+# Set up (venv + pinned packages + Debian chromium and PostgreSQL for the browser and vote-store tests) and run the test suite.
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/merging -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,14 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "test: could not install chromium; browser tests will be skipped" >&2
 fi
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "test: installing the Debian PostgreSQL server for the PostgreSQL vote-store tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 \
+    || echo "test: could not install postgresql; the PostgreSQL vote tests will fail" >&2
+fi
+# the PostgreSQL vote tests fail instead of skipping when no server can run (GRAFT_REQUIRE_POSTGRES=0 to allow skips)
+export GRAFT_REQUIRE_POSTGRES="${GRAFT_REQUIRE_POSTGRES:-1}"
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLELISM=false
 export GRAFT_ZOO_DIR="${GRAFT_ZOO_DIR:-$PWD/.zoo}"
 exec .venv/bin/python -m pytest "${@:-tests}"

@@ -77,3 +77,33 @@ def test_graft_scale_round_trips_and_is_checked():
     for bad in (0, -0.5, ".nan", ".inf", "x"):
         with pytest.raises(ValueError, match="'scale'"):
             Recipe.from_yaml(YAML.replace("global_form: algorithm}", f"global_form: algorithm, scale: {bad}}}"))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"params": {"a": NAN}}, "'a'=nan must be a finite"),
+        ({"params": {"c": NAN}}, "'c'=nan must be a finite"),
+        ({"params": {"alpha": NAN}}, "'alpha'=nan must be a finite"),
+        ({"params": {"beta": -INF}}, "'beta'=-inf must be a finite"),
+        ({"params": {"bins": INF}}, "'bins'=inf must be a finite"),
+        ({"experts": [{"path": "a", "weight": NAN}, {"path": "b"}]}, "'a' weight=nan must be a finite"),
+        ({"experts": [{"path": "a"}, {"path": "b", "weight": INF}]}, "'b' weight=inf must be a finite"),
+        ({"experts": [{"path": "a", "weight": "heavy"}, {"path": "b"}]}, "weight='heavy' must be a number"),
+        ({"calibrate": {"lr": INF}}, "calibrate.lr=inf must be a finite"),
+        ({"phi": {"model.layers.0.mlp.up_proj": {"alpha": NAN, "beta": 0.0}}}, r"phi\[.*\]\.alpha=nan"),
+    ],
+)
+def test_nan_and_infinities_are_refused_with_the_field_named(patch, needle):
+    data = Recipe.from_yaml(YAML).to_dict()
+    data.update(patch)
+    with pytest.raises(ValueError, match=needle):
+        Recipe.from_dict(data)
+
+
+def test_yaml_nan_weight_is_refused_not_written_back():
+    with pytest.raises(ValueError, match="weight=nan"):
+        Recipe.from_yaml(YAML.replace("{path: experts/math-lora, weight: 1.0}", "{path: experts/math-lora, weight: .nan}"))

@@ -43,6 +43,9 @@ def check_image_upload(path: str | Path, allowed_roots: Sequence[str | Path]) ->
     try:
         with Image.open(p) as im:
             im.verify()
+    except Image.DecompressionBombError:
+        raise ValueError(f"image {p.name!r} has too many pixels (over {2 * (Image.MAX_IMAGE_PIXELS or 0) // 10**6} "
+                         "megapixels): scale it down and upload it again") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"file {p.name!r} is not an image this app can read ({type(exc).__name__})") from None
     return str(p)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from graft_ui.checks import number
+
 MAX_NEW_TOKENS_CAP = 1024
 # Pixel cap handed to qwen_vl_utils per image (its `max_pixels`): 512 visual tokens of 28x28.
 CHAT_MAX_PIXELS = 512 * 28 * 28
@@ -19,15 +21,12 @@ class GenerationSettings:
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks, tests)
 
     def __post_init__(self):
-        if isinstance(self.max_new_tokens, bool) or int(self.max_new_tokens) != self.max_new_tokens:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be an integer")
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_CAP:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be between 1 and {MAX_NEW_TOKENS_CAP}")
-        if not 0.0 < float(self.temperature) <= 2.0:
+        max_new = number("max_new_tokens", self.max_new_tokens, integer=True, low=1, high=MAX_NEW_TOKENS_CAP)
+        if not 0.0 < number("temperature", self.temperature) <= 2.0:
             raise ValueError(f"temperature={self.temperature!r} must be in (0, 2]")
-        if not 0.0 < float(self.top_p) <= 1.0:
+        if not 0.0 < number("top_p", self.top_p) <= 1.0:
             raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
-        object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
+        object.__setattr__(self, "max_new_tokens", max_new)
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "greedy", bool(self.greedy))
 

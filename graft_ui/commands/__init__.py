@@ -10,10 +10,14 @@ a manifest share `common.add_manifest_args` / `common.load_manifest_arg`.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import sys
+
+from graft_ui.checks import shorten
+from graft_ui.logs import setup_logging
 
 # command -> module exposing add_parser(subparsers); imported only when needed
 COMMANDS: dict[str, str] = {
@@ -44,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -57,3 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         # library errors name the bad value; show them without a traceback
         logging.getLogger("graft_ui").error("%s", exc)
         return 1
+    except OSError as exc:
+        # the system refused (permissions, a full disk, a read-only or too long path): say so in one line
+        logging.getLogger("graft_ui").error("%s", os_error_message(exc))
+        return 2
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which path, and what to do."""
+    reason = exc.strerror or str(exc)
+    where = f" on {shorten(exc.filename)}" if exc.filename else ""
+    advice = {
+        errno.EACCES: "check the permissions of that path or choose another location",
+        errno.EPERM: "check the permissions of that path or choose another location",
+        errno.EROFS: "the filesystem is read-only: choose another location",
+        errno.ENOSPC: "free some disk space or choose another location",
+        errno.ENAMETOOLONG: "use a shorter path",
+    }.get(exc.errno, "check the path and try again")
+    return f"{reason}{where}: {advice}"

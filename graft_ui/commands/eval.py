@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--out", metavar="DIR", help="output folder (default runs/eval-<time>)")
     ev.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--allow-base-mismatch", action="store_true",
+                    help="load an adapter on the manifest's base even when its adapter_config.json names another base")
     ev.add_argument("--outputs", action="store_true", help="also store every completion in results.json")
     ev.add_argument("--methods", action="store_true",
                     help="fuse --experts with every registered method (defaults) and score them all")
@@ -112,7 +114,7 @@ def cmd_eval(args) -> int:
         raise ValueError("nothing to evaluate: give --model SPEC (repeatable) or --methods --experts ...")
     results = evaluate_specs(specs, manifest, domains=args.domains, limit=args.limit, device=args.device,
                              batch_size=args.batch_size, progress=not args.quiet, keep_outputs=args.outputs,
-                             labels=labels)
+                             labels=labels, allow_base_mismatch=args.allow_base_mismatch)
     for name, err in errors.items():
         results["models"][name] = {"error": err}
     results["manifest"] = manifest.source

@@ -9,6 +9,8 @@ parameters a recipe may set per module) is on its entry, so the engine never tes
 
 from __future__ import annotations
 
+import math
+
 import importlib
 import math
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ class Param:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"parameter {self.name!r}={value!r} must be a number")
+        if not math.isfinite(value):  # NaN passes every comparison below; inf breaks int()
+            raise ValueError(f"parameter {self.name!r}={value!r} must be a finite number")
         if self.kind == "int":
             if int(value) != value:
                 raise ValueError(f"parameter {self.name!r}={value!r} must be an integer")

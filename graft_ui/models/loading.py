@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from graft_ui.models.lora_io import check_adapter_base
 from graft_ui.models.manifest import ModelEntry, looks_like_hub_id
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,17 @@ def _load_full(ref: str, device: torch.device, dtype: torch.dtype):
     return model.to(device).eval()
 
 
-def attach_adapter(model, adapter_ref: str | Path, name: str):
-    """Load an adapter into `model` (a plain model or a PeftModel) under `name`; raises on missing keys."""
+def attach_adapter(model, adapter_ref: str | Path, name: str, *, allow_base_mismatch: bool = False):
+    """Load an adapter into `model` (a plain model or a PeftModel) under `name`; raises on missing
+    keys, and when the adapter records a different base than the one `model` was loaded from
+    (`check_adapter_base`, the merge engine's rule) unless `allow_base_mismatch`."""
     from peft import PeftModel
 
     adapter_ref = check_reference(adapter_ref)
     cfg = adapter_config(adapter_ref)
+    loaded_from = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    check_adapter_base(adapter_ref, cfg.get("base_model_name_or_path"), loaded_from, origin="the base it is put on",
+                       allow_mismatch=allow_base_mismatch)
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"adapter {adapter_ref!r} has peft_type={cfg.get('peft_type')!r}; only LORA is supported")
     if cfg.get("use_dora"):
@@ -137,8 +143,11 @@ def load_model(
     base: str | Path | ModelEntry | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    *,
+    allow_base_mismatch: bool = False,
 ):
-    """A ready-to-run model for a full folder, or an adapter folder on `base`."""
+    """A ready-to-run model for a full folder, or an adapter folder on `base` (which must be the
+    base the adapter records, unless `allow_base_mismatch`)."""
     ref = ref.path if isinstance(ref, ModelEntry) else str(ref)
     base = base.path if isinstance(base, ModelEntry) else base
     device = resolve_device(device)
@@ -151,4 +160,4 @@ def load_model(
         raise ValueError(f"adapter {ref!r} names no base model; pass base=")
     log.info("loading adapter %s on base %s (%s)", ref, base, device)
     model = _load_full(check_reference(base), device, dtype)
-    return attach_adapter(model, ref, "default")
+    return attach_adapter(model, ref, "default", allow_base_mismatch=allow_base_mismatch)

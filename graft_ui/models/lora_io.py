@@ -241,15 +241,27 @@ def check_bases(adapters: Sequence[LoraAdapter], base: str | None) -> str:
     else:
         origin = "recipe.base"
     for ad, ref in named:
-        if not ref:
-            log.warning("adapter %s names no base model; assuming %s", ad.label, base)
-            continue
-        if not same_base(ref, base):
-            raise ValueError(
-                f"adapter {ad.label!r} was trained on base {ref!r}, but {origin} is {base!r}; "
-                "adapters trained on another base cannot be fused"
-            )
+        check_adapter_base(ad.label, ref, base, origin=origin, action="fused")
     return base
+
+
+def check_adapter_base(label: str, recorded: str | None, base: str | None, *, origin: str = "the base",
+                       action: str = "loaded on it", allow_mismatch: bool = False) -> None:
+    """The one rule for putting an adapter on a base, used by the merge engine and every loader:
+    the base recorded in its adapter_config.json (`recorded`) must name the same model as `base`
+    (`same_base`); otherwise a ValueError, unless `allow_mismatch` (an explicit user override),
+    which logs a warning instead. An adapter that records no base is assumed to fit (warned)."""
+    if not recorded or not base:
+        log.warning("adapter %s names no base model; assuming %s", label, base)
+        return
+    if same_base(recorded, base):
+        return
+    msg = f"adapter {label!r} was trained on base {recorded!r}, but {origin} is {base!r}"
+    if allow_mismatch:
+        log.warning("%s; loading it anyway (base mismatch allowed)", msg)
+        return
+    raise ValueError(f"{msg}; adapters trained on another base cannot be {action}"
+                     + ("" if action == "fused" else " (pass --allow-base-mismatch to load it anyway)"))
 
 
 # ---------------------------------------------------------------------------- writing

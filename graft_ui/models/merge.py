@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from graft_ui.atomic import publish_folder, temp_folder
+from graft_ui.atomic import publish_folder, recover_folder, temp_folder
 from graft_ui.merging.registry import get_method
 from graft_ui.models.loading import device_label, is_adapter, local_folder, resolve_device
 from graft_ui.models.lora_io import ADAPTER_WEIGHTS
@@ -142,12 +142,16 @@ def run_recipe(
     `calibrate` section for a method with per-module parameters is refused: calibrate first.
 
     Raises ValueError / FileNotFoundError / FileExistsError naming the problem, leaving
-    nothing at `out_dir` (the work happens in `<out_dir>.tmp-<pid>`, renamed at the end).
+    nothing at `out_dir` (the work happens in `<out_dir>.tmp-<pid>`, renamed at the end; see
+    graft_ui.atomic for what a crash leaves and how the next run cleans it).
     """
     t0 = time.perf_counter()
     if out_dir is None and not dry_run:
         raise ValueError("out_dir is required unless dry_run=True")
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and not dry_run:
+        # a merge killed earlier (kill -9, power loss) left temp folders, or an old output moved aside
+        recover_folder(out)
     if out is not None:
         check_out_dir(out, recipe, overwrite, dry_run)
     if recipe.calibrate is not None and not dry_run and get_method(recipe.method).module_params:

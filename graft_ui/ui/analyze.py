@@ -7,6 +7,7 @@ import gradio as gr
 from graft_ui.analysis.analyze import AnalysisResult
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
+from graft_ui.checks import number
 from graft_ui.ui.common import choices_update, friendly, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
 from graft_ui.ui.study_hints import gain_cell, study_for
@@ -38,6 +39,7 @@ def bars(state, threshold, study=None):
     """
     if not state:
         return None, None, None
+    threshold = number("threshold", threshold)
     res = _result(state)
     plots = _plots()
     scores = {n: e.compatibility for n, e in res.experts.items()}
@@ -111,7 +113,8 @@ def render(ctx: AppContext) -> None:
         else:
             target = dataset
         progress(0, desc="loading models")
-        res = studio.analyze(target, experts, k=int(k), eps=float(eps), threshold=float(threshold), progress=True)
+        res = studio.analyze(target, experts, k=number("K", k, integer=True, low=1, high=512), eps=number("eps", eps),
+                             threshold=number("threshold", threshold), progress=True)
         d = res.to_dict()
         fig, t1, t2 = bars(d, threshold, study_for(studio))
         choices = heatmap_choices(d)

@@ -17,6 +17,7 @@ import gradio as gr
 from graft_ui.studio import Studio
 from graft_ui.ui import analyze, arena, chat, experts, fuse, leaderboard
 from graft_ui.ui import theme as T
+from graft_ui.ui.admission import limit_gpu_queue
 from graft_ui.ui.context import EXAMPLES_DIR, AppContext, examples_for
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,10 @@ TABS: list[tuple[str, ModuleType]] = [
     ("arena", arena),
     ("leaderboard", leaderboard),
 ]
-QUEUE_MAX_SIZE = 16
+# uploads (and other gradio temp files) older than an hour are deleted every hour, and all of them
+# when the server stops: an open instance cannot fill the temp folder 20 MiB at a time
+UPLOAD_CACHE = (3600, 3600)
+QUEUE_MAX_SIZE = 16  # model runs (GPU group) that may wait; others are never refused
 MAX_FILE_SIZE = "20mb"
 
 
@@ -40,7 +44,7 @@ def header(ctx: AppContext) -> str:
 
 def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
     """Build the Blocks (not launched). Each tab's `render(ctx)` runs inside its own gr.Tab."""
-    with gr.Blocks(title="Graft Studio", analytics_enabled=False) as app:
+    with gr.Blocks(title="Graft Studio", analytics_enabled=False, delete_cache=UPLOAD_CACHE) as app:
         head = gr.HTML(header(ctx), elem_id="gs-header-box", padding=False)
         ctx.models_changed = gr.State(ctx.studio.version)
         with gr.Tabs(elem_id="gs-tabs"):
@@ -50,7 +54,9 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
         ctx.on_models_changed(lambda: header(ctx), [head])
         ctx.wire_refreshers()
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
-    app.queue(max_size=ctx_queue_size(ctx), default_concurrency_limit=4)
+    # gradio's max_size would count votes against the same cap as generations: only model runs are capped
+    app.queue(max_size=None, default_concurrency_limit=4)
+    limit_gpu_queue(app, ctx_queue_size(ctx))
     return app
 
 
@@ -58,12 +64,27 @@ def ctx_queue_size(ctx: AppContext) -> int:
     return getattr(ctx, "queue_size", None) or QUEUE_MAX_SIZE
 
 
+def exposure_warning(host: str, auth: tuple[str, str] | None) -> str | None:
+    """A warning when the app is reachable from other machines and anyone there may use it."""
+    import ipaddress
+
+    if auth or host in ("localhost", ""):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: assume it is reachable
+    return (f"Graft Studio is bound to {host} without --auth: anyone who can reach this machine can load models, "
+            "run fusions and cast votes. Pass --auth user:password, or --host 127.0.0.1.")
+
+
 def launch_kwargs(*, host: str = "127.0.0.1", port: int | None = 7860, auth: tuple[str, str] | None = None,
                   max_file_size: str = MAX_FILE_SIZE, quiet: bool = False) -> dict:
     """Keyword arguments for `Blocks.launch` with the app's safety defaults and look."""
     kw = dict(
         server_name=host, server_port=port, auth=auth, max_file_size=max_file_size, theme=T.theme(), css=T.css(),
-        favicon_path=str(T.LOGO) if T.LOGO.is_file() else None, show_error=False, quiet=quiet,
+        favicon_path=str(T.LOGO) if T.LOGO.is_file() else None, show_error=True, quiet=quiet,
         footer_links=[], allowed_paths=[str(Path(__file__).resolve().parents[2] / "examples")],
         ssr_mode=False, mcp_server=False, pwa=False,
     )

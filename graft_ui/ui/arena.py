@@ -193,7 +193,7 @@ def render(ctx: AppContext) -> None:
     @friendly
     def send(value, st, mode_, pool_, a_, b_, domain_, max_new_, temperature_, greedy_, request: gr.Request):
         text, image = prompt_of(value, ctx.check_image, per="prompt")
-        settings = GenerationSettings(max_new_tokens=int(max_new_), temperature=float(temperature_),
+        settings = GenerationSettings(max_new_tokens=max_new_, temperature=temperature_,
                                       greedy=bool(greedy_))
         st = st if isinstance(st, ArenaState) else ArenaState()
         begin_turn(studio, st, text=text, image=image, mode=mode_, pool=pool_, named_a=a_, named_b=b_,
@@ -243,8 +243,9 @@ def render(ctx: AppContext) -> None:
         # queue=False: a vote never waits behind generations in the queue (the store serialises writes)
         btn.click(vote_for(key), [note, expertise, state], vote_outputs, api_visibility="private", queue=False,
                   show_progress="minimal")
+    # queue=False like the buttons: an API vote is never refused for capacity (issue #16)
     api_vote_btn.click(vote, [api_choice, note, expertise, state], vote_outputs, api_name="arena_vote",
-                       concurrency_limit=None, concurrency_id="arena_vote", show_progress="hidden")
+                       queue=False, show_progress="hidden")
 
     # ---- new battle, stop, mode ---------------------------------------------------------------
 

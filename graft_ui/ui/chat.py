@@ -102,7 +102,7 @@ def render(ctx: AppContext) -> None:
         return cols
 
     def settings_of(max_new, temperature, greedy) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=int(max_new), temperature=float(temperature), greedy=bool(greedy))
+        return GenerationSettings(max_new_tokens=max_new, temperature=temperature, greedy=bool(greedy))
 
     def stream(sess: SideBySide, cols, settings, request):
         stop = ctx.new_stop(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import logging
@@ -25,6 +26,8 @@ def message_of(exc: BaseException) -> str:
         return str(exc.args[0])
     if isinstance(exc, USER_ERRORS):
         return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return f"the path given is too long ({len(str(exc.filename or ''))} characters): use a shorter path"
     return f"unexpected {type(exc).__name__}: {exc} (details in the server log)"
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import gradio as gr
 
 from graft_ui.merging.registry import base_unless, describe
+from graft_ui.checks import number
 from graft_ui.recipe import ALL_MODULES
 from graft_ui.ui.common import choices_update, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
@@ -191,9 +194,11 @@ def render(ctx: AppContext) -> None:
 
     def recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values):
         params = {pn: v for (mn, pn, _), v in zip(param_inputs, values) if mn == m}
-        params = {k: (int(v) if isinstance(v, float) and v.is_integer() and _is_int(by_name[m], k) else v)
+        params = {k: (int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() and _is_int(by_name[m], k)
+                      else v)
                   for k, v in params.items()}
-        lo, hi = int(lo), int(hi)
+        lo = number("from layer", lo, integer=True, low=0)
+        hi = number("to layer", hi, integer=True, low=0)
         if lo > hi:
             raise ValueError(f"layer range {lo}..{hi} is empty: 'from layer' must not exceed 'to layer'")
         if not mods:
@@ -201,10 +206,12 @@ def render(ctx: AppContext) -> None:
         layers = "all" if (lo == 0 and hi >= studio.num_layers() - 1) else (lo, hi)
         calib = None
         if cal and by_name[m]["module_params"]:
-            calib = {"steps": int(steps), "samples": int(samples),
+            calib = {"steps": number("calibration steps", steps, integer=True, low=1),
+                     "samples": number("calibration samples", samples, integer=True, low=1),
                      "dataset": None if cal_ds in ("auto", "", None) else cal_ds}
         return studio.build_recipe(m, exps or [], params, modules=mods, layers=layers, vision=bool(vis),
-                                   rank=int(rk) if rk else None, calibrate=calib, seed=int(sd or 0))
+                                   rank=number("output rank", rk, integer=True, low=1) if rk else None,
+                                   calibrate=calib, seed=number("seed", sd or 0, integer=True))
 
     def run_recipe_yaml(recipe_yaml, variant_name, progress):
         recipe = studio.parse_recipe(recipe_yaml)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from graft_ui.atomic import publish_folder
+from graft_ui.atomic import publish_folder, recover_folder, temp_folder
 from graft_ui.zoo import domains as D
 from graft_ui.zoo.profiles import DOMAINS, KINDS, ExpertSpec, Profile, get_profile
 from graft_ui.zoo.selfcheck import self_check, self_check_markdown
@@ -93,21 +93,6 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def _clean_stale(out_dir: Path) -> None:
-    """Remove temp folders of builds whose process is gone (killed, machine restarted)."""
-    for p in out_dir.parent.glob(f".{out_dir.name}.building-*"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)
-            continue  # still running
-        except (ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
-            continue
-        log.info("removing stale partial build %s", p)
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def _parameters(model_dir: Path) -> dict[str, int]:
@@ -382,15 +367,12 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
 
     prof = get_profile(profile) if isinstance(profile, str) else profile
     out_dir = Path(out_dir).expanduser().resolve()
+    recover_folder(out_dir, ("building",))  # a killed build or rebuild: its leftovers go, an old zoo comes back
     if (out_dir / MANIFEST).is_file() and not force:
         raise FileExistsError(f"zoo {str(out_dir)!r} already exists; pass force=True (--force) to rebuild")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(out_dir)
     _quiet_transformers()
-    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = temp_folder(out_dir, "building", hidden=True)
     t_start = time.time()
     stages: dict[str, float] = {}
     cpu: dict[str, float] = {}  # CPU seconds per stage (workers included): the cost on an idle machine

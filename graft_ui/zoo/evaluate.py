@@ -52,11 +52,13 @@ def resolve_spec(spec: str, manifest=None) -> ModelSpec:
     return ModelSpec(path.name, str(path), base)
 
 
-def load_spec(spec: ModelSpec, device="cpu", dtype=torch.float32, processor_fallback: str | None = None):
-    """(model, processor) for a spec; a folder without processor files uses the base's."""
+def load_spec(spec: ModelSpec, device="cpu", dtype=torch.float32, processor_fallback: str | None = None,
+              allow_base_mismatch: bool = False):
+    """(model, processor) for a spec; a folder without processor files uses the base's. An adapter
+    that records another base than the manifest's is refused unless `allow_base_mismatch`."""
     from graft_ui.models.loading import load_model, load_processor
 
-    model = load_model(spec.path, base=spec.base, device=device, dtype=dtype)
+    model = load_model(spec.path, base=spec.base, device=device, dtype=dtype, allow_base_mismatch=allow_base_mismatch)
     try:
         processor = load_processor(spec.path, base=spec.base)
     except (OSError, ValueError) as exc:
@@ -147,7 +149,8 @@ def evaluate_model(model, processor, datasets: Mapping[str, str | Path], *, limi
 
 def evaluate_specs(specs: Sequence[str], manifest, *, domains: Sequence[str] | None = None,
                    limit: int | None = None, device="cpu", batch_size: int = 16, progress: bool = False,
-                   keep_outputs: bool = False, labels: Sequence[str] | None = None) -> dict:
+                   keep_outputs: bool = False, labels: Sequence[str] | None = None,
+                   allow_base_mismatch: bool = False) -> dict:
     """Score each model spec on every (or the chosen) domain's eval split of `manifest`."""
     from tqdm.auto import tqdm
 
@@ -165,7 +168,8 @@ def evaluate_specs(specs: Sequence[str], manifest, *, domains: Sequence[str] | N
     try:
         for spec in resolved:
             bar.set_postfix_str(spec.label)
-            model, processor = load_spec(spec, device=device, processor_fallback=manifest.base.path)
+            model, processor = load_spec(spec, device=device, processor_fallback=manifest.base.path,
+                                         allow_base_mismatch=allow_base_mismatch)
             row = evaluate_model(model, processor, datasets, limit=limit, batch_size=batch_size,
                                  progress=bar.update, keep_outputs=keep_outputs)
             rows[spec.label] = {"path": spec.path, **row}

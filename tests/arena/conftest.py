@@ -3,7 +3,8 @@
 The PostgreSQL server is started once per test session from the Debian package's
 binaries (initdb + pg_ctl, in a temp dir, on a free loopback port, trust auth, fsync off)
 and each test gets a fresh database in it. When the binaries or the psycopg driver are
-missing, the PostgreSQL cases skip with the reason. PostgreSQL refuses to run as root, so
+missing, the PostgreSQL cases skip with the reason (fail instead under GRAFT_REQUIRE_POSTGRES=1,
+as scripts/test.sh runs them). PostgreSQL refuses to run as root, so
 under root the server runs as the package's `postgres` user.
 """
 
@@ -22,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from graft_ui.arena.store import VoteStore
+
+from _arena_helpers import pg_unavailable
 
 def _pg_bindir() -> Path | None:
     found = shutil.which("initdb")
@@ -45,10 +48,10 @@ def pg_server():
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg is not installed (pip install 'psycopg[binary]==3.3.9')")
+        pg_unavailable("psycopg is not installed (pip install 'psycopg[binary]==3.3.9')")
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; apt-get install postgresql")
+        pg_unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; apt-get install postgresql")
     run_as: dict = {}
     root = Path(tempfile.mkdtemp(prefix="arena-pg-"))
     if os.geteuid() == 0:
@@ -56,7 +59,7 @@ def pg_server():
             pw = pwd.getpwnam("postgres")
         except KeyError:
             shutil.rmtree(root, ignore_errors=True)
-            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+            pg_unavailable("running as root and there is no 'postgres' user to run the server as")
         run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         os.chown(root, pw.pw_uid, pw.pw_gid)
     data = root / "data"
@@ -69,7 +72,7 @@ def pg_server():
         pg("initdb", "-D", str(data), "-U", "graft", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"initdb failed: {exc.stderr.strip()[-300:]}")
+        pg_unavailable(f"initdb failed: {exc.stderr.strip()[-300:]}")
     started = None
     for _ in range(3):  # a free port can be taken between probing and binding
         port = _free_port()
@@ -81,7 +84,7 @@ def pg_server():
     if started is None:
         log = (root / "server.log").read_text()[-500:] if (root / "server.log").exists() else ""
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"PostgreSQL did not start: {log}")
+        pg_unavailable(f"PostgreSQL did not start: {log}")
     try:
         yield f"postgresql://graft@127.0.0.1:{started}"
     finally:

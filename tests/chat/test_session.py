@@ -71,3 +71,16 @@ def test_upload_guard(tmp_path):
         check_image_upload("http://example.com/a.png", [root])
     with pytest.raises(FileNotFoundError):
         check_image_upload(root / "gone.png", [root])
+
+
+def test_a_decompression_bomb_is_named_not_unexpected(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from graft_ui.chat.session import check_image_upload
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 40)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x 100: what a 400-megapixel PNG does
+    with pytest.raises(ValueError, match="too many pixels.*scale it down"):
+        check_image_upload(path, [tmp_path])
+

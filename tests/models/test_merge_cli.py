@@ -58,3 +58,18 @@ def test_bad_recipes_are_named(zoo, tmp_path, caplog):
         assert main(["merge", str(_write(tmp_path, data)), "--out", str(tmp_path / "o")]) == 1
         assert needle in caplog.text
         assert not (tmp_path / "o").exists()
+
+
+def test_permission_error_is_one_line_exit_2_no_traceback(zoo, tmp_path, capsys, caplog, monkeypatch):
+    import graft_ui.models.merge as engine
+
+    def read_only(out, *a, **kw):  # what a read-only output parent does (tests run as root: chmod is no test)
+        raise PermissionError(13, "Permission denied", f"{out}.tmp-1")
+
+    monkeypatch.setattr(engine, "temp_folder", read_only)
+    recipe = _write(tmp_path, {"method": "graft", "experts": [str(zoo["lora_a"]), str(zoo["lora_b"])]})
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "ro" / "out")]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err + caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "Permission denied" in errors[0] and "choose another location" in errors[0]

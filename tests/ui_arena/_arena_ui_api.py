@@ -56,9 +56,11 @@ def send(c, text: str, **kwargs):
     return send_all(c, text, **kwargs)[-1]
 
 
-def vote(c, choice: str, note: str = "", expertise: str | None = None, stats: dict | None = None) -> dict:
-    """Vote on the session's current turn; returns the receipt (the last output)."""
-    out = call(c, choice, note, expertise, api_name="/arena_vote", stats=stats)
+def vote(c, choice: str, note: str = "", expertise: str | None = None, stats: dict | None = None,
+         retries: int = 1) -> dict:
+    """Vote on the session's current turn; returns the receipt (the last output). Not retried by
+    default: a vote is never refused for capacity (it skips the queue), so a refusal is a failure."""
+    out = call(c, choice, note, expertise, api_name="/arena_vote", stats=stats, retries=retries)
     return out[-1]
 
 

@@ -2,8 +2,9 @@
 
 Each voter is one client session running 25 blind battles (send a prompt with 1-4 new tokens,
 then vote), through the same endpoints as the browser. The server sheds load with "queue full"
-when many sends wait for the one model slot; the client then retries (safe: votes are
-idempotent per turn). Numbers go to test-artifacts/arena-concurrency.json.
+when many sends wait for the one model slot, and the client then retries the send; a vote is
+never refused (it does not wait for the model slot) and is sent exactly once: a refused vote
+fails the test. Numbers go to test-artifacts/arena-concurrency.json.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def test_concurrent_voters_every_vote_exactly_once(arena_app, open_store):
                 _api.send(c, prompt, max_new_tokens=1 + j % 4, domain=rng.choice(["math", "code", None]),
                           stats=local_stats)
                 choice = rng.choice(["a", "b", "tie", "both_bad"])
-                r = _api.vote(c, choice, expertise=rng.choice(["math", "other", None]), stats=local_stats)
+                vote_stats: dict = {}
+                try:
+                    r = _api.vote(c, choice, expertise=rng.choice(["math", "other", None]), stats=vote_stats)
+                finally:
+                    local_stats["vote_refused"] = local_stats.get("vote_refused", 0) + vote_stats.get("queue_full", 0)
                 with lock:
                     sent.append({"voter": i, "prompt": prompt, "choice": choice, "receipt": r})
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
@@ -74,6 +79,7 @@ def test_concurrent_voters_every_vote_exactly_once(arena_app, open_store):
     seconds = time.perf_counter() - t0
     server_cpu, client_cpu = cpu_seconds(arena_app.proc.pid) - server0, own_cpu_seconds() - client0
     assert not any(t.is_alive() for t in threads), "voters still running after 600 s"
+    assert stats.get("vote_refused", 0) == 0, f"{stats['vote_refused']} vote(s) refused: {errors[:3]}"
     assert not errors, errors[:5]
     assert arena_app.alive(), arena_app.log_tail()
 
@@ -99,9 +105,11 @@ def test_concurrent_voters_every_vote_exactly_once(arena_app, open_store):
         assert r.status == 200
 
     report = {"voters": VOTERS, "votes_each": VOTES_EACH, "votes": len(sent), "seconds": round(seconds, 1),
-              "votes_per_s": round(len(sent) / seconds, 2), "queue_full_retries": stats.get("queue_full", 0),
+              "votes_per_s": round(len(sent) / seconds, 2), "send_queue_full_retries": stats.get("queue_full", 0),
+              "votes_refused": stats.get("vote_refused", 0),
               "stored_new_rows": len(rows), "server_cpu_s": round(server_cpu, 1), "clients_cpu_s": round(client_cpu, 1),
               "load_average": os.getloadavg()}
     _api.ARTIFACTS.mkdir(exist_ok=True)
     (_api.ARTIFACTS / "arena-concurrency.json").write_text(json.dumps(report, indent=2) + "\n")
-    print("arena concurrency:", report)
+    print(f"arena concurrency: {len(rows)}/{len(sent)} acknowledged votes stored, {report['votes_refused']} refused, "
+          f"{report['seconds']} s;", report)
