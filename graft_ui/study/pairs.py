@@ -9,7 +9,9 @@ Graft's base side). Relatedness by design of the demo zoo:
     n/a        a manifest that is not a demo zoo (it carries no relatedness)
 
 Variants: every registered method at its defaults, plus Graft's gate ablations
-(gates = local / global) and its equation-4 global form, labelled `graft[gates=local]` etc.
+(gates = local / global), its equation-4 global form, and the `scale=2` extension (not in
+the paper: Graft's gates sum to 1 per channel, so its fused delta is about half of each
+expert's; DESIGN.md §7), labelled `graft[gates=local]` etc.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ from graft_ui.merging.registry import METHODS, get_method, validate_params
 from graft_ui.models.manifest import Manifest, ModelEntry
 from graft_ui.zoo import profiles
 
-# used until graft_ui.zoo.profiles defines RELATED_DOMAINS: math and finance both read numbers off images
-FALLBACK_RELATED = frozenset({frozenset({"math", "finance"})})
 
-GRAFT_ABLATIONS: tuple[dict[str, Any], ...] = ({"gates": "local"}, {"gates": "global"}, {"global_form": "eq4"})
+GRAFT_ABLATIONS: tuple[dict[str, Any], ...] = ({"gates": "local"}, {"gates": "global"}, {"global_form": "eq4"},
+                                               {"scale": 2.0})
 
 
 def related_domains() -> frozenset:
-    return getattr(profiles, "RELATED_DOMAINS", FALLBACK_RELATED)
+    return profiles.RELATED_DOMAINS
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Worker process of a zoo build: `python -m graft_ui.zoo.worker TASK_JSON`.
 
-Trains one expert design as LoRA and full (`build.train_expert_pair`), or runs one
-data-parallel rank of the base training (`build.train_base`, task `job: base`). Started with
+Trains one expert design as LoRA and full (`stages.train_expert_pair`), or runs one
+data-parallel rank of the base training (`stages.train_base`, task `job: base`). Started with
 subprocess rather than multiprocessing, so a caller's main module is never re-imported
 (a script calling `ensure_zoo()` at top level needs no `if __name__ == "__main__"` guard).
 Protocol on stdout: one `progress N` line per N finished steps, then `result {json}`.
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m graft_ui.zoo.worker TASK_JSON", file=sys.stderr)
         return 2
     task = json.loads(argv[0])
-    from graft_ui.zoo.build import train_base, train_expert_pair
+    from graft_ui.zoo.stages import train_base, train_expert_pair
 
     def report(n: int) -> None:
         sys.stdout.write(f"progress {n}\n")
