@@ -24,12 +24,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import io
 import logging
 import os
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any, Sequence
 

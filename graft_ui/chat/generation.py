@@ -12,7 +12,7 @@ import logging
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from qwen_vl_utils import process_vision_info
@@ -20,6 +20,9 @@ from qwen_vl_utils import process_vision_info
 from graft_ui.chat.settings import CHAT_MAX_PIXELS, GenerationSettings
 from graft_ui.chat.streaming import stream_generate
 from graft_ui.models.inputs import build_inputs, resolve_messages
+
+if TYPE_CHECKING:  # the pool imports this module
+    from graft_ui.chat.pool import ModelPool
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,6 @@ parameters a recipe may set per module) is on its entry, so the engine never tes
 
 from __future__ import annotations
 
-import math
-
 import importlib
 import math
 from dataclasses import dataclass, field

@@ -8,7 +8,7 @@ compatibility (analysis.analyze_experts on the pair's domains), the task-vector 
 and one fusion + evaluation per method variant. A second run with the same settings
 finds everything cached and only re-assembles the report. `workers` > 1 runs pair tasks
 in spawned processes; every process uses `threads` torch threads (default 1: the zoo's tiny
-models run fastest single-threaded on busy cores, see worker.torch_threads).
+models run fastest single-threaded on busy cores, see zoo.build.torch_threads).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from graft_ui.models.manifest import Manifest, load_manifest
 from graft_ui.study import predictors, report
 from graft_ui.study.lookup import fingerprint
 from graft_ui.study.pairs import Pair, default_variants, enumerate_pairs
-from graft_ui.study.worker import Cache, _init_worker, release_models, run_task, run_task_in_worker, torch_threads
+from graft_ui.study.worker import Cache, _init_worker, release_models, run_task, run_task_in_worker
+from graft_ui.zoo.build import torch_threads
 
 log = logging.getLogger(__name__)
 

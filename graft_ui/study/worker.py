@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -199,21 +198,6 @@ def run_pair(task: dict, report: Report) -> None:
         report({"event": "fused", "pair": pair, "variant": variant, "seconds": time.perf_counter() - t0,
                 "error": entry.get("error")})
         gc.collect()
-
-
-@contextmanager
-def torch_threads(n: int):
-    """torch intra-op threads set to `n` for the block, restored after.
-
-    The zoo's models are tiny: with 2 threads on 2 busy cores, OpenMP's spinning made a
-    study ~7x slower (209 s vs 27 s, same work) than with 1 thread.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def run_task(task: dict, report: Report) -> None:

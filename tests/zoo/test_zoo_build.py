@@ -208,7 +208,6 @@ def test_build_is_deterministic(tmp_path):
     import hashlib
 
     from graft_ui.zoo.build import build_zoo
-    from graft_ui.zoo.profiles import get_profile
 
     tiny = _tiny(base_steps=3)
 
@@ -232,7 +231,6 @@ def test_parallel_build_uses_worker_processes(tmp_path):
     """The full profile's layout: a data-parallel base (2 processes) and experts in 2 workers."""
     from graft_ui.models.manifest import load_manifest
     from graft_ui.zoo.build import build_zoo
-    from graft_ui.zoo.profiles import get_profile
 
     tiny = _tiny(base_steps=4, base_procs=2, workers=2)
     zoo = build_zoo(tmp_path / "zoo", tiny, progress=False)
