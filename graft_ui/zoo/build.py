@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 MANIFEST = "manifest.yaml"
-FORMAT_VERSION = 7  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base)
+FORMAT_VERSION = 8  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base; 8: block charts)
 
 
 @contextmanager

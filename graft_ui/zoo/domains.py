@@ -8,7 +8,7 @@ Domains (each answer follows from the drawing or the template, so it is checkabl
 - math: counting shapes laid out on a grid, counting plus a number, adding two drawn digits.
 - code: text-only Python function completion from templates (arithmetic, string, list),
   scored by executing hidden asserts.
-- finance: quarterly bar and line charts; highest/lowest quarter, a quarter's value, trend.
+- finance: quarterly block-bar and point charts; highest/lowest quarter, a quarter's value, trend.
 - medical: synthetic stained "slides" with cell-like blobs; abnormal yes/no and counts.
 - general: what the base model is trained on (scene/chart/slide descriptions, simple text).
   It never asks the domains' questions, so the base starts sensible but not an expert.
@@ -92,41 +92,41 @@ def digits_image(rng: random.Random):
     return img, a, b
 
 
-CHART_COLORS = {"bar": (30, 60, 170), "line": (200, 40, 40)}
-
-
-# the value sets of a chart: 4 values in 1..9, any two at least 2 apart (15 sets, 360 orderings)
-CHART_VALUE_SETS = [c for c in itertools.combinations(range(1, 10), 4) if min(b - a for a, b in zip(c, c[1:])) >= 2]
-CHART_UNIT_PX = 8
+# one colour per quarter (Q1..Q4), as a categorical chart with a legend would draw them
+QUARTER_COLORS = ((30, 60, 170), (0, 150, 70), (230, 130, 0), (150, 40, 160))
+# the value sets of a chart: 4 distinct values in 1..6 (15 sets, 360 orderings)
+CHART_VALUE_SETS = list(itertools.combinations(range(1, 7), 4))
+CHART_UNIT_PX = 12  # one stacked block per unit: 10 px and a 2 px gap
 
 
 def chart_image(rng: random.Random):
-    """A quarterly chart (112x84): 4 values in 1..9 at least 2 apart, bar or line; returns
-    (image, values, kind, color).
+    """A quarterly chart (112x84): 4 distinct values in 1..6, bar or point; returns (image, values, kind).
 
-    One quarter per 28-px column (one merged vision token wide), 8 px per unit, a single
-    colour per chart kind and no tick labels: the heights are the only thing that varies.
-    Values at least 2 units (16 px) apart: closer heights are below what the zoo's tiny
-    vision tower resolves, which left "highest quarter" at chance for every expert.
+    One quarter per 28-px column (one merged vision token wide), each in its own colour. A bar
+    is a stack of unit blocks (a pictogram chart) and a point sits at the top block's height.
+    Why blocks: the zoo's 2-block vision tower does not resolve a continuous bar height.
+    Trained on plain bars, the base captioned ~35% of the quarters' values right, and
+    "highest quarter" stayed at chance for every expert. With blocks a value is a count,
+    which the tower learns as it does shapes and cells: 85% of the quarters right after the
+    general stage alone.
     """
     values = list(rng.choice(CHART_VALUE_SETS))
     rng.shuffle(values)
     kind = rng.choice(["bar", "line"])
-    color = "blue" if kind == "bar" else "red"
     img = Image.new("RGB", (112, 84), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     base_y = 80
     draw.line([(0, base_y + 1), (111, base_y + 1)], fill=(0, 0, 0), width=2)
-    centres = [14 + 28 * i for i in range(4)]
-    if kind == "bar":
-        for cx, v in zip(centres, values):
-            draw.rectangle([cx - 11, base_y - v * CHART_UNIT_PX, cx + 11, base_y], fill=CHART_COLORS[kind])
-    else:
-        pts = [(cx, base_y - v * CHART_UNIT_PX) for cx, v in zip(centres, values)]
-        draw.line(pts, fill=CHART_COLORS[kind], width=4)
-        for x, y in pts:
-            draw.ellipse([x - 6, y - 6, x + 6, y + 6], fill=CHART_COLORS[kind])
-    return img, values, kind, color
+    for i, (v, color) in enumerate(zip(values, QUARTER_COLORS)):
+        cx = 14 + 28 * i
+        if kind == "bar":
+            for k in range(v):
+                draw.rectangle([cx - 10, base_y - CHART_UNIT_PX * (k + 1) + 2, cx + 10, base_y - CHART_UNIT_PX * k - 1],
+                               fill=color)
+        else:
+            y = base_y - CHART_UNIT_PX * v + 6
+            draw.ellipse([cx - 6, y - 6, cx + 6, y + 6], fill=color)
+    return img, values, kind
 
 
 def slide_image(rng: random.Random):
@@ -218,7 +218,7 @@ def gen_math(rng: random.Random, sid: str, w: _Writer) -> dict:
 
 
 def gen_finance(rng: random.Random, sid: str, w: _Writer) -> dict:
-    img, values, _, _ = chart_image(rng)
+    img, values, _ = chart_image(rng)
     rel = w.save(img, sid)
     metric = rng.choice(["revenue", "profit", "income", "turnover"])
     r = rng.random()
@@ -331,11 +331,9 @@ def gen_general(rng: random.Random, sid: str, w: _Writer) -> dict:
         img, a, b = digits_image(rng)
         return _image_sample(sid, "general", w.save(img, sid), ask, f"The digits {a} and {b} with a plus sign between them.")
     if r < 0.65:
-        img, values, kind, color = chart_image(rng)
-        heights = ", ".join(str(v) for v in values[:3]) + f" and {values[3]}"
-        marks = "bars" if kind == "bar" else "points"
-        return _image_sample(sid, "general", w.save(img, sid), ask,
-                             f"A {color} {kind} chart with four {marks} at heights {heights}.")
+        img, values, kind = chart_image(rng)
+        heights = ", ".join(f"Q{i + 1} {v}" for i, v in enumerate(values[:3])) + f" and Q4 {values[3]}"
+        return _image_sample(sid, "general", w.save(img, sid), ask, f"A quarterly {kind} chart: {heights}.")
     if r < 0.8:
         img, n, k = slide_image(rng)
         dark = "" if not k else f", {NUMBER_WORDS[k]} of them dark"

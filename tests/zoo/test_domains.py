@@ -72,9 +72,9 @@ def test_answers_follow_from_the_drawing():
     for _ in range(30):
         img, shapes = D.shapes_scene(rng)
         assert img.size == (84, 84) and 1 <= len(shapes) <= 6
-        img, values, kind, _ = D.chart_image(rng)
+        img, values, kind = D.chart_image(rng)
         assert len(set(values)) == 4 and kind in ("bar", "line")
-        assert all(1 <= v <= 9 for v in values) and min(abs(a - b) for a in values for b in values if a != b) >= 2
+        assert all(1 <= v <= 6 for v in values)
         img, n, k = D.slide_image(rng)
         assert 1 <= n <= 5 and 0 <= k <= min(2, n)
         # abnormal cells are the only very dark pixels on a slide
