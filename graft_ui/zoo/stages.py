@@ -219,7 +219,7 @@ def train_expert_pair(task: dict, report=None) -> dict:
             model = add_lora(model, spec.lora_rank, prof.lora_alpha_per_rank * spec.lora_rank, seed)
             params, lr = [p for p in model.parameters() if p.requires_grad], prof.lora_lr
         else:
-            params, lr = train_projections_only(model), prof.full_lr
+            params, lr = train_projections_only(model), prof.full_lr * spec.full_lr_scale
         losses = train_loop(model, data, params=params, steps=spec.steps, lr=lr * spec.lr_scale,
                             batch_size=prof.expert_batch_size, seed=seed, pad_id=processor.tokenizer.pad_token_id,
                             warmup=min(prof.warmup, spec.steps // 4 + 1),
