@@ -170,6 +170,7 @@ def render(ctx: AppContext) -> None:
         chosen = gr.Dropdown([], label="Variant", scale=2, min_width=160, allow_custom_value=True)
         show_btn = gr.Button("Show", size="sm", scale=1, min_width=70)
         export_btn = gr.Button("Export .zip", size="sm", scale=1, min_width=90)
+        report_btn = gr.Button("Export report", size="sm", scale=1, min_width=110, elem_id="gs-fuse-report")
         remove_btn = gr.Button("Remove", size="sm", variant="stop", scale=1, min_width=80)
         export_file = gr.File(label="Download", interactive=False, visible=False, height=60, scale=2)
 
@@ -291,6 +292,19 @@ def render(ctx: AppContext) -> None:
         path = studio.export_zip(variant)
         return gr.update(value=str(path), visible=True), ok(f"Exported **{variant}** as `{path.name}` (download below).")
 
+    @guarded(2, status=1)
+    def export_report(variant, progress=gr.Progress()):
+        if not variant:
+            raise ValueError("choose a fused variant to report on")
+        from graft_ui.report import write_report  # plotly and the evaluation: on the first report only
+
+        v = studio.variant(variant)
+        out = write_report(studio.manifest, v.out_dir, studio.work_dir / "exports" / f"{v.name}-report.html",
+                           name=v.name, votes=ctx.vote_store().votes(), device=str(studio.device),
+                           progress=lambda done, what: progress(done, desc=what))
+        return gr.update(value=str(out), visible=True), ok(f"Report of **{variant}** written as `{out.name}` "
+                                                           "(download below; it opens offline and prints to PDF).")
+
     @guarded(4, status=3)
     def remove(variant):
         if not variant:
@@ -303,6 +317,7 @@ def render(ctx: AppContext) -> None:
     show_btn.click(show, chosen, [summary, gates_plot, recipe_code], api_name="show_variant", queue=False)
     chosen.select(show, chosen, [summary, gates_plot, recipe_code], api_visibility="private", queue=False)
     export_btn.click(export, chosen, [export_file, summary], api_name="export_variant")
+    report_btn.click(export_report, chosen, [export_file, summary], api_name="export_report", **ctx.gpu)
     remove_btn.click(remove, chosen, [variants_df, chosen, ctx.models_changed, summary], api_name="remove_variant")
 
     def refresh(current_experts):
