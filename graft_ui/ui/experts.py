@@ -29,8 +29,9 @@ def render(ctx: AppContext) -> None:
                 status = gr.Markdown("", elem_classes=["gs-status-box"], elem_id="gs-experts-status")
         with gr.Column(scale=2, min_width=340):
             section("Model set")
+            # empty at start: the page config must not show the server's absolute paths
             manifest_path = gr.Textbox(label="Manifest (YAML file or folder on the server)",
-                                       value=studio.manifest.source or "", elem_id="gs-manifest-path",
+                                       value="", elem_id="gs-manifest-path",
                                        placeholder="examples/manifest-qwen2vl-2b.yaml")
             with gr.Row():
                 load_btn = gr.Button("Load manifest", variant="primary", size="sm")
@@ -61,7 +62,7 @@ def render(ctx: AppContext) -> None:
     @guarded(4, status=1)
     def back_to_zoo():
         m = studio.load_manifest(ctx.zoo_manifest)
-        return models_table(ctx), ok(f"Back on the demo zoo ({len(m.experts)} experts)."), ctx.bump(), m.source
+        return models_table(ctx), ok(f"Back on the demo zoo ({len(m.experts)} experts)."), ctx.bump(), ""
 
     @guarded(3, status=1)
     def new_base(ref):
