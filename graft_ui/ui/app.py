@@ -57,7 +57,7 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
     # gradio's max_size would count votes against the same cap as generations: only model runs are capped
     app.queue(max_size=None, default_concurrency_limit=4)
-    limit_gpu_queue(app, ctx_queue_size(ctx))
+    ctx.admission = limit_gpu_queue(app, ctx_queue_size(ctx))
     return app
 
 
