@@ -4,7 +4,6 @@ runs. A small Blocks with the app's admission stands in for the model runs (no m
 
 from __future__ import annotations
 
-import re
 import socket
 from types import SimpleNamespace
 
