@@ -30,7 +30,7 @@ from graft_ui.analysis.analyze import analyze_experts
 from graft_ui.analysis.data import import_dataset
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
-from graft_ui.chat.pool import ModelPool
+from graft_ui.chat.pool import APP_OVERRIDE, ModelPool
 from graft_ui.checks import number
 from graft_ui.fusion import fuse_recipe
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
@@ -80,6 +80,7 @@ class Studio:
         self.roots = roots  # where user-given server paths may point; None = anywhere (library, CLI)
         self.lock = threading.RLock()
         self.variants: dict[str, FusedVariant] = {}
+        self.base_mismatch_allowed: set[str] = set()  # experts added with "allow a different base"
         self.version = 0  # bumped whenever models or variants change (the UI refreshes its choices)
         self._manifest: Manifest | None = None
         self.pool: ModelPool | None = None
@@ -110,6 +111,7 @@ class Studio:
                 log.info("manifest changed: %d fused variant(s) of the previous base are no longer chat-able",
                          len(self.variants))
             self.variants.clear()
+            self.base_mismatch_allowed.clear()
             self.version += 1
             self.release_memory()
 
@@ -136,8 +138,11 @@ class Studio:
         self.set_manifest(Manifest(base=base, experts=(), datasets={}, name="custom"))
         return self.manifest
 
-    def add_expert(self, ref: str, name: str | None = None, domain: str | None = None, kind: str = "auto") -> ModelEntry:
-        """Add an expert (LoRA adapter folder or full fine-tune; folder or hub id) to the current set."""
+    def add_expert(self, ref: str, name: str | None = None, domain: str | None = None, kind: str = "auto", *,
+                   allow_base_mismatch: bool = False) -> ModelEntry:
+        """Add an expert (LoRA adapter folder or full fine-tune; folder or hub id) to the current set.
+        An adapter that records another base than the manifest's is refused unless `allow_base_mismatch`
+        (the user's explicit override; it then loads with a warning wherever the app loads it)."""
         ref = (ref or "").strip()
         if not ref:
             raise ValueError("give the expert as a local folder or a hub id (owner/name)")
@@ -149,9 +154,12 @@ class Studio:
             if name in self.pool.names() or name in self.variants:
                 raise ValueError(f"a model named {name!r} is already loaded; choose another name")
             entry = ModelEntry(name=name, path=ref, kind=kind, domain=(domain or None))
-            validate_entry(entry, self.manifest.base)
+            validate_entry(entry, self.manifest.base, allow_base_mismatch=allow_base_mismatch, override=APP_OVERRIDE)
             self._manifest = dataclasses.replace(self.manifest, experts=self.manifest.experts + (entry,))
-            self.pool.register(entry.name, entry.path, entry.kind, role="expert")
+            self.pool.register(entry.name, entry.path, entry.kind, role="expert",
+                               allow_base_mismatch=allow_base_mismatch)
+            if allow_base_mismatch:
+                self.base_mismatch_allowed.add(entry.name)
             self.version += 1
         return entry
 
@@ -160,6 +168,7 @@ class Studio:
             self.manifest.expert(name)
             self._manifest = dataclasses.replace(self.manifest, experts=tuple(e for e in self.manifest.experts if e.name != name))
             self.pool.unregister(name)
+            self.base_mismatch_allowed.discard(name)
             self.version += 1
 
     def model_rows(self) -> list[dict]:
@@ -169,7 +178,8 @@ class Studio:
         for role, e in [("base", m.base)] + [("expert", e) for e in m.experts]:
             rank, status = "—", "ready"
             try:
-                validate_entry(e, m.base if role == "expert" else None)
+                validate_entry(e, m.base if role == "expert" else None, override=APP_OVERRIDE,
+                               allow_base_mismatch=e.name in self.base_mismatch_allowed)
                 if e.kind == "lora" and Path(e.path).is_dir():
                     rank = adapter_config(e.path).get("r", "?")
             except (ValueError, FileNotFoundError) as exc:
@@ -251,6 +261,7 @@ class Studio:
                 manifest, experts, dataset, k=int(k), eps=float(eps if eps is not None else DEFAULT_EPS),
                 threshold=float(threshold if threshold is not None else DEFAULT_THRESHOLD),
                 device=str(self.device), dtype=dtype, progress=progress,
+                allow_base_mismatch=set(self.base_mismatch_allowed),
             )
         finally:
             self.release_memory()
