@@ -253,8 +253,7 @@ class Studio:
             raise ValueError("choose at least one expert to analyse")
         with self.lock:
             manifest = self.manifest
-        if not all(d in manifest.datasets for d in str(dataset).split("+")):
-            self.allowed(dataset)  # a JSONL path, not the manifest's domains
+        self.allowed_dataset(dataset, manifest)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         try:
             return analyze_experts(
@@ -322,10 +321,18 @@ class Studio:
             recipe = recipe.resolve_paths(Path(self.manifest.source).parent)
         return self.allowed_recipe(recipe.resolve_names(self.manifest))
 
+    def allowed_dataset(self, dataset: str, manifest: Manifest) -> None:
+        """A dataset that is not the manifest's domains ("math", "math+code") is a JSONL path: check it."""
+        if not all(d in manifest.datasets for d in str(dataset).split("+")):
+            self.allowed(dataset)
+
     def allowed_recipe(self, recipe: Recipe) -> Recipe:
-        """`recipe` when its base and experts are paths (or hub ids) `self.roots` allow."""
+        """`recipe` when its base, experts and calibration dataset are paths (or hub ids, domains)
+        `self.roots` allow."""
         for ref in ([recipe.base] if recipe.base else []) + [e.path for e in recipe.experts]:
             self.allowed(ref)
+        if recipe.calibrate is not None and recipe.calibrate.dataset:
+            self.allowed_dataset(recipe.calibrate.dataset, self.manifest)
         return recipe
 
     def fuse(

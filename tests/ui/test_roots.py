@@ -40,7 +40,7 @@ def _refusal(fn, ref) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("action", ["load_manifest", "set_base", "add_expert", "recipe", "dataset"])
+@pytest.mark.parametrize("action", ["load_manifest", "set_base", "add_expert", "recipe", "dataset", "calibration"])
 def test_outside_the_roots_every_answer_is_the_same(ctx, outside, action):
     studio = ctx.studio
     call = {
@@ -49,6 +49,8 @@ def test_outside_the_roots_every_answer_is_the_same(ctx, outside, action):
         "add_expert": studio.add_expert,
         "recipe": lambda p: studio.parse_recipe(f"method: graft\nbase: {p}\nexperts: [{{path: {p}}}, {{path: {p}}}]\n"),
         "dataset": lambda p: studio.analyze(p, ["math-lora"], k=1),
+        "calibration": lambda p: studio.parse_recipe(
+            "method: graft\nexperts: [math-lora, code-lora]\n" f"calibrate: {{dataset: {p}}}\n"),
     }[action]
     messages = {kind: _refusal(call, ref) for kind, ref in outside.items()}
     assert len(_same(messages, outside)) == 1, messages
