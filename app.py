@@ -1,5 +1,5 @@
 """Graft Studio: `python app.py [--manifest PATH] [--zoo-profile full|ci] [--host 127.0.0.1] [--port 7860]
-[--auth user:pass] [--device auto]`. Without --manifest, the offline demo zoo is used (built on first run)."""
+[--auth user:pass] [--device auto] [--allow-dir DIR ...]`. Without --manifest, the offline demo zoo is used (built on first run)."""
 
 import argparse
 import logging
@@ -20,6 +20,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--work-dir", help="where fused variants and exports go (default ./runs/studio)")
     p.add_argument("--votes", help="arena vote store: SQLite path or database URL")
+    p.add_argument("--allow-dir", action="append", metavar="DIR",
+                   help="a folder whose models, manifests and datasets users may load (repeatable); default: the "
+                        "demo zoo folder and the Hugging Face cache. The work dir and the --manifest's folders are "
+                        "always allowed; any other server path is refused")
     return p.parse_args(argv)
 
 
@@ -37,7 +41,7 @@ def main(argv=None):
     from graft_ui.ui.app import build_app, launch_kwargs, make_context
 
     ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
-                       zoo_manifest=zoo)
+                       zoo_manifest=zoo, allow_dirs=args.allow_dir)
     from graft_ui.ui.app import exposure_warning
 
     if warning := exposure_warning(args.host, auth):

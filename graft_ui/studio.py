@@ -21,7 +21,6 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,13 +30,15 @@ from graft_ui.analysis.analyze import analyze_experts
 from graft_ui.analysis.data import import_dataset
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
-from graft_ui.chat.pool import ModelPool
+from graft_ui.chat.pool import APP_OVERRIDE, ModelPool
 from graft_ui.checks import number
 from graft_ui.fusion import fuse_recipe
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
+from graft_ui.models.roots import AllowedRoots
 from graft_ui.models.validate import folder_bytes, human_bytes, model_config, validate_entry
 from graft_ui.recipe import ALL_MODULES, Recipe
+from graft_ui.variants import FusedVariant, fusion_summary
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +59,6 @@ def check_variant_name(name: str) -> str:
     return name
 
 
-@dataclass
-class FusedVariant:
-    """A fusion made in this session: its recipe, where it was written, and how it went."""
-
-    name: str
-    recipe: Recipe
-    out_dir: Path
-    kind: str  # lora | full
-    summary: dict = field(default_factory=dict)
-    created: float = field(default_factory=time.time)
-
-    @property
-    def gates_path(self) -> Path | None:
-        p = self.out_dir / "gates.json"
-        return p if p.is_file() else None
-
-    def row(self) -> dict:
-        return {
-            "name": self.name,
-            "method": self.recipe.method,
-            "experts": " → ".join(e.name or Path(e.path).name for e in self.recipe.experts),
-            "kind": self.kind,
-            "modules": self.summary.get("modules_fused", "—"),
-            "seconds": self.summary.get("seconds", "—"),
-            "device": self.summary.get("device", "—"),
-            "folder": str(self.out_dir),
-        }
-
-
 class Studio:
     """See the module docstring. Thread-safe for the UI: state changes hold `self.lock`."""
 
@@ -98,14 +70,17 @@ class Studio:
         work_dir: str | Path | None = None,
         votes: str | None = None,
         max_full: int = 2,
+        roots: AllowedRoots | None = None,
     ):
         self.device = resolve_device(device)
         self.device_label = device_label(self.device)
         self.work_dir = Path(work_dir) if work_dir else default_work_dir()
         self.votes = votes  # vote store target (SQLite path or DB URL); None = the arena's default
         self.max_full = max_full
+        self.roots = roots  # where user-given server paths may point; None = anywhere (library, CLI)
         self.lock = threading.RLock()
         self.variants: dict[str, FusedVariant] = {}
+        self.base_mismatch_allowed: set[str] = set()  # experts added with "allow a different base"
         self.version = 0  # bumped whenever models or variants change (the UI refreshes its choices)
         self._manifest: Manifest | None = None
         self.pool: ModelPool | None = None
@@ -136,11 +111,18 @@ class Studio:
                 log.info("manifest changed: %d fused variant(s) of the previous base are no longer chat-able",
                          len(self.variants))
             self.variants.clear()
+            self.base_mismatch_allowed.clear()
             self.version += 1
             self.release_memory()
 
+    def allowed(self, ref: str | Path) -> str:
+        """`ref` (a path or hub id a user gave) when `self.roots` allow it; else one generic refusal."""
+        return self.roots.check(ref) if self.roots is not None else str(ref)
+
     def load_manifest(self, path: str | Path) -> Manifest:
-        manifest = load_manifest(path)
+        manifest = load_manifest(self.allowed(path))
+        if self.roots is not None:
+            self.roots.check_manifest(manifest)
         self.set_manifest(manifest)
         return manifest
 
@@ -149,18 +131,22 @@ class Studio:
         ref = (ref or "").strip()
         if not ref:
             raise ValueError("give the base model as a local folder or a hub id (owner/name)")
+        self.allowed(ref)
         name = check_variant_name(name or Path(ref).name or "base")
         base = ModelEntry(name=name, path=ref, kind="full")
         validate_entry(base)
         self.set_manifest(Manifest(base=base, experts=(), datasets={}, name="custom"))
         return self.manifest
 
-    def add_expert(self, ref: str, name: str | None = None, domain: str | None = None, kind: str = "auto") -> ModelEntry:
-        """Add an expert (LoRA adapter folder or full fine-tune; folder or hub id) to the current set."""
+    def add_expert(self, ref: str, name: str | None = None, domain: str | None = None, kind: str = "auto", *,
+                   allow_base_mismatch: bool = False) -> ModelEntry:
+        """Add an expert (LoRA adapter folder or full fine-tune; folder or hub id) to the current set.
+        An adapter that records another base than the manifest's is refused unless `allow_base_mismatch`
+        (the user's explicit override; it then loads with a warning wherever the app loads it)."""
         ref = (ref or "").strip()
         if not ref:
             raise ValueError("give the expert as a local folder or a hub id (owner/name)")
-        check_reference(ref)
+        check_reference(self.allowed(ref))
         if kind == "auto":
             kind = "lora" if is_adapter(ref) or (looks_like_hub_id(ref) and not Path(ref).exists() and _hub_is_adapter(ref)) else "full"
         name = check_variant_name(name or Path(ref).name)
@@ -168,9 +154,12 @@ class Studio:
             if name in self.pool.names() or name in self.variants:
                 raise ValueError(f"a model named {name!r} is already loaded; choose another name")
             entry = ModelEntry(name=name, path=ref, kind=kind, domain=(domain or None))
-            validate_entry(entry, self.manifest.base)
+            validate_entry(entry, self.manifest.base, allow_base_mismatch=allow_base_mismatch, override=APP_OVERRIDE)
             self._manifest = dataclasses.replace(self.manifest, experts=self.manifest.experts + (entry,))
-            self.pool.register(entry.name, entry.path, entry.kind, role="expert")
+            self.pool.register(entry.name, entry.path, entry.kind, role="expert",
+                               allow_base_mismatch=allow_base_mismatch)
+            if allow_base_mismatch:
+                self.base_mismatch_allowed.add(entry.name)
             self.version += 1
         return entry
 
@@ -179,6 +168,7 @@ class Studio:
             self.manifest.expert(name)
             self._manifest = dataclasses.replace(self.manifest, experts=tuple(e for e in self.manifest.experts if e.name != name))
             self.pool.unregister(name)
+            self.base_mismatch_allowed.discard(name)
             self.version += 1
 
     def model_rows(self) -> list[dict]:
@@ -188,7 +178,8 @@ class Studio:
         for role, e in [("base", m.base)] + [("expert", e) for e in m.experts]:
             rank, status = "—", "ready"
             try:
-                validate_entry(e, m.base if role == "expert" else None)
+                validate_entry(e, m.base if role == "expert" else None, override=APP_OVERRIDE,
+                               allow_base_mismatch=e.name in self.base_mismatch_allowed)
                 if e.kind == "lora" and Path(e.path).is_dir():
                     rank = adapter_config(e.path).get("r", "?")
             except (ValueError, FileNotFoundError) as exc:
@@ -262,12 +253,14 @@ class Studio:
             raise ValueError("choose at least one expert to analyse")
         with self.lock:
             manifest = self.manifest
+        self.allowed_dataset(dataset, manifest)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         try:
             return analyze_experts(
                 manifest, experts, dataset, k=int(k), eps=float(eps if eps is not None else DEFAULT_EPS),
                 threshold=float(threshold if threshold is not None else DEFAULT_THRESHOLD),
                 device=str(self.device), dtype=dtype, progress=progress,
+                allow_base_mismatch=set(self.base_mismatch_allowed),
             )
         finally:
             self.release_memory()
@@ -326,7 +319,21 @@ class Studio:
         recipe = Recipe.from_yaml(text)
         if self.manifest.source:
             recipe = recipe.resolve_paths(Path(self.manifest.source).parent)
-        return recipe.resolve_names(self.manifest)
+        return self.allowed_recipe(recipe.resolve_names(self.manifest))
+
+    def allowed_dataset(self, dataset: str, manifest: Manifest) -> None:
+        """A dataset that is not the manifest's domains ("math", "math+code") is a JSONL path: check it."""
+        if not all(d in manifest.datasets for d in str(dataset).split("+")):
+            self.allowed(dataset)
+
+    def allowed_recipe(self, recipe: Recipe) -> Recipe:
+        """`recipe` when its base, experts and calibration dataset are paths (or hub ids, domains)
+        `self.roots` allow."""
+        for ref in ([recipe.base] if recipe.base else []) + [e.path for e in recipe.experts]:
+            self.allowed(ref)
+        if recipe.calibrate is not None and recipe.calibrate.dataset:
+            self.allowed_dataset(recipe.calibrate.dataset, self.manifest)
+        return recipe
 
     def fuse(
         self,
@@ -344,7 +351,7 @@ class Studio:
                 raise ValueError(f"{name!r} is the name of a loaded model; choose another name for the fused variant")
             if name in self.variants and not overwrite:
                 raise ValueError(f"a fused variant named {name!r} exists; choose another name or allow overwriting")
-        for ref in recipe.experts:
+        for ref in self.allowed_recipe(recipe).experts:
             check_reference(ref.path)
         if name in self.variants:
             out_dir = self.variants[name].out_dir  # overwrite=True: replace this session's own output
@@ -361,7 +368,7 @@ class Studio:
         finally:
             self.release_memory()
         recipe = result.recipe
-        summary = _summary(result, time.perf_counter() - t0, self.device_label)
+        summary = fusion_summary(result, time.perf_counter() - t0, self.device_label)
         if result.calibration is not None:
             summary["calibration"] = result.calibration
         kind = "lora" if is_adapter(out_dir) else "full"
@@ -416,36 +423,3 @@ def _hub_is_adapter(ref: str) -> bool:
 
     hit = try_to_load_from_cache(ref, "adapter_config.json")
     return isinstance(hit, str)
-
-
-def _summary(result: Any, seconds: float, device: str) -> dict:
-    """A small JSON-able summary of a merge result (whatever shape run_recipe returns)."""
-    d: dict[str, Any] = {}
-    if callable(getattr(result, "summary", None)):
-        d = dict(result.summary())
-    elif dataclasses.is_dataclass(result):
-        d = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-    elif isinstance(result, Mapping):
-        d = dict(result)
-    elif hasattr(result, "__dict__"):
-        d = dict(vars(result))
-    out = {
-        "seconds": round(float(d.get("seconds") or seconds), 2),
-        "device": str(d.get("device_label") or d.get("device") or device),
-    }
-    for key in ("modules_fused", "modules", "n_modules", "fused_modules"):
-        if key in d:
-            v = d[key]
-            out["modules_fused"] = len(v) if isinstance(v, (list, tuple, dict, set)) else v
-            break
-    for key in ("copied", "modules_copied", "tensors_copied"):  # tensors (full) or modules (LoRA) kept from expert 1
-        if key in d:
-            v = d[key]
-            out["modules_copied"] = len(v) if isinstance(v, (list, tuple, dict, set)) else v
-            break
-    for key in ("method", "experts_kind", "output_kind", "out_dir", "rank", "svd_error", "relative_error"):
-        if key in d and d[key] is not None:
-            out[key] = d[key] if isinstance(d[key], (int, float, str, bool)) else str(d[key])
-    if d.get("notes"):
-        out["notes"] = [str(n) for n in d["notes"]]
-    return out

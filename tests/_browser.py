@@ -19,8 +19,8 @@ MARKS = [
 
 
 @contextmanager
-def app_page(url: str):
-    """A 1280 px wide page with the Graft Studio app at `url` loaded."""
+def app_page(url: str, ready: str = "#gs-tabs"):
+    """A 1280 px wide page with the Graft Studio app (or another Blocks: `ready` names an element) at `url`."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -29,7 +29,7 @@ def app_page(url: str):
             pg = browser.new_page(viewport={"width": 1280, "height": 900})
             pg.set_default_timeout(120_000)
             pg.goto(url)
-            pg.wait_for_selector("#gs-tabs")
+            pg.wait_for_selector(ready)
             yield pg
         finally:
             browser.close()

@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 
@@ -197,8 +197,10 @@ def analyze_experts(
     device: str = "auto",
     dtype: torch.dtype = torch.float32,
     progress: bool | Callable[[int, int], None] | None = None,
+    allow_base_mismatch: Collection[str] = (),
 ) -> AnalysisResult:
     """Analyse `experts` (names in the manifest; None = all) on K samples of `dataset`.
+    Adapters recorded on another base are refused, except those named in `allow_base_mismatch`.
 
     progress: True for tqdm bars, or a callable(done, total) counting samples over all
     experts (total = number of experts x K), e.g. a UI progress bar.
@@ -233,7 +235,7 @@ def analyze_experts(
     if loras:
         model = load_model(manifest.base, device=dev, dtype=dtype)
         for e in loras:
-            model = attach_adapter(model, e.path, e.name)
+            model = attach_adapter(model, e.path, e.name, allow_base_mismatch=e.name in allow_base_mismatch)
             model.set_adapter(e.name)
             run(model, e)
         del model

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterable
@@ -147,11 +146,11 @@ def export_store(store: VoteStore, out: str | os.PathLike, fmt: str | None = Non
     return export_votes(store.votes(blind=blind), out, fmt)
 
 
-def export_for_download(store: VoteStore, fmt: str, folder: str | os.PathLike | None = None) -> Path:
-    """A fresh `votes-<UTC time>.<fmt>` file (in `folder`, default a new temp folder) for
-    a download button."""
+def export_for_download(store: VoteStore, fmt: str, folder: str | os.PathLike) -> Path:
+    """A fresh `votes-<UTC time>.<fmt>` file in `folder` (created if needed) for a download button."""
     fmt = _format(fmt, None)
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="graft-votes-"))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return export_store(store, folder / f"votes-{stamp}.{fmt}", fmt)
 

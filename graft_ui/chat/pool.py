@@ -31,6 +31,7 @@ from graft_ui.models.loading import attach_adapter, check_reference, is_adapter,
 log = logging.getLogger(__name__)
 
 KINDS = ("base", "lora", "full")
+APP_OVERRIDE = "add it again with “allow a different base” ticked to load it anyway"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class VariantSpec:
     path: str
     kind: str  # base | lora | full
     role: str = "expert"  # base | expert | fused
+    allow_base_mismatch: bool = False  # an adapter recorded on another base, loaded anyway (the user said so)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -104,14 +106,15 @@ class ModelPool(BatchedGeneration):
     def base_path(self) -> str:
         return self._specs[self.base_name].path
 
-    def register(self, name: str, path: str, kind: str, role: str = "expert") -> VariantSpec:
+    def register(self, name: str, path: str, kind: str, role: str = "expert", *,
+                 allow_base_mismatch: bool = False) -> VariantSpec:
         """Make `name` available for chat (nothing is loaded until it is asked for)."""
         if kind == "base":
             raise ValueError("the base is fixed when the pool is made; register experts as 'lora' or 'full'")
         with self.lock:
             if name in self._specs and self._specs[name].path != str(path):
                 self.unregister(name)
-            spec = VariantSpec(name, str(path), kind, role)
+            spec = VariantSpec(name, str(path), kind, role, allow_base_mismatch)
             self._specs[name] = spec
             return spec
 
@@ -171,7 +174,8 @@ class ModelPool(BatchedGeneration):
         while key in taken:
             key += "_"
         try:
-            self._base = attach_adapter(self._base, spec.path, key)
+            self._base = attach_adapter(self._base, spec.path, key, allow_base_mismatch=spec.allow_base_mismatch,
+                                        override=APP_OVERRIDE)
         except Exception:
             # a half-loaded adapter must not linger in the shared base
             peft = self._peft()

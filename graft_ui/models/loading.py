@@ -107,7 +107,8 @@ def _load_full(ref: str, device: torch.device, dtype: torch.dtype):
     return model.to(device).eval()
 
 
-def attach_adapter(model, adapter_ref: str | Path, name: str, *, allow_base_mismatch: bool = False):
+def attach_adapter(model, adapter_ref: str | Path, name: str, *, allow_base_mismatch: bool = False,
+                   **override):
     """Load an adapter into `model` (a plain model or a PeftModel) under `name`; raises on missing
     keys, and when the adapter records a different base than the one `model` was loaded from
     (`check_adapter_base`, the merge engine's rule) unless `allow_base_mismatch`."""
@@ -117,7 +118,7 @@ def attach_adapter(model, adapter_ref: str | Path, name: str, *, allow_base_mism
     cfg = adapter_config(adapter_ref)
     loaded_from = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     check_adapter_base(adapter_ref, cfg.get("base_model_name_or_path"), loaded_from, origin="the base it is put on",
-                       allow_mismatch=allow_base_mismatch)
+                       allow_mismatch=allow_base_mismatch, **override)
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"adapter {adapter_ref!r} has peft_type={cfg.get('peft_type')!r}; only LORA is supported")
     if cfg.get("use_dora"):

@@ -245,12 +245,16 @@ def check_bases(adapters: Sequence[LoraAdapter], base: str | None) -> str:
     return base
 
 
+OVERRIDE_CLI = "pass --allow-base-mismatch to load it anyway"
+
+
 def check_adapter_base(label: str, recorded: str | None, base: str | None, *, origin: str = "the base",
-                       action: str = "loaded on it", allow_mismatch: bool = False) -> None:
+                       action: str = "loaded on it", allow_mismatch: bool = False,
+                       override: str = OVERRIDE_CLI) -> None:
     """The one rule for putting an adapter on a base, used by the merge engine and every loader:
     the base recorded in its adapter_config.json (`recorded`) must name the same model as `base`
-    (`same_base`); otherwise a ValueError, unless `allow_mismatch` (an explicit user override),
-    which logs a warning instead. An adapter that records no base is assumed to fit (warned)."""
+    (`same_base`); otherwise a ValueError naming the `override` (how the user allows it: a CLI flag,
+    a checkbox), unless `allow_mismatch` (that explicit override), which logs a warning instead. An adapter that records no base is assumed to fit (warned)."""
     if not recorded or not base:
         log.warning("adapter %s names no base model; assuming %s", label, base)
         return
@@ -261,7 +265,7 @@ def check_adapter_base(label: str, recorded: str | None, base: str | None, *, or
         log.warning("%s; loading it anyway (base mismatch allowed)", msg)
         return
     raise ValueError(f"{msg}; adapters trained on another base cannot be {action}"
-                     + ("" if action == "fused" else " (pass --allow-base-mismatch to load it anyway)"))
+                     + ("" if action == "fused" else f" ({override})"))
 
 
 # ---------------------------------------------------------------------------- writing

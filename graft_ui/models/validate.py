@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from safetensors import safe_open
 
 from graft_ui.models.loading import adapter_config, check_reference, is_adapter
+from graft_ui.models.lora_io import check_adapter_base
 from graft_ui.models.manifest import ModelEntry
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -49,8 +50,11 @@ def _shape_signature(cfg: Mapping[str, Any]) -> tuple:
     return tuple(text.get(k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))
 
 
-def validate_entry(entry: ModelEntry, base: ModelEntry | None = None) -> None:
-    """Raise a readable ValueError/FileNotFoundError if `entry` cannot be used (cheap: no weights loaded)."""
+def validate_entry(entry: ModelEntry, base: ModelEntry | None = None, *, allow_base_mismatch: bool = False,
+                   **override) -> None:
+    """Raise a readable ValueError/FileNotFoundError if `entry` cannot be used (cheap: no weights loaded).
+    A LoRA adapter that records another base than `base` is refused (`check_adapter_base`, naming the
+    `override=` the user has) unless `allow_base_mismatch`."""
     ref = check_reference(entry.path)
     if not Path(ref).is_dir():
         return  # a cached hub id: its files are checked when it loads
@@ -60,6 +64,10 @@ def validate_entry(entry: ModelEntry, base: ModelEntry | None = None) -> None:
         cfg = adapter_config(ref)
         if cfg.get("peft_type") != "LORA":
             raise ValueError(f"{entry.name!r}: adapter peft_type={cfg.get('peft_type')!r}; only LoRA adapters are supported")
+        if base is not None:
+            check_adapter_base(entry.name, cfg.get("base_model_name_or_path"), base.path,
+                               origin=f"the base {base.name!r} ({base.path})", allow_mismatch=allow_base_mismatch,
+                               **override)
         weights = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if Path(ref, f).is_file()]
         if not weights:
             raise ValueError(f"{entry.name!r}: adapter folder {ref!r} has no adapter_model.safetensors")

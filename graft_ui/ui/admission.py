@@ -8,12 +8,18 @@ already wait, with a sentence saying so; every other event (votes, leaderboard, 
 always admitted. The vote endpoints also skip the queue entirely (`queue=False`).
 
 A refusal answers HTTP 503: the browser shows "This application is currently busy. Please try
-again." (its fixed text) and the prompt can be sent again; gradio_client raises QueueError.
+again." (its fixed text); gradio_client raises QueueError. The refusal is remembered per browser
+session (`GpuAdmission.take`), so that `wire_retry` can answer the event's failure with the reason in
+words, put the refused prompt back in its box and show a Retry button (Chat and Arena).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 from gradio import route_utils
@@ -33,11 +39,46 @@ def gpu_waiting(queue) -> int:
     return len(events.queue) if events is not None else 0
 
 
-def limit_gpu_queue(app: gr.Blocks, max_waiting: int) -> None:
+REFUSAL_KEEP_S = 120  # a refusal not picked up by its session's failure handler by then is forgotten
+
+
+@dataclass
+class Refusal:
+    waiting: int  # model runs that were waiting
+    data: list  # the refused event's inputs, as sent
+    at: float
+
+
+class GpuAdmission:
+    """The cap on waiting model runs, and the refusals it made, per browser session."""
+
+    def __init__(self, max_waiting: int):
+        self.max_waiting = max_waiting
+        self._refused: dict[str, Refusal] = {}
+        self._lock = threading.Lock()
+
+    def refuse(self, session: str | None, waiting: int, data: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, r in self._refused.items() if now - r.at > REFUSAL_KEEP_S]:
+                del self._refused[key]
+            if session:
+                self._refused[session] = Refusal(waiting, list(data or []), now)
+
+    def take(self, request: gr.Request | None) -> Refusal | None:
+        """The refusal this browser session got last (once), if it is recent."""
+        session = getattr(request, "session_hash", None)
+        with self._lock:
+            r = self._refused.pop(session, None) if session else None
+        return r if r is not None and time.monotonic() - r.at <= REFUSAL_KEEP_S else None
+
+
+def limit_gpu_queue(app: gr.Blocks, max_waiting: int) -> GpuAdmission:
     """Admit every event, except a GPU event when `max_waiting` of them already wait (see module doc).
-    Call after `app.queue(max_size=None, ...)`."""
+    Call after `app.queue(max_size=None, ...)`. Returns the admission (its cap can be changed later)."""
     queue = app._queue
     push = queue.push
+    admission = GpuAdmission(max_waiting)
 
     async def admit(body, request, username):
         try:
@@ -46,9 +87,45 @@ def limit_gpu_queue(app: gr.Blocks, max_waiting: int) -> None:
             return await push(body=body, request=request, username=username)
         if fn.concurrency_id == GPU_EVENT["concurrency_id"]:
             waiting = gpu_waiting(queue)
-            if waiting >= max_waiting:
+            if waiting >= admission.max_waiting:
                 log.warning("refused %s: %d model runs already waiting", fn.api_name or fn.name, waiting)
+                admission.refuse(getattr(body, "session_hash", None), waiting, getattr(body, "data", None))
                 return False, busy_message(waiting), "queue_full"
         return await push(body=body, request=request, username=username)
 
     queue.push = admit
+    return admission
+
+
+CLEAR_BOX_JS = "() => ({text: '', files: []})"  # empties a MultimodalTextbox in the browser, no round trip
+
+
+def prompt_back(value: Any) -> dict:
+    """A MultimodalTextbox value as it was sent ({"text", "files": [FileData dicts]}) -> a value to show again."""
+    value = value if isinstance(value, dict) else {"text": str(value or "")}
+    files = [f.get("path") if isinstance(f, dict) else f for f in value.get("files") or []]
+    return {"text": str(value.get("text") or ""), "files": [f for f in files if isinstance(f, str) and f]}
+
+
+def refused_status(r: Refusal) -> str:
+    return (f"⚠ {busy_message(r.waiting)} Your prompt was not sent; it is back in the box. "
+            "Press **↻ Retry** to send it again.")
+
+
+def wire_retry(ctx, events: list, box: gr.MultimodalTextbox, status: gr.Markdown, retry: gr.Button) -> None:
+    """After a model-run event of `events` is refused for capacity: the reason in `status`, the refused
+    prompt (the event's first input) back in `box`, and the `retry` button shown; hidden again after a
+    run goes through. Other failures are left to gradio's own message."""
+
+    def on_failure(request: gr.Request):
+        admission = getattr(ctx, "admission", None)
+        r = admission.take(request) if admission is not None else None
+        if r is None:
+            return gr.update(), gr.update(), gr.update()
+        return prompt_back(r.data[0] if r.data else None), refused_status(r), gr.update(visible=True)
+
+    for ev in events:
+        ev.failure(on_failure, None, [box, status, retry], api_visibility="private", queue=False,
+                   show_progress="hidden")
+        ev.success(lambda: gr.update(visible=False), None, retry, api_visibility="private", queue=False,
+                   show_progress="hidden")

@@ -14,6 +14,7 @@ from types import ModuleType
 
 import gradio as gr
 
+from graft_ui.models.roots import AllowedRoots
 from graft_ui.studio import Studio
 from graft_ui.ui import analyze, arena, chat, experts, fuse, leaderboard
 from graft_ui.ui import theme as T
@@ -56,7 +57,7 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
     # gradio's max_size would count votes against the same cap as generations: only model runs are capped
     app.queue(max_size=None, default_concurrency_limit=4)
-    limit_gpu_queue(app, ctx_queue_size(ctx))
+    ctx.admission = limit_gpu_queue(app, ctx_queue_size(ctx))
     return app
 
 
@@ -93,6 +94,25 @@ def launch_kwargs(*, host: str = "127.0.0.1", port: int | None = 7860, auth: tup
     return kw
 
 
+def default_roots() -> list[Path]:
+    """Where loadable folders may be when `--allow-dir` is not given: the demo zoo and the HF cache."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from graft_ui.zoo import zoo_root
+
+    return [zoo_root(), Path(HF_HUB_CACHE)]
+
+
+def allowed_roots(studio: Studio, allow_dirs: list[str | Path] | None = None) -> AllowedRoots:
+    """`allow_dirs` (default: `default_roots()`), plus what the app itself uses: its work dir, the
+    examples, and the folders of the manifest it was started with (the operator chose them)."""
+    m = studio.manifest
+    own = [studio.work_dir, EXAMPLES_DIR]
+    own += [Path(p) if Path(p).is_dir() else Path(p).parent
+            for p in [m.source, m.base.path, *(e.path for e in m.experts)] if p and Path(p).exists()]
+    return AllowedRoots([*(allow_dirs or default_roots()), *own])
+
+
 def make_context(
     manifest: str | Path,
     *,
@@ -100,8 +120,13 @@ def make_context(
     work_dir: str | Path | None = None,
     votes: str | None = None,
     zoo_manifest: str | None = None,
+    allow_dirs: list[str | Path] | None = None,
 ) -> AppContext:
+    """The app's state on `manifest`; server paths users give must lie under `allow_dirs` (see
+    `allowed_roots`) and are otherwise refused with one generic message."""
     studio = Studio.from_manifest(manifest, device=device, work_dir=work_dir, votes=votes)
+    studio.roots = allowed_roots(studio, allow_dirs)
+    log.info("loadable folders: %s", ", ".join(str(r) for r in studio.roots.roots))
     examples = examples_for(studio.manifest.source)
     ctx = AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest, examples=examples)
     images = {str(Path(e["image"]).parent) for e in examples if e.get("image")}

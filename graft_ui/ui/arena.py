@@ -45,6 +45,7 @@ from graft_ui.arena.session import (
 )
 from graft_ui.arena.store import VOTE_CHOICES
 from graft_ui.chat import MAX_NEW_TOKENS_CAP, GenerationSettings, StreamUpdate
+from graft_ui.ui.admission import CLEAR_BOX_JS, wire_retry
 from graft_ui.ui.common import choices_update, friendly, hint, ok, prompt_of, warn
 from graft_ui.ui.context import AppContext
 
@@ -159,6 +160,8 @@ def render(ctx: AppContext) -> None:
     )
     with gr.Row(elem_classes=["gs-controls"]):
         stop_btn = gr.Button("■ Stop", variant="stop", size="sm", elem_id="gs-arena-stop", scale=0, min_width=90)
+        retry_btn = gr.Button("↻ Retry", size="sm", visible=False, variant="primary", elem_id="gs-arena-retry",
+                              scale=0, min_width=90)
         new_btn = gr.Button("↻ New battle", size="sm", elem_id="gs-arena-new", scale=0, min_width=130)
         status = gr.Markdown("", elem_classes=["gs-status-box"], elem_id="gs-arena-status")
     if ctx.examples:
@@ -216,9 +219,13 @@ def render(ctx: AppContext) -> None:
 
     send_outputs = [state, head_a, head_b, bot_a, bot_b] + buttons + [reveal_box, status, receipt]
     send_inputs = [box, state, mode, pool, named_a, named_b, domain, max_new, temperature, greedy]
-    box.submit(send, send_inputs, send_outputs, api_name="arena_send", **ctx.gpu)
-    # the prompt box empties at once (its value was already taken by the send above)
-    box.submit(lambda: None, None, box, api_visibility="private", queue=False, show_progress="hidden")
+    sent = box.submit(send, send_inputs, send_outputs, api_name="arena_send", **ctx.gpu)
+    retried = retry_btn.click(send, send_inputs, send_outputs, api_visibility="private", **ctx.gpu)
+    # the prompt box empties at once, in the browser (its value was already taken by the send above); a
+    # send refused for capacity puts it back (wire_retry), always after this since it needs a round trip
+    for trigger in (box.submit, retry_btn.click):
+        trigger(None, None, box, js=CLEAR_BOX_JS, api_visibility="private", queue=False, show_progress="hidden")
+    wire_retry(ctx, [sent, retried], box, status, retry_btn)
 
     # ---- vote ----------------------------------------------------------------------------
 

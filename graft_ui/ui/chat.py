@@ -7,6 +7,7 @@ import time
 import gradio as gr
 
 from graft_ui.chat import GenerationSettings, MAX_NEW_TOKENS_CAP, SideBySide
+from graft_ui.ui.admission import wire_retry
 from graft_ui.ui.common import choices_update, guarded, hint, prompt_of
 from graft_ui.ui.context import AppContext
 
@@ -80,6 +81,7 @@ def render(ctx: AppContext) -> None:
     )
     with gr.Row(elem_classes=["gs-controls"]):
         stop_btn = gr.Button("■ Stop", variant="stop", size="sm", elem_id="gs-chat-stop")
+        retry_btn = gr.Button("↻ Retry", size="sm", visible=False, variant="primary", elem_id="gs-chat-retry")
         regen_btn = gr.Button("↻ Regenerate", size="sm", elem_id="gs-chat-regen")
         clear_btn = gr.Button("Clear", size="sm", elem_id="gs-chat-clear")
         status = gr.Markdown("", elem_classes=["gs-status-box"], elem_id="gs-chat-status")
@@ -141,8 +143,10 @@ def render(ctx: AppContext) -> None:
         return [SideBySide()] + [[] for _ in range(MAX_COLUMNS)] + [""]
 
     outs = [session] + bots + [status]
-    box.submit(send, [box, session, columns, max_new, temperature, greedy], outs + [box],
-                          api_name="chat", **ctx.gpu)
+    send_inputs = [box, session, columns, max_new, temperature, greedy]
+    sent = box.submit(send, send_inputs, outs + [box], api_name="chat", **ctx.gpu)
+    retried = retry_btn.click(send, send_inputs, outs + [box], api_visibility="private", **ctx.gpu)
+    wire_retry(ctx, [sent, retried], box, status, retry_btn)
     regen_btn.click(regenerate, [session, columns, max_new, temperature, greedy], outs,
                                 api_name="regenerate", **ctx.gpu)
     # Stop runs outside the GPU queue (its own group, no limit) so it is never stuck behind the work it stops

@@ -115,6 +115,7 @@ class AppContext:
     examples: list[dict] = field(default_factory=load_examples)
     upload_roots: list[str] = field(default_factory=lambda: [get_upload_folder(), str(EXAMPLES_DIR)])
     models_changed: Any = None  # gr.State, created in build_app
+    admission: Any = None  # ui.admission.GpuAdmission, set by build_app (refusals for the Retry buttons)
     _refreshers: list[tuple] = field(default_factory=list)
     zoo_manifest: str | None = None  # the demo zoo's manifest, for 'back to the zoo'
     _stops: dict[str, threading.Event] = field(default_factory=dict)

@@ -29,8 +29,9 @@ def render(ctx: AppContext) -> None:
                 status = gr.Markdown("", elem_classes=["gs-status-box"], elem_id="gs-experts-status")
         with gr.Column(scale=2, min_width=340):
             section("Model set")
+            # empty at start: the page config must not show the server's absolute paths
             manifest_path = gr.Textbox(label="Manifest (YAML file or folder on the server)",
-                                       value=studio.manifest.source or "", elem_id="gs-manifest-path",
+                                       value="", elem_id="gs-manifest-path",
                                        placeholder="examples/manifest-qwen2vl-2b.yaml")
             with gr.Row():
                 load_btn = gr.Button("Load manifest", variant="primary", size="sm")
@@ -44,6 +45,9 @@ def render(ctx: AppContext) -> None:
                     expert_name = gr.Textbox(label="Name", placeholder="(folder name)", min_width=120)
                     expert_domain = gr.Textbox(label="Domain", placeholder="math", min_width=100)
                     expert_kind = gr.Radio(["auto", "lora", "full"], value="auto", label="Kind", min_width=180)
+                allow_base = gr.Checkbox(False, label="allow a different base", elem_id="gs-allow-base",
+                                         info="load an adapter trained on another base anyway (its answers may be "
+                                              "garbage); it still cannot be fused")
                 add_btn = gr.Button("Add expert", size="sm", elem_id="gs-add-expert")
             hint("Hub ids need the model in the local Hugging Face cache: the app runs with hub downloads off.")
 
@@ -61,7 +65,7 @@ def render(ctx: AppContext) -> None:
     @guarded(4, status=1)
     def back_to_zoo():
         m = studio.load_manifest(ctx.zoo_manifest)
-        return models_table(ctx), ok(f"Back on the demo zoo ({len(m.experts)} experts)."), ctx.bump(), m.source
+        return models_table(ctx), ok(f"Back on the demo zoo ({len(m.experts)} experts)."), ctx.bump(), ""
 
     @guarded(3, status=1)
     def new_base(ref):
@@ -69,15 +73,18 @@ def render(ctx: AppContext) -> None:
         return models_table(ctx), ok(f"New set on base `{m.base.name}`; add its experts below."), ctx.bump()
 
     @guarded(5, status=1)
-    def add(ref, name, domain, kind):
-        e = studio.add_expert(ref, name=name or None, domain=domain or None, kind=kind)
-        return models_table(ctx), ok(f"Added **{e.name}** ({e.kind}). It loads when first used."), ctx.bump(), "", ""
+    def add(ref, name, domain, kind, allow_base_mismatch):
+        e = studio.add_expert(ref, name=name or None, domain=domain or None, kind=kind,
+                              allow_base_mismatch=bool(allow_base_mismatch))
+        note = " Its recorded base differs: loaded anyway, as asked." if e.name in studio.base_mismatch_allowed else ""
+        return (models_table(ctx), ok(f"Added **{e.name}** ({e.kind}). It loads when first used.{note}"), ctx.bump(),
+                "", "")
 
     refresh_btn.click(list_models, None, table_df, api_name="list_models", queue=False)
     load_btn.click(load, manifest_path, [table_df, status, ctx.models_changed], api_name="load_manifest")
     manifest_path.submit(load, manifest_path, [table_df, status, ctx.models_changed], api_visibility="private")
     zoo_btn.click(back_to_zoo, None, [table_df, status, ctx.models_changed, manifest_path], api_name="load_zoo")
     base_btn.click(new_base, base_ref, [table_df, status, ctx.models_changed], api_name="set_base")
-    add_btn.click(add, [expert_ref, expert_name, expert_domain, expert_kind],
+    add_btn.click(add, [expert_ref, expert_name, expert_domain, expert_kind, allow_base],
                   [table_df, status, ctx.models_changed, expert_ref, expert_name], api_name="add_expert")
     ctx.on_models_changed(lambda: models_table(ctx), [table_df])

@@ -9,6 +9,7 @@ The tab refreshes when it is opened, when a filter changes and on its Refresh bu
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -28,9 +29,8 @@ ALL_DOMAINS = "all domains"
 ALL_VOTERS = "all voters"
 COLUMNS = ["rank", "variant", "rating", "95% interval", "battles", "wins", "losses", "ties", "both bad", "win rate"]
 N_BOOTSTRAP = 200
-EXPORT_KEEP_S = 600  # older export files in the app's export folder are removed at the next export
+EXPORT_KEEP_S = 600  # older exports in the app's export folder are removed at the next export
 
-_export_dir: Path | None = None
 _export_lock = threading.Lock()
 
 
@@ -86,21 +86,22 @@ def _title_clear(fig):
     return fig
 
 
-def export_file(store, fmt: str) -> str:
-    """A fresh export of every vote (blind and named) in a per-process temporary folder."""
-    global _export_dir
+def export_file(store, fmt: str, root: str | Path) -> str:
+    """A fresh export of every vote (blind and named) in its own subfolder of `root` (the app's
+    `<work_dir>/exports/votes`); exports older than EXPORT_KEEP_S are removed first, so the folder
+    holds only recent downloads and nothing is left in the system temp folder."""
+    root = Path(root)
     with _export_lock:
-        if _export_dir is None or not _export_dir.is_dir():
-            _export_dir = Path(tempfile.mkdtemp(prefix="graft-vote-exports-"))
+        root.mkdir(parents=True, exist_ok=True)
         cutoff = time.time() - EXPORT_KEEP_S
-        for old in _export_dir.glob("votes-*"):
+        for old in root.glob("votes-*"):
             try:
                 if old.stat().st_mtime < cutoff:
-                    old.unlink()
-            except OSError:
-                pass
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+            except OSError as exc:
+                log.warning("could not remove the old vote export %s: %s", old, exc)
         # a per-export subfolder: two exports in the same second never share a file name
-        folder = Path(tempfile.mkdtemp(prefix="votes-", dir=_export_dir))
+        folder = Path(tempfile.mkdtemp(prefix="votes-", dir=root))
     return str(export_for_download(store, fmt, folder))
 
 
@@ -154,7 +155,7 @@ def render(ctx: AppContext) -> None:
     def export_for(fmt: str):
         @friendly
         def run():
-            return export_file(ctx.vote_store(), fmt)
+            return export_file(ctx.vote_store(), fmt, ctx.studio.work_dir / "exports" / "votes")
 
         return run
 

@@ -34,3 +34,29 @@ def test_eval_cli_refuses_and_names_the_override(zoo, tmp_path, caplog):
     code = main(["eval", "--manifest", str(manifest), "--model", str(zoo["lora_other"]), "--out", str(tmp_path / "o"),
                  "--quiet"])
     assert code == 1 and "--allow-base-mismatch" in caplog.text
+
+
+def test_the_app_refuses_it_too_unless_allow_a_different_base_is_ticked(zoo, tmp_path):
+    """Issue 16 item 7, app side: Experts' "add" checks the recorded base against the manifest's base
+    (it used to accept it and fail later in chat, naming a CLI flag); the checkbox's override loads it
+    in the chat pool, with a warning."""
+    from graft_ui.models.manifest import Manifest, ModelEntry
+    from graft_ui.studio import Studio
+
+    studio = Studio(Manifest(base=ModelEntry(name="base", path=str(zoo["base"]))), device="cpu", work_dir=tmp_path)
+    try:
+        with pytest.raises(ValueError, match="was trained on base .*other-base.*allow a different base"):
+            studio.add_expert(str(zoo["lora_other"]), name="other")
+        assert "other" not in studio.pool.names() and not studio.manifest.experts
+        studio.add_expert(str(zoo["lora_a"]), name="mine")  # its own base: no checkbox needed
+        studio.add_expert(str(zoo["lora_other"]), name="other", allow_base_mismatch=True)
+        rows = {r["name"]: r["status"] for r in studio.model_rows()}
+        assert rows == {"base": "ready", "mine": "ready", "other": "ready"}
+        studio.pool.load("other")  # the chat pool honours the override
+        assert studio.pool.is_loaded("other")
+        studio.remove_expert("other")
+        # added again without the checkbox, the refusal is back
+        with pytest.raises(ValueError, match="allow a different base"):
+            studio.add_expert(str(zoo["lora_other"]), name="other")
+    finally:
+        studio.close()

@@ -112,7 +112,7 @@ def test_stop_ends_generation(client):
     client.predict(api_name="/clear")
 
 
-def test_bad_inputs_show_clear_messages_and_the_app_keeps_working(client, tmp_path):
+def test_bad_inputs_show_clear_messages_and_the_app_keeps_working(client, app_server, tmp_path):
     """Each failure leaves the outputs as they were and puts a readable message in the status box."""
     def status_of_chat(*args):
         _, final = chat(client, *args)
@@ -130,8 +130,8 @@ def test_bad_inputs_show_clear_messages_and_the_app_keeps_working(client, tmp_pa
     fake_png.write_text("not a png")
     msg = status_of_chat("what is this?", fake_png, ["base"])
     assert msg.startswith("⚠") and "is not an image" in msg and "Traceback" not in msg
-    # a corrupt adapter folder
-    bad = tmp_path / "corrupt-lora"
+    # a corrupt adapter folder (in the work dir: folders outside the allowed ones get one generic refusal)
+    bad = app_server[1].studio.work_dir / "corrupt-lora"
     bad.mkdir()
     (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
     (bad / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
@@ -142,7 +142,7 @@ def test_bad_inputs_show_clear_messages_and_the_app_keeps_working(client, tmp_pa
     assert "adapter_config.json" in out[1] and "unreadable" in out[1]
     # a hub id while offline
     out = client.predict("someone/not-in-the-cache", "", "", "auto", api_name="/add_expert")
-    assert "not in the local cache" in out[1] and "HF_HUB_OFFLINE" in out[1]
+    assert "hub id in its local cache" in out[1] and "HF_HUB_OFFLINE" in out[1]
     # a recipe with an unknown key
     recipe = (EXAMPLES / "recipe-graft.yaml").read_text() + "\ntemperature: 3\n"
     out = client.predict(recipe, "bad-recipe", api_name="/run_fusion")
@@ -150,6 +150,8 @@ def test_bad_inputs_show_clear_messages_and_the_app_keeps_working(client, tmp_pa
     out = client.predict(recipe, api_name="/load_recipe")
     assert "unknown key(s) ['temperature']" in out[-1]
     out = client.predict("/no/such/manifest.yaml", api_name="/load_manifest")
+    assert "cannot be opened" in out[1] and "does not exist" not in out[1]
+    out = client.predict(str(app_server[1].studio.work_dir / "no-such-manifest.yaml"), api_name="/load_manifest")
     assert "does not exist" in out[1]
     assert "unknown model(s) ['nope']" in status_of_chat("hi", None, ["base", "nope"])
     # still working, and nothing half-added
@@ -157,6 +159,16 @@ def test_bad_inputs_show_clear_messages_and_the_app_keeps_working(client, tmp_pa
     assert "corrupt" not in {r[0] for r in table["data"]}
     assert status_of_chat("hi", None, ["base"]).startswith("1/1 answered")
     client.predict(api_name="/clear")
+
+
+def test_paths_outside_the_allowed_folders_get_one_answer(client, tmp_path):
+    """Issue 16 item 8 over the API: missing, a file, a folder without config.json: the same words."""
+    (tmp_path / "f.yaml").write_text("x: 1\n")
+    (tmp_path / "d").mkdir()
+    refs = [str(tmp_path / "missing"), str(tmp_path / "f.yaml"), str(tmp_path / "d")]
+    for api, extra in (("/load_manifest", ()), ("/set_base", ()), ("/add_expert", ("", "", "auto"))):
+        answers = {client.predict(ref, *extra, api_name=api)[1].replace(ref, "PATH") for ref in refs}
+        assert len(answers) == 1 and "cannot be opened" in answers.pop(), api
 
 
 def test_add_a_real_expert_by_folder(client, app_server):

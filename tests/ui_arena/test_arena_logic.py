@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -188,7 +189,7 @@ def test_choices_and_fused_recipes(studio):
     assert S.variant_of(fake, "graft-1").recipe == {"method": "graft"} and S.variant_of(fake, "base").recipe is None
 
 
-def test_leaderboard_compute_filters_and_exports(store):
+def test_leaderboard_compute_filters_and_exports(store, tmp_path):
     empty = L.compute(store)
     assert "No blind votes yet" in empty[0] and len(empty[1]) == 0
     rng = random.Random(0)
@@ -207,7 +208,29 @@ def test_leaderboard_compute_filters_and_exports(store):
     assert f"**{len(kept)}** blind vote" in summary and df["battles"].sum() == 2 * len(kept)
     assert L.filter_choices(store) == (["all domains", "code", "math"], ["all voters", "math"])
 
-    path = L.export_file(store, "csv")
+    root = tmp_path / "exports"
+    path = L.export_file(store, "csv", root)
     with open(path, newline="") as f:
         assert sum(1 for _ in csv.DictReader(f)) == 30
-    assert L.export_file(store, "jsonl").endswith(".jsonl") and L.export_file(store, "csv") != path
+    assert L.export_file(store, "jsonl", root).endswith(".jsonl") and L.export_file(store, "csv", root) != path
+
+
+def test_vote_exports_stay_in_the_work_dir_and_old_ones_are_removed(store, tmp_path):
+    """Exports used to go to a new /tmp/graft-vote-exports-* folder per process, never removed,
+    and the pruning of old exports skipped their folders."""
+    import glob
+    import os
+    import tempfile
+    import time
+
+    pattern = os.path.join(tempfile.gettempdir(), "graft-vote-exports-*")
+    before = set(glob.glob(pattern))
+    root = tmp_path / "work" / "exports" / "votes"
+    first = Path(L.export_file(store, "csv", root))
+    assert first.parent.parent == root and set(glob.glob(pattern)) == before
+    old = time.time() - L.EXPORT_KEEP_S - 5
+    os.utime(first, (old, old))
+    os.utime(first.parent, (old, old))
+    second = Path(L.export_file(store, "jsonl", root))
+    assert not first.parent.exists() and second.is_file()
+    assert [p.name for p in root.iterdir()] == [second.parent.name]
