@@ -20,6 +20,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--work-dir", help="where fused variants and exports go (default ./runs/studio)")
     p.add_argument("--votes", help="arena vote store: SQLite path or database URL")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="do not load the base, experts and kernels in the background at startup (graft_ui/warmup.py)")
     return p.parse_args(argv)
 
 
@@ -38,6 +40,10 @@ def main(argv=None):
 
     ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
                        zoo_manifest=zoo)
+    if not args.no_warm_up:
+        from graft_ui.warmup import start_warm_up
+
+        start_warm_up(ctx.studio)
     from graft_ui.ui.app import exposure_warning
 
     if warning := exposure_warning(args.host, auth):

@@ -28,12 +28,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from graft_ui.analysis.analyze import analyze_experts
+from graft_ui.analysis.cache import AnalysisCache
 from graft_ui.analysis.data import import_dataset
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.chat.pool import ModelPool
 from graft_ui.checks import number
-from graft_ui.fusion import fuse_recipe
+from graft_ui.fusion import fuse_recipe, merge_summary
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
 from graft_ui.models.validate import folder_bytes, human_bytes, model_config, validate_entry
@@ -109,6 +110,7 @@ class Studio:
         self.version = 0  # bumped whenever models or variants change (the UI refreshes its choices)
         self._manifest: Manifest | None = None
         self.pool: ModelPool | None = None
+        self.analysis_cache = AnalysisCache()  # processor, encoded inputs, finished statistics
         self.set_manifest(manifest)
 
     @classmethod
@@ -128,6 +130,7 @@ class Studio:
             if self.pool is not None:
                 self.pool.close()
             self._manifest = manifest
+            self.analysis_cache.clear()
             self.pool = ModelPool(manifest.base.path, device=self.device, max_full=self.max_full,
                                   base_name=manifest.base.name)
             for e in manifest.experts:
@@ -262,12 +265,16 @@ class Studio:
             raise ValueError("choose at least one expert to analyse")
         with self.lock:
             manifest = self.manifest
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        pool = self.pool
+        dtype = pool.dtype
+        # the chat pool's loaded base (with each LoRA expert's adapter) when it holds these experts
+        shared = all(e in pool.names() and pool.spec(e).path == manifest.expert(e).path for e in experts)
         try:
             return analyze_experts(
                 manifest, experts, dataset, k=int(k), eps=float(eps if eps is not None else DEFAULT_EPS),
                 threshold=float(threshold if threshold is not None else DEFAULT_THRESHOLD),
-                device=str(self.device), dtype=dtype, progress=progress,
+                device=str(self.device), dtype=dtype, progress=progress, cache=self.analysis_cache,
+                use=(lambda e: pool.use(e.name)) if shared else None,
             )
         finally:
             self.release_memory()
@@ -361,7 +368,7 @@ class Studio:
         finally:
             self.release_memory()
         recipe = result.recipe
-        summary = _summary(result, time.perf_counter() - t0, self.device_label)
+        summary = merge_summary(result, time.perf_counter() - t0, self.device_label)
         if result.calibration is not None:
             summary["calibration"] = result.calibration
         kind = "lora" if is_adapter(out_dir) else "full"
@@ -416,36 +423,3 @@ def _hub_is_adapter(ref: str) -> bool:
 
     hit = try_to_load_from_cache(ref, "adapter_config.json")
     return isinstance(hit, str)
-
-
-def _summary(result: Any, seconds: float, device: str) -> dict:
-    """A small JSON-able summary of a merge result (whatever shape run_recipe returns)."""
-    d: dict[str, Any] = {}
-    if callable(getattr(result, "summary", None)):
-        d = dict(result.summary())
-    elif dataclasses.is_dataclass(result):
-        d = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-    elif isinstance(result, Mapping):
-        d = dict(result)
-    elif hasattr(result, "__dict__"):
-        d = dict(vars(result))
-    out = {
-        "seconds": round(float(d.get("seconds") or seconds), 2),
-        "device": str(d.get("device_label") or d.get("device") or device),
-    }
-    for key in ("modules_fused", "modules", "n_modules", "fused_modules"):
-        if key in d:
-            v = d[key]
-            out["modules_fused"] = len(v) if isinstance(v, (list, tuple, dict, set)) else v
-            break
-    for key in ("copied", "modules_copied", "tensors_copied"):  # tensors (full) or modules (LoRA) kept from expert 1
-        if key in d:
-            v = d[key]
-            out["modules_copied"] = len(v) if isinstance(v, (list, tuple, dict, set)) else v
-            break
-    for key in ("method", "experts_kind", "output_kind", "out_dir", "rank", "svd_error", "relative_error"):
-        if key in d and d[key] is not None:
-            out[key] = d[key] if isinstance(d[key], (int, float, str, bool)) else str(d[key])
-    if d.get("notes"):
-        out["notes"] = [str(n) for n in d["notes"]]
-    return out
