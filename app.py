@@ -21,7 +21,7 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", help="where fused variants and exports go (default ./runs/studio)")
     p.add_argument("--votes", help="arena vote store: SQLite path or database URL")
     p.add_argument("--no-warm-up", action="store_true",
-                   help="do not load the base, experts and kernels in the background at startup (graft_ui/warmup.py)")
+                   help="do not load the base, experts and kernels at startup (graft_ui/warmup.py)")
     return p.parse_args(argv)
 
 
@@ -40,15 +40,19 @@ def main(argv=None):
 
     ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
                        zoo_manifest=zoo)
-    if not args.no_warm_up:
+    warm = None
+    if not args.no_warm_up:  # overlaps the UI build; done before the app reports ready (see warmup.py)
         from graft_ui.warmup import start_warm_up
 
-        start_warm_up(ctx.studio)
+        warm = start_warm_up(ctx.studio)
     from graft_ui.ui.app import exposure_warning
 
     if warning := exposure_warning(args.host, auth):
         logging.getLogger("graft_ui").warning("%s", warning)
-    build_app(ctx).launch(**launch_kwargs(host=args.host, port=args.port, auth=auth))
+    app = build_app(ctx)
+    if warm is not None:
+        warm.join()
+    app.launch(**launch_kwargs(host=args.host, port=args.port, auth=auth))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 Measured cold (bench/bench_cold.py, ci zoo, 2 cores) the first analysis paid for importing
 transformers and peft, loading the base, building the native statistics kernel, the
 processor and encoding the target samples, and the first fusion for building Graft's LoRA
-gate kernel. `warm_up(studio)` does all of it once, in this order (what the user most
+gate kernel. The kernels are built once per machine (cached on disk): scripts/setup.sh
+builds them (`build_kernels`), so only a changed source is compiled at startup. `warm_up(studio)` does all of it once, in this order (what the user most
 likely does first, first): the native kernels (graft_ui/native.py), the chat pool's base
 with every LoRA expert's adapter (the analysis runs on that same loaded base, Studio.analyze),
 the processor and the encoded samples of the first target dataset at the Analyze tab's
-default K (Studio.analysis_cache), and plotly. `start_warm_up` runs it on a daemon thread
-at app startup; a request that arrives meanwhile waits only for what it needs (the pool's
-lock), never for the rest. A failure is logged and leaves that step to the first request.
+default K (Studio.analysis_cache), and plotly. `start_warm_up` runs it on a daemon thread:
+app.py starts it before building the UI (the two overlap) and launches the server once it
+is done, so "ready" means warm (launching first and warming behind a running server left
+it too busy for gradio's own 3-second start-up check on a loaded 2-core machine). A failure
+is logged and leaves that step to the first request.
 """
 
 from __future__ import annotations
@@ -25,13 +28,18 @@ log = logging.getLogger(__name__)
 DEFAULT_K = 16  # the Analyze tab's default
 
 
-def _steps(studio, k: int) -> list[tuple[str, Callable[[], None]]]:
+def build_kernels() -> None:
+    """Build (or find in the cache) and load every native kernel; scripts/setup.sh runs this."""
     from graft_ui import native
 
+    for mod in ("graft_ui.analysis._native_stats", "graft_ui.kernels.lora_gates"):  # they register their libraries
+        importlib.import_module(mod)
+    native.warm(background=False)
+
+
+def _steps(studio, k: int) -> list[tuple[str, Callable[[], None]]]:
     def kernels():
-        for mod in ("graft_ui.analysis._native_stats", "graft_ui.kernels.lora_gates"):  # they register their libraries
-            importlib.import_module(mod)
-        native.warm(background=False)
+        build_kernels()
 
     def models():
         pool = studio.pool
