@@ -24,6 +24,8 @@ def parse_args(argv=None):
                    help="a folder whose models, manifests and datasets users may load (repeatable); default: the "
                         "demo zoo folder and the Hugging Face cache. The work dir and the --manifest's folders are "
                         "always allowed; any other server path is refused")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="do not load the base, experts and kernels at startup (graft_ui/warmup.py)")
     return p.parse_args(argv)
 
 
@@ -42,11 +44,19 @@ def main(argv=None):
 
     ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
                        zoo_manifest=zoo, allow_dirs=args.allow_dir)
+    warm = None
+    if not args.no_warm_up:  # overlaps the UI build; done before the app reports ready (see warmup.py)
+        from graft_ui.warmup import start_warm_up
+
+        warm = start_warm_up(ctx.studio)
     from graft_ui.ui.app import exposure_warning
 
     if warning := exposure_warning(args.host, auth):
         logging.getLogger("graft_ui").warning("%s", warning)
-    build_app(ctx).launch(**launch_kwargs(host=args.host, port=args.port, auth=auth))
+    app = build_app(ctx)
+    if warm is not None:
+        warm.join()
+    app.launch(**launch_kwargs(host=args.host, port=args.port, auth=auth))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ times, each in its own process:
 - graft and ties (density 0.2) through `run_recipe`, output bf16;
 - LoRA: two rank-16 adapters (different alphas) on the 7 language projections of every
   layer: a floor that only computes every dense delta scale * B @ A (exact gates need all
-  their entries), Graft exact (rank 32), Graft + SVD to 16, TIES + randomized SVD to 16 (and its
+  their entries), Graft exact (rank 32; the ratio to the floor is printed, target <= 1.3x), Graft + SVD to 16, TIES + randomized SVD to 16 (and its
   error against the exact truncated SVD on sample modules), task_arithmetic (exact);
 - `--peft-layers N`: peft's own `add_weighted_adapter(..., "ties_svd", density=0.2)` on
   the first N layers of the same adapters (a child with peft on a skeleton model of
@@ -446,6 +446,10 @@ def main(argv=None) -> int:
                     help="python of a separate environment with mergekit installed: also run mergekit linear and ties")
     ap.add_argument("--json", default=None, help="write all results to this JSON file")
     ap.add_argument("--cpus", default=None, help="pin the timed runs to these CPUs, e.g. 0,1 (emulate a 2-core machine)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the LoRA floor and exact Graft this many times, alternated; report the medians")
+    ap.add_argument("--only-graft-lora", action="store_true",
+                    help="of the LoRA runs, only the floor and exact Graft (with --peft-layers: and peft)")
     ap.add_argument("--lora-device", default=None, help="device for the LoRA runs (default: --device)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -525,12 +529,21 @@ def main(argv=None) -> int:
         if not a.no_lora:
             adapters = [str(p) for p in write_adapters(work, base, a.layers, a.lora_rank, log)]
             ad_bytes = sum(folder_bytes(Path(p)) for p in adapters)
-            floor_l = measure("lora floor: dense deltas only", "delta_floor", {"adapters": adapters},
-                              ad_bytes, outs / "lora")
+            graft_recipe = {"experts": adapters, "device": a.lora_device or a.device, "seed": 0, "method": "graft"}
+            pairs = []
+            for _ in range(a.repeat):  # alternated, so both see the same machine load
+                f = measure("lora floor: dense deltas only", "delta_floor", {"adapters": adapters}, ad_bytes, outs / "lora")
+                g = measure("lora graft exact", "merge", {"recipe": graft_recipe, "out": str(outs / "lora")},
+                            ad_bytes, outs / "lora")
+                pairs.append((f, g))
+            if a.repeat > 1:  # the medians (by wall) of each; every ratio listed
+                for i, label in enumerate(("lora floor: dense deltas only", "lora graft exact")):
+                    results["runs"][label] = sorted((p[i] for p in pairs), key=lambda r: r["wall"])[len(pairs) // 2]
+                results["lora_graft_ratios"] = [g["wall"] / f["wall"] for f, g in pairs]
+            floor_l = results["runs"]["lora floor: dense deltas only"]
             log(f"  {floor_l['delta_elements'] / 1e9:.2f} G delta elements, {floor_l['gflop']:.0f} GFLOP of matmul "
                 f"in {floor_l['delta_s']:.1f} s")
-            lora_runs = [
-                ("lora graft exact", {"method": "graft"}),
+            lora_runs = [] if a.only_graft_lora else [
                 (f"lora graft svd->{a.lora_rank}", {"method": "graft", "output": {"rank": a.lora_rank}}),
                 (f"lora ties svd->{a.lora_rank}", {"method": "ties", "base": str(base), "output": {"rank": a.lora_rank}}),
                 ("lora task_arithmetic exact", {"method": "task_arithmetic", "base": str(base)}),
@@ -589,7 +602,21 @@ def print_table(results: dict) -> None:
               f"({row['s_randomized']:.2f} s) vs exact truncated SVD {row['rel_err_exact_svd']:.5f} "
               f"({row['s_exact_svd']:.2f} s): {gap:+.2e} relative; torch.svd_lowrank(niter=2) "
               f"{row['rel_err_svd_lowrank']:.5f} ({row['s_svd_lowrank']:.2f} s)")
+    floor_l, graft_l = runs.get("lora floor: dense deltas only"), runs.get("lora graft exact")
+    if floor_l and graft_l:
+        ratio = graft_l["wall"] / floor_l["wall"]
+        print(f"exact LoRA Graft / dense-delta floor (same run, {results['layers']} layers): {graft_l['wall']:.1f} s / "
+              f"{floor_l['wall']:.1f} s = {ratio:.2f}x (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})")
+        if results.get("lora_graft_ratios"):
+            rs = sorted(results["lora_graft_ratios"])
+            print(f"  (medians of {len(rs)} alternated runs; each run's ratio: {', '.join(f'{r:.2f}' for r in rs)}, "
+                  f"median {rs[len(rs) // 2]:.2f}x)")
     peft = results.get("peft")
+    if peft and graft_l:
+        per_layer = peft["peft_ties_svd_s"] / peft["layers"]
+        print(f"peft ties_svd at {results['layers']} layers (its {peft['layers']}-layer time x {results['layers']} / "
+              f"{peft['layers']}): {per_layer * results['layers']:.1f} s; exact LoRA Graft / that = "
+              f"{graft_l['wall'] / (per_layer * results['layers']):.2f}x")
     if peft:
         n = peft["layers"]
         ours = next((r for k, r in runs.items() if k.endswith(f"({n} layers)")), None)

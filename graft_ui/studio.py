@@ -27,18 +27,19 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from graft_ui.analysis.analyze import analyze_experts
+from graft_ui.analysis.cache import AnalysisCache
 from graft_ui.analysis.data import import_dataset
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.chat.pool import APP_OVERRIDE, ModelPool
 from graft_ui.checks import number
-from graft_ui.fusion import fuse_recipe
+from graft_ui.fusion import fuse_recipe, merge_summary
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
 from graft_ui.models.roots import AllowedRoots
 from graft_ui.models.validate import folder_bytes, human_bytes, model_config, validate_entry
 from graft_ui.recipe import ALL_MODULES, Recipe
-from graft_ui.variants import FusedVariant, fusion_summary
+from graft_ui.variants import FusedVariant
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Studio:
         self.version = 0  # bumped whenever models or variants change (the UI refreshes its choices)
         self._manifest: Manifest | None = None
         self.pool: ModelPool | None = None
+        self.analysis_cache = AnalysisCache()  # processor, encoded inputs, finished statistics
         self.set_manifest(manifest)
 
     @classmethod
@@ -103,6 +105,7 @@ class Studio:
             if self.pool is not None:
                 self.pool.close()
             self._manifest = manifest
+            self.analysis_cache.clear()
             self.pool = ModelPool(manifest.base.path, device=self.device, max_full=self.max_full,
                                   base_name=manifest.base.name)
             for e in manifest.experts:
@@ -254,12 +257,16 @@ class Studio:
         with self.lock:
             manifest = self.manifest
         self.allowed_dataset(dataset, manifest)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        pool = self.pool
+        dtype = pool.dtype
+        # the chat pool's loaded base (with each LoRA expert's adapter) when it holds these experts
+        shared = all(e in pool.names() and pool.spec(e).path == manifest.expert(e).path for e in experts)
         try:
             return analyze_experts(
                 manifest, experts, dataset, k=int(k), eps=float(eps if eps is not None else DEFAULT_EPS),
                 threshold=float(threshold if threshold is not None else DEFAULT_THRESHOLD),
-                device=str(self.device), dtype=dtype, progress=progress,
+                device=str(self.device), dtype=dtype, progress=progress, cache=self.analysis_cache,
+                use=(lambda e: pool.use(e.name)) if shared else None,
                 allow_base_mismatch=set(self.base_mismatch_allowed),
             )
         finally:
@@ -368,7 +375,7 @@ class Studio:
         finally:
             self.release_memory()
         recipe = result.recipe
-        summary = fusion_summary(result, time.perf_counter() - t0, self.device_label)
+        summary = merge_summary(result, time.perf_counter() - t0, self.device_label)
         if result.calibration is not None:
             summary["calibration"] = result.calibration
         kind = "lora" if is_adapter(out_dir) else "full"

@@ -18,3 +18,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     || { echo "setup: the environment did not install correctly" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+# the native kernels (cached under ~/.cache/graft_ui/native): built here, not on the app's first request
+kstamp=".venv/.kernels-$(cat graft_ui/analysis/_native_stats.c graft_ui/kernels/_lora_gates.c | sha256sum | cut -c1-16)"
+if [ ! -f "$kstamp" ]; then
+  .venv/bin/python -c "from graft_ui.warmup import build_kernels; build_kernels()" && touch "$kstamp" || true
+fi

@@ -19,11 +19,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, ContextManager, Mapping, Sequence
 
 import torch
 
 from graft_ui.analysis import scores as S
+from graft_ui.analysis.cache import AnalysisCache
 from graft_ui.analysis.collect import collect_stats
 from graft_ui.analysis.data import Sample, iter_inputs, load_target
 from graft_ui.analysis.modules import parse_name
@@ -182,6 +183,17 @@ def analyze_model(
                          sample_ids=[s.id for s in samples], model_name=model_name, dataset=dataset)
 
 
+def prepare_inputs(manifest: Manifest, dataset: str, k: int, *, seed: int = 0, with_answer: bool = False,
+                   cache: AnalysisCache | None = None) -> tuple[list[Sample], Any, list, tuple]:
+    """(samples, processor, encoded inputs, their cache key) of K samples of `dataset` (through `cache`)."""
+    samples = load_target(dataset, k, manifest=manifest, seed=seed)
+    base = manifest.base.path
+    processor = cache.processor(base, load_processor) if cache else load_processor(base)
+    encode = lambda: list(iter_inputs(processor, samples, with_answer=with_answer))  # noqa: E731
+    data_key = (base, dataset, len(samples), seed, with_answer, tuple(s.id for s in samples))
+    return samples, processor, cache.inputs(data_key, encode) if cache else encode(), data_key
+
+
 def analyze_experts(
     manifest: Manifest | str | Path,
     experts: Sequence[str] | None,
@@ -198,9 +210,16 @@ def analyze_experts(
     dtype: torch.dtype = torch.float32,
     progress: bool | Callable[[int, int], None] | None = None,
     allow_base_mismatch: Collection[str] = (),
+    cache: AnalysisCache | None = None,
+    use: Callable[[ModelEntry], ContextManager[torch.nn.Module]] | None = None,
 ) -> AnalysisResult:
     """Analyse `experts` (names in the manifest; None = all) on K samples of `dataset`.
     Adapters recorded on another base are refused, except those named in `allow_base_mismatch`.
+
+    `cache` (analysis/cache.py) reuses the processor, the encoded inputs and finished
+    statistics across calls; `use(entry)`, when given, lends an already loaded model
+    configured as that expert (the chat pool's base with the expert's adapter active)
+    instead of loading one here.
 
     progress: True for tqdm bars, or a callable(done, total) counting samples over all
     experts (total = number of experts x K), e.g. a UI progress bar.
@@ -212,26 +231,40 @@ def analyze_experts(
     entries = [manifest.expert(n) for n in experts] if experts else list(manifest.experts)
     if not entries:
         raise ValueError(f"manifest {manifest.name!r} lists no experts to analyse")
-    samples = load_target(dataset, k, manifest=manifest, seed=seed)
-    processor = load_processor(manifest.base.path)
-    inputs = list(iter_inputs(processor, samples, with_answer=with_answer))
+    samples, processor, inputs, data_key = prepare_inputs(manifest, dataset, k, seed=seed, with_answer=with_answer,
+                                                          cache=cache)
     dev = resolve_device(device)
     results: dict[str, ExpertAnalysis] = {}
+    keys = {e.name: (e.path, e.kind, *data_key, float(eps), source, repr(scope), str(dev), str(dtype)) for e in entries}
+    for e in entries:
+        hit = cache.stats(keys[e.name]) if cache else None
+        if hit is not None:
+            log.info("analysis of %s on %s (K=%d): reused from this session", e.name, dataset, len(samples))
+            results[e.name] = ExpertAnalysis.from_stats(e, hit, threshold)
+    todo = [e for e in entries if e.name not in results]
 
-    grand = len(entries) * len(samples)
+    grand = len(todo) * len(samples)
+    done_before = len(results)
 
     def run(model, entry: ModelEntry) -> None:
         log.info("analysing %s on %s (K=%d)", entry.name, dataset, len(samples))
         step = progress
         if callable(progress):
             # one progress scale over all experts: (samples done so far, experts x K)
-            offset = len(results) * len(samples)
+            offset = (len(results) - done_before) * len(samples)
             step = lambda done, _total: progress(offset + done, grand)  # noqa: E731
         stats = analyze_model(model, processor, samples, scope=scope, source=source, eps=eps, inputs=inputs,
                               progress=step, model_name=entry.name, dataset=dataset)
         results[entry.name] = ExpertAnalysis.from_stats(entry, stats, threshold)
+        if cache:
+            cache.put_stats(keys[entry.name], stats)
 
-    loras = [e for e in entries if e.kind == "lora"]
+    if use is not None:
+        for e in todo:
+            with use(e) as model:
+                run(model, e)
+        todo = []
+    loras = [e for e in todo if e.kind == "lora"]
     if loras:
         model = load_model(manifest.base, device=dev, dtype=dtype)
         for e in loras:
@@ -240,7 +273,7 @@ def analyze_experts(
             run(model, e)
         del model
         gc.collect()
-    for e in entries:
+    for e in todo:
         if e.kind == "full":
             model = load_model(e, device=dev, dtype=dtype)
             run(model, e)

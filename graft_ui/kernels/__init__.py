@@ -16,7 +16,8 @@ each optional:
 - `fuse_tensor(base, experts, weights, params, ctx) -> (merged, stats) | None`: one
   full-weight tensor; None falls back to `Method.merge`.
 - `lora_factors(read, params, ctx) -> (B, A, stats)`: LoRA experts [(B, A, scale)] fused
-  exactly as factors (no dense delta kept).
+  exactly as factors (no dense delta kept). Runs on a worker thread, one module per thread
+  (merge_job.SingleThreaded), so it touches no shared state (`ctx.thread_scratch` only).
 - `lora_tiled(shape, n_experts, params, generator) -> run`: a CPU LoRA merge of the dense
   deltas that never builds them whole. Called in plan order (draw from `generator` here);
   `run(factors, weights, out, sketch, buffer) -> (Y | None, ||out||_F^2, stats)` then runs

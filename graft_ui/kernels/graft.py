@@ -4,8 +4,8 @@
   float32 difference buffer (d = row L1 of Wb - Wg); min/max come from `aminmax`, which
   also catches NaN/inf; entropies from kernels/entropy.py.
 - `fuse_into`: (Wb - Wg) * wb + Wg in place, i.e. exactly `apply_row_weights`' arithmetic.
-- `graft_lora_fast`: Graft of two LoRA deltas with each dense delta computed once (not once
-  per gate pass) and the fused factors built by `concat_lora`.
+- `graft_lora_fast`: Graft of two LoRA deltas, the gate statistics of the dense deltas
+  reduced tile by tile (kernels/lora_gates.py) and the fused factors built by `concat_lora`.
 
 Every gate formula is the reference's (`gate_weights`). The engine finds `fuse_rows` and
 `lora_factors` through Graft's registry entry (`Method.kernels`, see kernels/__init__.py).
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from graft_ui.kernels.entropy import entropy_any, minmax
+from graft_ui.kernels.lora_gates import gate_stats
 from graft_ui.merging.graft import apply_row_weights, check_scale, gate_weights, scale_delta
 from graft_ui.merging.lora import concat_lora, scale_factors
 
@@ -95,41 +96,23 @@ def fuse_into(diff: torch.Tensor, wb: torch.Tensor, Wg: torch.Tensor, scratch: t
 
 def graft_lora_fast(
     Bb: torch.Tensor, Ab: torch.Tensor, sb: float, Bg: torch.Tensor, Ag: torch.Tensor, sg: float,
-    kw: dict[str, Any], bufs: tuple[torch.Tensor, torch.Tensor],
+    kw: dict[str, Any],
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """`graft_lora` with each dense delta computed once into the reusable (M, N) float32 `bufs`."""
-    M, N = Bb.shape[0], Ab.shape[1]
-    db, dg = bufs[0][: M * N].view(M, N), bufs[1][: M * N].view(M, N)
-    torch.matmul(Bb, Ab, out=db) if Bb.shape[1] else db.zero_()
-    torch.matmul(Bg, Ag, out=dg) if Bg.shape[1] else dg.zero_()
-    if sb != 1.0:
-        db.mul_(sb)
-    if sg != 1.0:
-        dg.mul_(sg)
+    """`graft_lora` with the gate statistics of the dense deltas reduced tile by tile
+    (kernels/lora_gates.py: the C kernel, else its torch reference); no dense delta is kept."""
     gates = kw.get("gates", "dual")
-    bins = int(kw.get("bins", 10))
-    d = H_b = H_g = None
-    if gates != "local":
-        scratch = bufs[2] if len(bufs) > 2 else None
-        H_b = _entropy_dense(db, bins, scratch)
-        H_g = _entropy_dense(dg, bins, scratch)
-    if gates != "global":
-        # d = sum_j |db - dg|, with db overwritten (it is not needed afterwards)
-        d = torch.linalg.vector_norm(db.sub_(dg), ord=1, dim=1).double()  # see graft_row_weights_dense
+    gs = gate_stats(Bb, Ab, sb, Bg, Ag, sg, int(kw.get("bins", 10)), histogram=gates != "local")
+    H_b, H_g = gs.entropies() if gates != "local" else (None, None)
     wb64, w_glob = gate_weights(
-        d, H_b, H_g, rows=M, a=kw.get("a", 0.4), c=kw.get("c", 500.0), gates=gates,
-        global_form=kw.get("global_form", "algorithm"), alpha=kw.get("alpha", 1.0), beta=kw.get("beta", 0.0),
+        gs.d if gates != "global" else None, H_b, H_g, rows=Bb.shape[0], a=kw.get("a", 0.4), c=kw.get("c", 500.0),
+        gates=gates, global_form=kw.get("global_form", "algorithm"), alpha=kw.get("alpha", 1.0),
+        beta=kw.get("beta", 0.0),
     )
     wb = wb64.float()
     B_cat, A_cat = concat_lora([Bb, Bg], [Ab, Ag], [sb, sg], [wb, 1.0 - wb])
-    stats = _stats(wb, w_glob, H_b, H_g, M, kw)
+    stats = _stats(wb, w_glob, H_b, H_g, Bb.shape[0], kw)
     stats["rank"] = int(A_cat.shape[0])
     return B_cat, A_cat, stats
-
-
-def _entropy_dense(x: torch.Tensor, bins: int, scratch: torch.Tensor | None) -> float:
-    lo, hi = minmax(x, "a LoRA delta")
-    return entropy_any(x, bins, lo, hi, scratch)
 
 
 # ---------------------------------------------------------------------------- engine hooks
@@ -174,12 +157,10 @@ def lora_factors(read, params: dict[str, Any], ctx):
     """Left-to-right Graft of LoRA experts [(B, A, scale)], exact at the sum of their ranks
     (DESIGN.md §2.4): (B, A, stats) with the scales, and Graft's `scale` on the fused delta,
     folded into B."""
-    M, N = read[0][0].shape[0], read[0][1].shape[1]
-    bufs = (ctx.scratch("delta0", (M * N,)), ctx.scratch("delta1", (M * N,)), ctx.scratch("hist", (M * N,)))
     B, A, s0 = read[0]
     B, steps = B * s0, []
     for Bg, Ag, sg in read[1:]:
-        B, A, st = graft_lora_fast(B, A, 1.0, Bg, Ag, sg, params, bufs)
+        B, A, st = graft_lora_fast(B, A, 1.0, Bg, Ag, sg, params)
         steps.append(st)
     st = dict(steps[-1])
     if len(steps) > 1:

@@ -207,14 +207,20 @@ class LoraJob:
         tiled = self.method.kernel("lora_tiled") if p.fuse and ctx.device.type == "cpu" else None
         if tiled is not None:
             return self._tiled_job(tiled, p, ctx, stats, sketch_rank)
+        factors = self.method.kernel("lora_factors") if p.fuse else None
+        if factors is not None:
+            params = ctx.params(p.name)
+
+            def job():  # reads use pread and the kernel keeps no shared state: modules run concurrently
+                B, A, st = factors(self._read(p, ctx), params, ctx)
+                return "factors", B, A, dict(stats, **st)
+
+            job.independent = True
+            return job
         read = self._read(p, ctx)
         if not p.fuse:
             B, A, s = read[0]
             return done("factors", B * s, A, {})
-        factors = self.method.kernel("lora_factors")
-        if factors is not None:
-            B, A, st = factors(read, ctx.params(p.name), ctx)
-            return done("factors", B, A, dict(stats, **st))
         if self.method.linear:
             k = len(read)
             onehot = [torch.eye(k)[i] for i in range(k)]

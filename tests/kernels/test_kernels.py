@@ -70,19 +70,20 @@ def test_nan_and_inf_are_caught_cheaply():
             minmax(y, "y")
 
 
-def test_graft_lora_fast_equals_reference():
+@pytest.mark.parametrize("gates", ["dual", "local", "global"])
+def test_graft_lora_fast_equals_reference(gates):
     g = torch.Generator().manual_seed(2)
     Bb, Ab = torch.randn(80, 4, generator=g), torch.randn(4, 50, generator=g)
     Bg, Ag = torch.randn(80, 7, generator=g), torch.randn(7, 50, generator=g)
-    kw = {"a": 0.4, "c": 500.0, "bins": 10, "gates": "dual", "global_form": "algorithm", "alpha": 1.0, "beta": 0.0}
-    bufs = (torch.empty(80 * 50), torch.empty(80 * 50))
-    B, A, st = graft_lora_fast(Bb, Ab, 2.0, Bg, Ag, 0.5, kw, bufs)
+    kw = {"a": 0.4, "c": 500.0, "bins": 10, "gates": gates, "global_form": "algorithm", "alpha": 1.0, "beta": 0.0}
+    B, A, st = graft_lora_fast(Bb, Ab, 2.0, Bg, Ag, 0.5, kw)
     B_ref, A_ref, st_ref = graft_lora(Bb, Ab, 2.0, Bg, Ag, 0.5, **kw)
     torch.testing.assert_close(B @ A, B_ref @ A_ref, rtol=1e-5, atol=1e-6)
     assert st["rank"] == st_ref["rank"] == 11
     assert math.isclose(st["w_glob"], st_ref["w_glob"], rel_tol=1e-9)
+    assert (st["H_b"] is None) == (gates == "local") and (st["H_b"] is None or math.isclose(st["H_b"], st_ref["H_b"], rel_tol=1e-9))
     # a missing expert (rank 0) is a zero delta
-    B0, A0, _ = graft_lora_fast(Bb, Ab, 1.0, torch.zeros(80, 0), torch.zeros(0, 50), 1.0, kw, bufs)
+    B0, A0, _ = graft_lora_fast(Bb, Ab, 1.0, torch.zeros(80, 0), torch.zeros(0, 50), 1.0, kw)
     assert B0.shape == (80, 4)
 
 

@@ -1,0 +1,122 @@
+"""Graft's gate statistics of two LoRA deltas without the dense deltas: tile by tile, then dropped.
+
+The gates of `merging.lora.graft_lora` need, of Tb = sb Bb Ab and Tg = sg Bg Ag, the row L1
+norms of Tb - Tg, each delta's min/max and its histogram (histc's bins over its own range).
+Two passes over the entries (min/max first, then the histogram over that range), each entry
+recomputed in the second pass: a 2 x 64 tile of each product lives in registers, never in
+memory. `native` is the C kernel (`_lora_gates.c`, built by graft_ui/native.py); `reference`
+is the same two passes in torch over small row blocks (cache-sized), used without a compiler
+(or with GRAFT_NO_NATIVE=1) and by the tests, which check the two against each other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from graft_ui.kernels.entropy import _count_bins, _entropy_from_counts, histc_bins
+from graft_ui.native import NativeLibrary
+
+# float32 elements per row block of the torch reference (~256 KiB: an L2-sized tile)
+REFERENCE_TILE = 1 << 16
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_F = ctypes.c_float
+_FACTORS = [_P, _P, _I, _F, _P, _P, _I, _F, _I, _I]
+_LIB = NativeLibrary(
+    Path(__file__).with_name("_lora_gates.c"), "lora_gates",
+    {"lora_gate_scan": (_FACTORS + [_P, _P], None), "lora_gate_hist": (_FACTORS + [_I, _P, _P], None)},
+    "LoRA gate-statistics",
+)
+
+
+@dataclass
+class GateStats:
+    """d (M,) float64 row L1 of Tb - Tg; (lo, hi) of each delta; bins counts (float64) of each, or None."""
+
+    d: torch.Tensor
+    range_b: tuple[float, float]
+    range_g: tuple[float, float]
+    counts_b: torch.Tensor | None = None
+    counts_g: torch.Tensor | None = None
+
+    def entropies(self) -> tuple[float, float]:
+        """The histogram entropies (merging.graft.entropy's final step); a constant delta has 0."""
+        return tuple(0.0 if c is None else _entropy_from_counts(c) for c in (self.counts_b, self.counts_g))
+
+
+def _check(d: torch.Tensor, what: str) -> None:
+    # a NaN or inf entry in either delta makes its row's L1 sum non-finite
+    if d.numel() and not bool(torch.isfinite(d).all()):
+        raise ValueError(f"{what} contains NaN or inf values")
+
+
+def _prepared(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return B.detach().float().contiguous(), A.detach().float().contiguous()
+
+
+def native(Bb, Ab, sb: float, Bg, Ag, sg: float, bins: int, histogram: bool = True,
+           what: str = "a LoRA delta") -> GateStats | None:
+    """The C kernel's statistics (None where it is unavailable or the factors are not CPU tensors)."""
+    fns = _LIB.load()
+    if fns is None or Bb.device.type != "cpu" or Bg.device.type != "cpu" or not Bb.shape[0] * Ab.shape[1]:
+        return None
+    (Bb, Ab), (Bg, Ag) = _prepared(Bb, Ab), _prepared(Bg, Ag)
+    M, N = Bb.shape[0], Ab.shape[1]
+    args = (Bb.data_ptr(), Ab.data_ptr(), Ab.shape[0], float(sb), Bg.data_ptr(), Ag.data_ptr(), Ag.shape[0], float(sg),
+            M, N)
+    d = torch.empty(M, dtype=torch.float64)
+    rng = torch.empty(4, dtype=torch.float32)
+    fns["lora_gate_scan"](*args, d.data_ptr(), rng.data_ptr())
+    _check(d, what)
+    lo_b, hi_b, lo_g, hi_g = (float(x) for x in rng)
+    st = GateStats(d, (lo_b, hi_b), (lo_g, hi_g))
+    if histogram and M * N:
+        counts = torch.zeros(2 * int(bins), dtype=torch.float64)
+        fns["lora_gate_hist"](*args, int(bins), rng.data_ptr(), counts.data_ptr())
+        st.counts_b = counts[: int(bins)] if hi_b > lo_b else None
+        st.counts_g = counts[int(bins):] if hi_g > lo_g else None
+    return st
+
+
+def _tiles(B: torch.Tensor, A: torch.Tensor, s: float, step: int):
+    for i in range(0, B.shape[0], step):
+        yield (B[i:i + step] @ A).mul_(s)
+
+
+def reference(Bb, Ab, sb: float, Bg, Ag, sg: float, bins: int, histogram: bool = True,
+              what: str = "a LoRA delta", tile_elems: int = REFERENCE_TILE) -> GateStats:
+    """The same statistics in torch, over row blocks of about `tile_elems` entries."""
+    (Bb, Ab), (Bg, Ag) = _prepared(Bb, Ab), _prepared(Bg, Ag)
+    M, N = Bb.shape[0], Ab.shape[1]
+    step = max(1, tile_elems // max(N, 1))
+    parts, lo, hi = [], [math.inf, math.inf], [-math.inf, -math.inf]
+    for tb, tg in zip(_tiles(Bb, Ab, sb, step), _tiles(Bg, Ag, sg, step)):
+        for e, t in enumerate((tb, tg)):
+            a, b = torch.aminmax(t)
+            lo[e], hi[e] = min(lo[e], float(a)), max(hi[e], float(b))
+        parts.append(tb.sub_(tg).abs_().sum(1, dtype=torch.float64))
+    d = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    _check(d, what)
+    st = GateStats(d, (lo[0], hi[0]), (lo[1], hi[1]))
+    if histogram and M * N:
+        counts = [torch.zeros(int(bins), dtype=torch.float64) for _ in range(2)]
+        for e, (B, A, s) in enumerate(((Bb, Ab, sb), (Bg, Ag, sg))):
+            if hi[e] > lo[e]:
+                for t in _tiles(B, A, s, step):
+                    counts[e] += _count_bins(histc_bins(t.reshape(-1), bins, lo[e], hi[e]), int(bins))
+        st.counts_b = counts[0] if hi[0] > lo[0] else None
+        st.counts_g = counts[1] if hi[1] > lo[1] else None
+    return st
+
+
+def gate_stats(Bb, Ab, sb: float, Bg, Ag, sg: float, bins: int, histogram: bool = True,
+               what: str = "a LoRA delta") -> GateStats:
+    """The C kernel's statistics where it runs, else the torch reference's."""
+    st = native(Bb, Ab, sb, Bg, Ag, sg, bins, histogram, what)
+    return st if st is not None else reference(Bb, Ab, sb, Bg, Ag, sg, bins, histogram, what)
