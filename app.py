@@ -1,5 +1,5 @@
 """Graft Studio: `python app.py [--manifest PATH] [--zoo-profile full|ci] [--host 127.0.0.1] [--port 7860]
-[--auth user:pass] [--device auto]`. Without --manifest, the offline demo zoo is used (built on first run)."""
+[--auth user:pass] [--device auto] [--backend local|URL]`. Without --manifest, the offline demo zoo is used (built on first run)."""
 
 import argparse
 import logging
@@ -20,6 +20,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--work-dir", help="where fused variants and exports go (default ./runs/studio)")
     p.add_argument("--votes", help="arena vote store: SQLite path or database URL")
+    p.add_argument("--backend", default="local",
+                   help="local (default), or an OpenAI-compatible server URL (e.g. vLLM http://host:8000/v1) "
+                        "that answers every LoRA expert (sets the manifest's server: endpoint)")
     return p.parse_args(argv)
 
 
@@ -37,7 +40,7 @@ def main(argv=None):
     from graft_ui.ui.app import build_app, launch_kwargs, make_context
 
     ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
-                       zoo_manifest=zoo)
+                       zoo_manifest=zoo, backend=args.backend)
     from graft_ui.ui.app import exposure_warning
 
     if warning := exposure_warning(args.host, auth):

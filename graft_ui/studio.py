@@ -32,6 +32,7 @@ from graft_ui.analysis.data import import_dataset
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.chat.pool import ModelPool
+from graft_ui.chat.serving import publish_adapter
 from graft_ui.checks import number
 from graft_ui.fusion import fuse_recipe
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
@@ -129,9 +130,9 @@ class Studio:
                 self.pool.close()
             self._manifest = manifest
             self.pool = ModelPool(manifest.base.path, device=self.device, max_full=self.max_full,
-                                  base_name=manifest.base.name)
+                                  base_name=manifest.base.name, base_remote=manifest.remote_of(manifest.base))
             for e in manifest.experts:
-                self.pool.register(e.name, e.path, e.kind, role="expert")
+                self.pool.register(e.name, e.path, e.kind, role="expert", remote=manifest.remote_of(e))
             if self.variants:
                 log.info("manifest changed: %d fused variant(s) of the previous base are no longer chat-able",
                          len(self.variants))
@@ -187,15 +188,19 @@ class Studio:
         rows = []
         for role, e in [("base", m.base)] + [("expert", e) for e in m.experts]:
             rank, status = "—", "ready"
+            remote = m.remote_of(e)
+            if remote is not None:
+                status = f"served by {remote.endpoint} as {remote.model}"
             try:
-                validate_entry(e, m.base if role == "expert" else None)
+                if not e.remote_only:
+                    validate_entry(e, m.base if role == "expert" else None)
                 if e.kind == "lora" and Path(e.path).is_dir():
                     rank = adapter_config(e.path).get("r", "?")
             except (ValueError, FileNotFoundError) as exc:
                 status = f"⚠ {exc}"
             rows.append({
                 "name": e.name, "role": role, "domain": e.domain or "—", "kind": "base" if role == "base" else e.kind,
-                "rank": rank, "size": human_bytes(folder_bytes(e.path)),
+                "rank": rank, "size": human_bytes(folder_bytes(e.path)) if e.path else "—",
                 "base": "—" if role == "base" else m.base.name, "path": e.path, "status": status,
             })
         for v in self.variants.values():
@@ -219,7 +224,8 @@ class Studio:
         return ref.name or Path(ref.path).name
 
     def expert_names(self, kind: str | None = None) -> list[str]:
-        return [e.name for e in self.manifest.experts if kind is None or e.kind == kind]
+        """Experts with local weights (what analysis and fusion read); remote-only entries are chat columns."""
+        return [e.name for e in self.manifest.local_experts(kind)]
 
     def chat_names(self) -> list[str]:
         """Everything one can chat with: base, experts, fused variants."""
@@ -370,6 +376,14 @@ class Studio:
             self.variants[name] = variant
             self.pool.register(name, str(out_dir), kind, role="fused")
             self.version += 1
+        if kind == "lora" and self.manifest.server is not None:
+            # a fused adapter joins the server's models when the server allows it (chat/serving.py)
+            published = publish_adapter(self.manifest.server, name, out_dir)
+            summary["server"] = published.message
+            if published.remote is not None:
+                with self.lock:
+                    self.pool.register(name, str(out_dir), kind, role="fused", remote=published.remote)
+                    self.version += 1
         return variant
 
     def variant(self, name: str) -> FusedVariant:

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "correlate": "graft_ui.commands.correlate",
     "votes": "graft_ui.commands.votes",
     "study": "graft_ui.commands.study",
+    "serve-plan": "graft_ui.commands.serve_plan",
 }
 
 

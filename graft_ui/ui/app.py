@@ -8,12 +8,14 @@ See graft_ui/ui/context.py for what ctx offers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from types import ModuleType
 
 import gradio as gr
 
+from graft_ui.models.manifest import ServerConfig, check_endpoint, load_manifest
 from graft_ui.studio import Studio
 from graft_ui.ui import analyze, arena, chat, experts, fuse, leaderboard
 from graft_ui.ui import theme as T
@@ -56,7 +58,7 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
     # gradio's max_size would count votes against the same cap as generations: only model runs are capped
     app.queue(max_size=None, default_concurrency_limit=4)
-    limit_gpu_queue(app, ctx_queue_size(ctx))
+    limit_gpu_queue(app, ctx_queue_size(ctx), ctx.remote_routes)
     return app
 
 
@@ -100,8 +102,15 @@ def make_context(
     work_dir: str | Path | None = None,
     votes: str | None = None,
     zoo_manifest: str | None = None,
+    backend: str | None = None,
 ) -> AppContext:
-    studio = Studio.from_manifest(manifest, device=device, work_dir=work_dir, votes=votes)
+    """`backend`: None or "local" (the manifest as written), or the URL of an OpenAI-compatible server
+    that answers every LoRA expert (the manifest's `server:` endpoint, replaced)."""
+    m = load_manifest(manifest)
+    if backend and backend != "local":
+        m = dataclasses.replace(m, server=dataclasses.replace(m.server, endpoint=check_endpoint(backend, "--backend"))
+                                if m.server else ServerConfig(endpoint=backend))
+    studio = Studio(m, device=device, work_dir=work_dir, votes=votes)
     examples = examples_for(studio.manifest.source)
     ctx = AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest, examples=examples)
     images = {str(Path(e["image"]).parent) for e in examples if e.get("image")}

@@ -217,6 +217,8 @@ def render(ctx: AppContext) -> None:
     send_outputs = [state, head_a, head_b, bot_a, bot_b] + buttons + [reveal_box, status, receipt]
     send_inputs = [box, state, mode, pool, named_a, named_b, domain, max_new, temperature, greedy]
     box.submit(send, send_inputs, send_outputs, api_name="arena_send", **ctx.gpu)
+    # battles whose possible sides are all remote skip the GPU line (ui/admission.py)
+    ctx.remote_routes["arena_send"] = lambda data: studio.pool.all_remote(data[3] if data[2] == BLIND else data[4:6])
     # the prompt box empties at once (its value was already taken by the send above)
     box.submit(lambda: None, None, box, api_visibility="private", queue=False, show_progress="hidden")
 
