@@ -37,7 +37,7 @@ from graft_ui.checks import number
 from graft_ui.fusion import fuse_recipe
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
-from graft_ui.models.validate import folder_bytes, human_bytes, model_config, validate_entry
+from graft_ui.models.validate import folder_bytes, human_bytes, manifest_rows, model_config, validate_entry
 from graft_ui.recipe import ALL_MODULES, Recipe
 
 log = logging.getLogger(__name__)
@@ -185,24 +185,7 @@ class Studio:
     def model_rows(self) -> list[dict]:
         """One row per model: name, role, domain, kind, rank, size, base it belongs to, status."""
         m = self.manifest
-        rows = []
-        for role, e in [("base", m.base)] + [("expert", e) for e in m.experts]:
-            rank, status = "—", "ready"
-            remote = m.remote_of(e)
-            if remote is not None:
-                status = f"served by {remote.endpoint} as {remote.model}"
-            try:
-                if not e.remote_only:
-                    validate_entry(e, m.base if role == "expert" else None)
-                if e.kind == "lora" and Path(e.path).is_dir():
-                    rank = adapter_config(e.path).get("r", "?")
-            except (ValueError, FileNotFoundError) as exc:
-                status = f"⚠ {exc}"
-            rows.append({
-                "name": e.name, "role": role, "domain": e.domain or "—", "kind": "base" if role == "base" else e.kind,
-                "rank": rank, "size": human_bytes(folder_bytes(e.path)) if e.path else "—",
-                "base": "—" if role == "base" else m.base.name, "path": e.path, "status": status,
-            })
+        rows = manifest_rows(m)
         for v in self.variants.values():
             rank = "—"
             if v.kind == "lora":
