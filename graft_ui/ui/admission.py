@@ -82,7 +82,7 @@ def limit_gpu_queue(app: gr.Blocks, max_waiting: int, routes: Mapping[str, Remot
             fn = route_utils.get_fn(app, None, body)
         except Exception:  # noqa: BLE001 - an unknown function: gradio's own push answers it
             return await push(body=body, request=request, username=username)
-        if fn.concurrency_id == GPU_EVENT["concurrency_id"] and _remote_only(routes.get(fn.api_name), body.data):
+        if fn.concurrency_id == GPU_EVENT["concurrency_id"] and _remote_only(routes.get(fn.api_name), getattr(body, "data", None)):
             result = await push(body=body, request=request, username=username)
             if result[0]:
                 _move_to_remote_line(queue, result[1])
