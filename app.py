@@ -1,5 +1,5 @@
 """Graft Studio: `python app.py [--manifest PATH] [--zoo-profile full|ci] [--host 127.0.0.1] [--port 7860]
-[--auth user:pass] [--device auto] [--allow-dir DIR ...]`. Without --manifest, the offline demo zoo is used (built on first run)."""
+[--auth user:pass] [--device auto] [--allow-dir DIR ...] [--backend local|URL]`. Without --manifest, the offline demo zoo is used (built on first run)."""
 
 import argparse
 import logging
@@ -26,6 +26,9 @@ def parse_args(argv=None):
                         "always allowed; any other server path is refused")
     p.add_argument("--no-warm-up", action="store_true",
                    help="do not load the base, experts and kernels at startup (graft_ui/warmup.py)")
+    p.add_argument("--backend", default="local",
+                   help="local (default), or an OpenAI-compatible server URL (e.g. vLLM http://host:8000/v1) "
+                        "that answers every LoRA expert (sets the manifest's server: endpoint)")
     return p.parse_args(argv)
 
 
@@ -43,7 +46,7 @@ def main(argv=None):
     from graft_ui.ui.app import build_app, launch_kwargs, make_context
 
     ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
-                       zoo_manifest=zoo, allow_dirs=args.allow_dir)
+                       zoo_manifest=zoo, allow_dirs=args.allow_dir, backend=args.backend)
     warm = None
     if not args.no_warm_up:  # overlaps the UI build; done before the app reports ready (see warmup.py)
         from graft_ui.warmup import start_warm_up

@@ -32,12 +32,13 @@ from graft_ui.analysis.data import import_dataset
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.chat.pool import APP_OVERRIDE, ModelPool
+from graft_ui.chat.serving import publish_adapter
 from graft_ui.checks import number
 from graft_ui.fusion import fuse_recipe, merge_summary
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
 from graft_ui.models.roots import AllowedRoots
-from graft_ui.models.validate import folder_bytes, human_bytes, model_config, validate_entry
+from graft_ui.models.validate import folder_bytes, human_bytes, manifest_rows, model_config, validate_entry
 from graft_ui.recipe import ALL_MODULES, Recipe
 from graft_ui.variants import FusedVariant
 
@@ -107,9 +108,9 @@ class Studio:
             self._manifest = manifest
             self.analysis_cache.clear()
             self.pool = ModelPool(manifest.base.path, device=self.device, max_full=self.max_full,
-                                  base_name=manifest.base.name)
+                                  base_name=manifest.base.name, base_remote=manifest.remote_of(manifest.base))
             for e in manifest.experts:
-                self.pool.register(e.name, e.path, e.kind, role="expert")
+                self.pool.register(e.name, e.path, e.kind, role="expert", remote=manifest.remote_of(e))
             if self.variants:
                 log.info("manifest changed: %d fused variant(s) of the previous base are no longer chat-able",
                          len(self.variants))
@@ -177,21 +178,7 @@ class Studio:
     def model_rows(self) -> list[dict]:
         """One row per model: name, role, domain, kind, rank, size, base it belongs to, status."""
         m = self.manifest
-        rows = []
-        for role, e in [("base", m.base)] + [("expert", e) for e in m.experts]:
-            rank, status = "—", "ready"
-            try:
-                validate_entry(e, m.base if role == "expert" else None, override=APP_OVERRIDE,
-                               allow_base_mismatch=e.name in self.base_mismatch_allowed)
-                if e.kind == "lora" and Path(e.path).is_dir():
-                    rank = adapter_config(e.path).get("r", "?")
-            except (ValueError, FileNotFoundError) as exc:
-                status = f"⚠ {exc}"
-            rows.append({
-                "name": e.name, "role": role, "domain": e.domain or "—", "kind": "base" if role == "base" else e.kind,
-                "rank": rank, "size": human_bytes(folder_bytes(e.path)),
-                "base": "—" if role == "base" else m.base.name, "path": e.path, "status": status,
-            })
+        rows = manifest_rows(m, override=APP_OVERRIDE, mismatch_allowed=self.base_mismatch_allowed)
         for v in self.variants.values():
             rank = "—"
             if v.kind == "lora":
@@ -213,7 +200,8 @@ class Studio:
         return ref.name or Path(ref.path).name
 
     def expert_names(self, kind: str | None = None) -> list[str]:
-        return [e.name for e in self.manifest.experts if kind is None or e.kind == kind]
+        """Experts with local weights (what analysis and fusion read); remote-only entries are chat columns."""
+        return [e.name for e in self.manifest.local_experts(kind)]
 
     def chat_names(self) -> list[str]:
         """Everything one can chat with: base, experts, fused variants."""
@@ -260,7 +248,9 @@ class Studio:
         pool = self.pool
         dtype = pool.dtype
         # the chat pool's loaded base (with each LoRA expert's adapter) when it holds these experts
-        shared = all(e in pool.names() and pool.spec(e).path == manifest.expert(e).path for e in experts)
+        shared = pool.spec(pool.base_name).remote is None and all(
+            e in pool.names() and pool.spec(e).remote is None and pool.spec(e).path == manifest.expert(e).path
+            for e in experts)
         try:
             return analyze_experts(
                 manifest, experts, dataset, k=int(k), eps=float(eps if eps is not None else DEFAULT_EPS),
@@ -384,6 +374,14 @@ class Studio:
             self.variants[name] = variant
             self.pool.register(name, str(out_dir), kind, role="fused")
             self.version += 1
+        if kind == "lora" and self.manifest.server is not None:
+            # a fused adapter joins the server's models when the server allows it (chat/serving.py)
+            published = publish_adapter(self.manifest.server, name, out_dir)
+            summary["server"] = published.message
+            if published.remote is not None:
+                with self.lock:
+                    self.pool.register(name, str(out_dir), kind, role="fused", remote=published.remote)
+                    self.version += 1
         return variant
 
     def variant(self, name: str) -> FusedVariant:

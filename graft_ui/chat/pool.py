@@ -9,7 +9,9 @@ Full fine-tunes and fused full checkpoints are separate models, at most `max_ful
 of them in memory (least recently used is dropped).
 
 Everything that touches the models runs under one lock: adapter switching is global
-state on the shared base.
+state on the shared base. A variant with `remote` set (an OpenAI-compatible server, see
+chat/remote.py) loads nothing here: `stream` sends its columns to the server (chat/mixed.py),
+outside that lock, alongside the local ones.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
 
-from graft_ui.chat.generation import BatchedGeneration
+from graft_ui.chat.generation import BatchedGeneration, StreamUpdate
+from graft_ui.chat.mixed import stream_mixed
+from graft_ui.chat.settings import GenerationSettings
+from graft_ui.models.manifest import RemoteModel
 from graft_ui.models.loading import attach_adapter, check_reference, is_adapter, load_model, load_processor, resolve_device
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ class VariantSpec:
     kind: str  # base | lora | full
     role: str = "expert"  # base | expert | fused
     allow_base_mismatch: bool = False  # an adapter recorded on another base, loaded anyway (the user said so)
+    remote: RemoteModel | None = None  # answered by this server instead of in-process
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -85,6 +92,7 @@ class ModelPool(BatchedGeneration):
         max_full: int = 2,
         base_name: str = "base",
         allow_mixed_batch: bool = True,
+        base_remote: RemoteModel | None = None,
     ):
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -92,7 +100,7 @@ class ModelPool(BatchedGeneration):
         self.allow_mixed_batch = allow_mixed_batch
         self.lock = threading.RLock()
         self._specs: OrderedDict[str, VariantSpec] = OrderedDict()
-        self._specs[base_name] = VariantSpec(base_name, str(base_path), "base", "base")
+        self._specs[base_name] = VariantSpec(base_name, str(base_path), "base", "base", base_remote)
         self.base_name = base_name
         self._base = None  # Qwen2VLForConditionalGeneration, or the PeftModel wrapping it
         self._processor = None
@@ -106,15 +114,15 @@ class ModelPool(BatchedGeneration):
     def base_path(self) -> str:
         return self._specs[self.base_name].path
 
-    def register(self, name: str, path: str, kind: str, role: str = "expert", *,
-                 allow_base_mismatch: bool = False) -> VariantSpec:
-        """Make `name` available for chat (nothing is loaded until it is asked for)."""
+    def register(self, name: str, path: str, kind: str, role: str = "expert",
+                 remote: RemoteModel | None = None, *, allow_base_mismatch: bool = False) -> VariantSpec:
+        """Make `name` available for chat (nothing is loaded until it is asked for; a `remote` one never is)."""
         if kind == "base":
             raise ValueError("the base is fixed when the pool is made; register experts as 'lora' or 'full'")
         with self.lock:
-            if name in self._specs and self._specs[name].path != str(path):
+            if name in self._specs and (self._specs[name].path, self._specs[name].remote) != (str(path), remote):
                 self.unregister(name)
-            spec = VariantSpec(name, str(path), kind, role, allow_base_mismatch)
+            spec = VariantSpec(name, str(path), kind, role, allow_base_mismatch=allow_base_mismatch, remote=remote)
             self._specs[name] = spec
             return spec
 
@@ -134,8 +142,18 @@ class ModelPool(BatchedGeneration):
         except KeyError:
             raise KeyError(f"no model named {name!r} in the chat pool; known: {list(self._specs)}") from None
 
+    def is_remote(self, name: str) -> bool:
+        return self.spec(name).remote is not None
+
+    def all_remote(self, names) -> bool:
+        """Whether `names` is a non-empty list of known models that all run on servers (no local model)."""
+        names = list(names or []) if isinstance(names, (list, tuple)) else []
+        return bool(names) and all(n in self._specs and self._specs[n].remote is not None for n in names)
+
     def is_loaded(self, name: str) -> bool:
         spec = self.spec(name)
+        if spec.remote is not None:
+            return True
         if spec.kind == "base":
             return self._base is not None
         if spec.kind == "lora":
@@ -204,6 +222,8 @@ class ModelPool(BatchedGeneration):
     def load(self, name: str) -> None:
         """Load what `name` needs now (raises a ValueError/FileNotFoundError naming the problem)."""
         spec = self.spec(name)
+        if spec.remote is not None:
+            return  # the server has it
         with self.lock:
             if spec.kind != "base":
                 check_reference(spec.path)
@@ -249,6 +269,8 @@ class ModelPool(BatchedGeneration):
 
     def _configure(self, name: str):
         spec = self.spec(name)
+        if spec.remote is not None:
+            raise ValueError(f"{name!r} is served by {spec.remote.endpoint}; it cannot run in this process")
         self.load(name)
         if spec.kind == "full":
             return self._full[name], nullcontext()
@@ -257,6 +279,24 @@ class ModelPool(BatchedGeneration):
             return self._base, (peft.disable_adapter() if peft is not None else nullcontext())
         peft.set_adapter(self._adapters[name])
         return peft, nullcontext()
+
+    def stream(
+        self,
+        names: Sequence[str],
+        conversations: Sequence[Sequence[dict]],
+        settings: GenerationSettings | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[StreamUpdate]:
+        """Like `BatchedGeneration.stream`; columns of remote variants go to their servers meanwhile."""
+        if len(names) != len(conversations):
+            raise ValueError(f"{len(names)} model names but {len(conversations)} conversations")
+        remotes = {i: self.spec(n).remote for i, n in enumerate(names) if self.spec(n).remote is not None}
+        if not remotes:
+            yield from super().stream(names, conversations, settings, stop)
+            return
+        local_stream = super().stream
+        yield from stream_mixed(local_stream, names, conversations, remotes, settings or GenerationSettings(),
+                                stop or threading.Event())
 
     # ---- memory ----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "votes": "graft_ui.commands.votes",
     "study": "graft_ui.commands.study",
     "report": "graft_ui.commands.report",
+    "serve-plan": "graft_ui.commands.serve_plan",
 }
 
 

@@ -80,9 +80,10 @@ class AllowedRoots:
         raise self.refusal(ref)
 
     def check_manifest(self, manifest: Manifest) -> Manifest:
-        """Every model and dataset path a manifest names, checked as `check` does."""
+        """Every model and dataset path a manifest names, checked as `check` does (a server-only entry has none)."""
         for e in (manifest.base, *manifest.experts):
-            self.check(e.path)
+            if not e.remote_only:
+                self.check(e.path)
         for d in manifest.datasets.values():
             for p in (d.eval, d.train):
                 if p:

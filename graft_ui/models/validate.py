@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from safetensors import safe_open
 
 from graft_ui.models.loading import adapter_config, check_reference, is_adapter
 from graft_ui.models.lora_io import check_adapter_base
-from graft_ui.models.manifest import ModelEntry
+from graft_ui.models.manifest import Manifest, ModelEntry
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -95,3 +95,29 @@ def validate_entry(entry: ModelEntry, base: ModelEntry | None = None, *, allow_b
                 raise ValueError(
                     f"{entry.name!r} does not fit base {base.name!r}: (hidden, layers, intermediate, vocab) {got} vs {want}"
                 )
+
+
+def manifest_rows(m: Manifest, override: str | None = None, mismatch_allowed: Collection[str] = ()) -> list[dict]:
+    """One table row per base/expert of `m`: name, role, domain, kind, rank, size, base, path, status
+    (ready, where a server answers it, or what is wrong with it). Experts named in `mismatch_allowed`
+    may record another base; `override` is what a refusal tells the user to do instead."""
+    rows = []
+    for role, e in [("base", m.base)] + [("expert", e) for e in m.experts]:
+        rank, status = "—", "ready"
+        remote = m.remote_of(e)
+        if remote is not None:
+            status = f"served by {remote.endpoint} as {remote.model}"
+        try:
+            if not e.remote_only:
+                validate_entry(e, m.base if role == "expert" else None, allow_base_mismatch=e.name in mismatch_allowed,
+                               **({"override": override} if override else {}))
+            if e.kind == "lora" and Path(e.path).is_dir():
+                rank = adapter_config(e.path).get("r", "?")
+        except (ValueError, FileNotFoundError) as exc:
+            status = f"⚠ {exc}"
+        rows.append({
+            "name": e.name, "role": role, "domain": e.domain or "—", "kind": "base" if role == "base" else e.kind,
+            "rank": rank, "size": human_bytes(folder_bytes(e.path)) if e.path else "—",
+            "base": "—" if role == "base" else m.base.name, "path": e.path, "status": status,
+        })
+    return rows

@@ -7,6 +7,11 @@ queue's `push`: an event of the GPU group (`GPU_EVENT`) is refused when `max_wai
 already wait, with a sentence saying so; every other event (votes, leaderboard, exports) is
 always admitted. The vote endpoints also skip the queue entirely (`queue=False`).
 
+Requests that only use remote columns (an OpenAI-compatible server answers them, chat/remote.py)
+do not need the local GPU: a tab registers a `RemoteRoute` for its event (`ctx.remote_routes`),
+and such a request is moved from the GPU line to the `REMOTE_EVENT` line at once, which has no
+concurrency limit, so many voters stream side by side; it is never refused for capacity.
+
 A refusal answers HTTP 503: the browser shows "This application is currently busy. Please try
 again." (its fixed text); gradio_client raises QueueError. The refusal is remembered per browser
 session (`GpuAdmission.take`), so that `wire_retry` can answer the event's failure with the reason in
@@ -19,14 +24,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import gradio as gr
 from gradio import route_utils
+from gradio.queueing import EventQueue
 
 from graft_ui.ui.common import GPU_EVENT
 
 log = logging.getLogger(__name__)
+
+
+REMOTE_EVENT = "remote"
+# api_name -> whether the request's raw input values need no local model (all columns remote)
+RemoteRoute = Callable[[Sequence[Any]], bool]
 
 
 def busy_message(waiting: int) -> str:
@@ -73,18 +84,50 @@ class GpuAdmission:
         return r if r is not None and time.monotonic() - r.at <= REFUSAL_KEEP_S else None
 
 
-def limit_gpu_queue(app: gr.Blocks, max_waiting: int) -> GpuAdmission:
-    """Admit every event, except a GPU event when `max_waiting` of them already wait (see module doc).
+def _remote_only(route: RemoteRoute | None, data: Any) -> bool:
+    if route is None or not isinstance(data, (list, tuple)):
+        return False
+    try:
+        return bool(route(data))
+    except Exception:  # noqa: BLE001 - a malformed request takes the ordinary GPU line
+        log.debug("remote route failed; using the GPU line", exc_info=True)
+        return False
+
+
+def _move_to_remote_line(queue, event_id: str) -> None:
+    """Move the just-queued event `event_id` from the GPU line to the remote line (no await in between,
+    so the queue's worker cannot have taken it yet)."""
+    gpu = queue.event_queue_per_concurrency_id.get(GPU_EVENT["concurrency_id"])
+    event = next((e for e in (gpu.queue if gpu else []) if e._id == event_id), None)
+    if event is None:
+        return
+    gpu.queue.remove(event)
+    event.concurrency_id = REMOTE_EVENT
+    if REMOTE_EVENT not in queue.event_queue_per_concurrency_id:
+        queue.event_queue_per_concurrency_id[REMOTE_EVENT] = EventQueue(REMOTE_EVENT, None)
+    queue.event_queue_per_concurrency_id[REMOTE_EVENT].queue.append(event)
+
+
+def limit_gpu_queue(app: gr.Blocks, max_waiting: int,
+                    routes: Mapping[str, RemoteRoute] | None = None) -> GpuAdmission:
+    """Admit every event, except a GPU event when `max_waiting` of them already wait (see module doc);
+    a GPU event whose `routes[api_name]` says it is remote-only goes to the remote line instead.
     Call after `app.queue(max_size=None, ...)`. Returns the admission (its cap can be changed later)."""
     queue = app._queue
     push = queue.push
     admission = GpuAdmission(max_waiting)
+    routes = routes if routes is not None else {}
 
     async def admit(body, request, username):
         try:
             fn = route_utils.get_fn(app, None, body)
         except Exception:  # noqa: BLE001 - an unknown function: gradio's own push answers it
             return await push(body=body, request=request, username=username)
+        if fn.concurrency_id == GPU_EVENT["concurrency_id"] and _remote_only(routes.get(fn.api_name), getattr(body, "data", None)):
+            result = await push(body=body, request=request, username=username)
+            if result[0]:
+                _move_to_remote_line(queue, result[1])
+            return result
         if fn.concurrency_id == GPU_EVENT["concurrency_id"]:
             waiting = gpu_waiting(queue)
             if waiting >= admission.max_waiting:

@@ -8,12 +8,14 @@ See graft_ui/ui/context.py for what ctx offers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from types import ModuleType
 
 import gradio as gr
 
+from graft_ui.models.manifest import ServerConfig, check_endpoint, load_manifest
 from graft_ui.models.roots import AllowedRoots
 from graft_ui.studio import Studio
 from graft_ui.ui import analyze, arena, chat, experts, fuse, leaderboard
@@ -57,7 +59,7 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
     # gradio's max_size would count votes against the same cap as generations: only model runs are capped
     app.queue(max_size=None, default_concurrency_limit=4)
-    ctx.admission = limit_gpu_queue(app, ctx_queue_size(ctx))
+    ctx.admission = limit_gpu_queue(app, ctx_queue_size(ctx), ctx.remote_routes)
     return app
 
 
@@ -121,10 +123,17 @@ def make_context(
     votes: str | None = None,
     zoo_manifest: str | None = None,
     allow_dirs: list[str | Path] | None = None,
+    backend: str | None = None,
 ) -> AppContext:
     """The app's state on `manifest`; server paths users give must lie under `allow_dirs` (see
-    `allowed_roots`) and are otherwise refused with one generic message."""
-    studio = Studio.from_manifest(manifest, device=device, work_dir=work_dir, votes=votes)
+    `allowed_roots`) and are otherwise refused with one generic message. `backend`: None or "local"
+    (the manifest as written), or the URL of an OpenAI-compatible server that answers every LoRA
+    expert (the manifest's `server:` endpoint, replaced)."""
+    m = load_manifest(manifest)
+    if backend and backend != "local":
+        m = dataclasses.replace(m, server=dataclasses.replace(m.server, endpoint=check_endpoint(backend, "--backend"))
+                                if m.server else ServerConfig(endpoint=backend))
+    studio = Studio(m, device=device, work_dir=work_dir, votes=votes)
     studio.roots = allowed_roots(studio, allow_dirs)
     log.info("loadable folders: %s", ", ".join(str(r) for r in studio.roots.roots))
     examples = examples_for(studio.manifest.source)

@@ -221,6 +221,8 @@ def render(ctx: AppContext) -> None:
     send_inputs = [box, state, mode, pool, named_a, named_b, domain, max_new, temperature, greedy]
     sent = box.submit(send, send_inputs, send_outputs, api_name="arena_send", **ctx.gpu)
     retried = retry_btn.click(send, send_inputs, send_outputs, api_visibility="private", **ctx.gpu)
+    # battles whose possible sides are all remote skip the GPU line (ui/admission.py)
+    ctx.remote_routes["arena_send"] = lambda data: studio.pool.all_remote(data[3] if data[2] == BLIND else data[4:6])
     # the prompt box empties at once, in the browser (its value was already taken by the send above); a
     # send refused for capacity puts it back (wire_retry), always after this since it needs a round trip
     for trigger in (box.submit, retry_btn.click):

@@ -32,6 +32,8 @@ def column_title(studio, name: str) -> str:
         return f"**{name}**"
     what = {"base": "base model", "expert": "expert", "fused": "fused"}.get(spec.role, spec.role)
     kind = "" if spec.kind == "base" else (" · LoRA" if spec.kind == "lora" else " · full")
+    if spec.remote is not None:
+        kind += " · remote"
     return f"**{name}** <span class='gs-col-kind'>{what}{kind}</span>"
 
 
@@ -142,6 +144,9 @@ def render(ctx: AppContext) -> None:
         ctx.stop(request)
         return [SideBySide()] + [[] for _ in range(MAX_COLUMNS)] + [""]
 
+    # a request whose columns are all remote skips the GPU line (ui/admission.py)
+    ctx.remote_routes["chat"] = lambda data: studio.pool.all_remote(data[2])
+    ctx.remote_routes["regenerate"] = lambda data: studio.pool.all_remote(data[1])
     outs = [session] + bots + [status]
     send_inputs = [box, session, columns, max_new, temperature, greedy]
     sent = box.submit(send, send_inputs, outs + [box], api_name="chat", **ctx.gpu)

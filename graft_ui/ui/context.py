@@ -14,6 +14,8 @@
     ctx.new_stop(request) / ctx.stop(request)
                           per-browser-session threading.Event for Stop buttons
     ctx.check_image(path) an uploaded image path, checked to be an image inside the upload area
+    ctx.remote_routes     {api_name: fn(raw input values) -> bool}: a GPU event whose request needs no
+                          local model (every column remote) skips the GPU line (ui/admission.py)
     ctx.examples          example prompts: list of {"text", "image" (path or None), "domain", "label"};
                           from the zoo's showcase.json when it has one (load_showcase), else examples/
 """
@@ -117,6 +119,7 @@ class AppContext:
     models_changed: Any = None  # gr.State, created in build_app
     admission: Any = None  # ui.admission.GpuAdmission, set by build_app (refusals for the Retry buttons)
     _refreshers: list[tuple] = field(default_factory=list)
+    remote_routes: dict[str, Callable[[list], bool]] = field(default_factory=dict)
     zoo_manifest: str | None = None  # the demo zoo's manifest, for 'back to the zoo'
     _stops: dict[str, threading.Event] = field(default_factory=dict)
     _store: Any = None

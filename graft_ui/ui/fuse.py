@@ -82,6 +82,8 @@ def summary_md(v) -> str:
     lines = [f"| **{v.name}** | {kind} |", "|:--|:--|"] + [f"| {k} | {val} |" for k, val in rows]
     for note in s.get("notes", [])[:4]:
         lines.append(f"\n> {note}")
+    if s.get("server"):
+        lines.append(f"\n> server: {s['server']}")
     return "\n".join(lines)
 
 
