@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "correlate": "graft_ui.commands.correlate",
     "votes": "graft_ui.commands.votes",
     "study": "graft_ui.commands.study",
+    "advise": "graft_ui.commands.advise",
+    "tune": "graft_ui.commands.tune",
 }
 
 
