@@ -174,3 +174,22 @@ def recommendation(rows: Sequence[PairForecast], target: Sequence[str]) -> str:
     if r.extrapolated:
         text += f" (extrapolated: the study measured pairs on their own domains, these experts' are {'+'.join(r.domains)})"
     return text + "."
+
+
+def forecast_from_analysis(manifest: Manifest, kind: str, dataset: str, analysis: Mapping | None, *,
+                           explicit_study: str | None = None, limit: int | None = 32, device: str = "cpu",
+                           k: int = 16) -> Forecast:
+    """The app's forecast: the Analyze tab's result supplies the compatibility scores (and the experts)
+    when it was computed on this very dataset; otherwise the forecast computes them on every expert of
+    `kind`. An expert's score, when the study lacks it, is measured on the first `limit` held-out items."""
+    from graft_ui.advisor.source import load_predictor
+
+    predictor, study = load_predictor(kind, explicit_study)
+    compat, experts = None, None
+    if analysis and analysis.get("dataset") == dataset:
+        experts = [n for n, e in (analysis.get("experts") or {}).items() if e.get("kind") == kind]
+        compat = {(p["a"], p["b"]): p["score"] for p in analysis.get("pairs") or [] if p.get("kind") == kind}
+        if len(experts) < 2:
+            compat, experts = None, None  # the analysis had fewer than two experts of this kind: use them all
+    return forecast(manifest, kind, dataset, predictor, study=study, experts=experts, compat=compat, k=k,
+                    limit=limit, device=device)

@@ -141,3 +141,9 @@ def provenance(pred: Predictor, zoo_fingerprint: Mapping | None) -> str:
         return f"Fitted on this zoo's own study ({where}); {pred.quality()}."
     return (f"The predictor was fitted on {where}, not on the loaded experts: for your own experts its forecast is "
             f"a prior from that zoo, not a measurement ({pred.quality()}).")
+
+
+def load_predictor(kind: str, explicit: str | Path | None = None, **kwargs) -> tuple[Predictor, dict]:
+    """(the predictor of `kind`, the study it was fitted on), from the study `locate_study` finds."""
+    study = load_study(locate_study(explicit))
+    return fit_kind(study, kind, **kwargs), study

@@ -13,6 +13,8 @@
                           register a refresh: fn(*inputs) -> updates for `outputs`, on every change
     ctx.new_stop(request) / ctx.stop(request)
                           per-browser-session threading.Event for Stop buttons
+    ctx.tabs / ctx.handoff
+                          the gr.Tabs, and a gr.State carrying expert names from ② Analyze to ③ Fuse
     ctx.check_image(path) an uploaded image path, checked to be an image inside the upload area
     ctx.examples          example prompts: list of {"text", "image" (path or None), "domain", "label"};
                           from the zoo's showcase.json when it has one (load_showcase), else examples/
@@ -117,6 +119,8 @@ class AppContext:
     models_changed: Any = None  # gr.State, created in build_app
     _refreshers: list[tuple] = field(default_factory=list)
     zoo_manifest: str | None = None  # the demo zoo's manifest, for 'back to the zoo'
+    tabs: Any = None  # the gr.Tabs (created in build_app): an output selects a tab with gr.Tabs(selected=id)
+    handoff: Any = None  # gr.State: expert names ② Analyze's advisor sends to ③ Fuse (None without both tabs)
     _stops: dict[str, threading.Event] = field(default_factory=dict)
     _store: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
