@@ -14,7 +14,7 @@ Signals of a pair {a, b} on the target domains D (each from the cheapest place t
                     study's singles when the study is of this zoo and has D, else evaluated
 
 predicted gain = the kind's predictor on those signals, ± its held-out RMSE; predicted
-accuracy = best_single + predicted gain. Pairs are ranked by predicted accuracy (a pair
+accuracy = best_single + predicted gain, clipped to [0, 100]. Pairs are ranked by predicted accuracy (a pair
 whose experts do not know D has little to gain and little to offer). The study measured
 each pair on its own domains only, so a pair whose domains are not D is marked
 `extrapolated`; `measured` is the study's gain where it exists for exactly D on this zoo.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
@@ -153,7 +154,7 @@ def forecast(manifest: Manifest, kind: str, dataset: str, predictor: Predictor, 
         row = pair_row(study, a.name, b.name) if same and set(own) == set(target) else None
         rows.append(PairForecast(a.name, b.name, kind, own, score, tv, best,
                                  a.name if singles[a.name] >= singles[b.name] else b.name, gain, predictor.error,
-                                 best + gain, set(own) != set(target),
+                                 min(100.0, max(0.0, best + gain)), set(own) != set(target),
                                  None if row is None or row.get(predictor.target) is None else float(row[predictor.target])))
     rows.sort(key=lambda r: (-r.predicted_accuracy, -r.predicted_gain, r.pair))
     note = provenance(predictor, zoo_fingerprint(manifest.source) if manifest.source else None)
@@ -167,10 +168,11 @@ def recommendation(rows: Sequence[PairForecast], target: Sequence[str]) -> str:
         return "No pair to recommend."
     r = rows[0]
     t = "+".join(target)
-    text = (f"Fuse {r.a} + {r.b}: predicted {r.predicted_gain:+.0f} ± {r.error:.0f} points on {t} over the better "
-            f"expert ({r.stronger}, {r.best_single:.0f}%), about {r.predicted_accuracy:.0f}% mean accuracy")
+    # whole points; the error rounded up (no "-0", no "± 0" for an error of 0.4)
+    text = (f"Fuse {r.a} + {r.b}: predicted {round(r.predicted_gain):+d} ± {math.ceil(r.error - 1e-9):d} points on {t} "
+            f"over the better expert ({r.stronger}, {r.best_single:.0f}%), about {r.predicted_accuracy:.0f}% mean accuracy")
     if r.measured_gain is not None:
-        text += f"; the study measured {r.measured_gain:+.0f}"
+        text += f"; the study measured {round(r.measured_gain):+d}"
     if r.extrapolated:
         text += f" (extrapolated: the study measured pairs on their own domains, these experts' are {'+'.join(r.domains)})"
     return text + "."

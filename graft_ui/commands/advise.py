@@ -54,7 +54,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     for fc in out:
         print(f"\n== {fc.kind} pairs on {'+'.join(fc.target)} ==")
         print(fc.note)
-        print("signals: " + ", ".join(f"{k} from {v}" for k, v in fc.sources.items()))
+        print("signals: " + "; ".join(f"{k}: {v}" for k, v in fc.sources.items()))
         print(f"{'#':>2}  {'pair':<34} {'pred. gain':>12} {'pred. acc':>9} {'compat':>7} {'tv cos':>7} "
               f"{'stronger (score)':<24} measured")
         for i, r in enumerate(fc.rows, 1):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Mapping
 
 import yaml
 
+from graft_ui.atomic import write_bytes
 from graft_ui.tune.plots import pareto_figure
 from graft_ui.tune.tuner import values_text
 
@@ -17,9 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_bytes(path, text.encode())  # a crash leaves the old file or the new one
 
 
 def heldout_table(result: Mapping) -> str:

@@ -46,7 +46,7 @@ def test_advise_json_is_sorted_by_predicted_accuracy_and_marks_measured_pairs(ci
     assert own["tv_cosine"] == pytest.approx(row["tv_cosine"])  # the same zoo: read from the study
     assert by_pair["finance-lora+medical-lora"]["extrapolated"]
     for p in fc["pairs"]:
-        assert p["predicted_accuracy"] == pytest.approx(p["best_single"] + p["predicted_gain"])
+        assert p["predicted_accuracy"] == pytest.approx(min(100, max(0, p["best_single"] + p["predicted_gain"])))
         assert p["error"] >= 0 and 0.0 <= p["compatibility"] <= 1.0
     assert fc["sources"]["best_single"] == "study" and fc["sources"]["tv_cosine"] == "study"
 

@@ -65,6 +65,8 @@ def test_recommendation_line():
     r = PairForecast("math-lora", "finance-lora", "lora", ["math", "finance"], 0.4, 0.1, 50.0, "math-lora",
                      6.2, 4.1, 56.2, False, measured_gain=5.0)
     text = recommendation([r], ["math", "finance"])
-    assert text.startswith("Fuse math-lora + finance-lora: predicted +6 ± 4 points on math+finance")
+    assert text.startswith("Fuse math-lora + finance-lora: predicted +6 ± 5 points on math+finance")  # error rounded up
     assert "measured +5" in text and "extrapolated" not in text
     assert recommendation([], ["math"]) == "No pair to recommend."
+    small = PairForecast("a", "b", "lora", ["math"], 0.4, 0.1, 0.0, "a", -0.3, 0.4, 0.0, True)
+    assert "predicted +0 ± 1 points" in recommendation([small], ["math"])
