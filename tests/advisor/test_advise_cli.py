@@ -64,3 +64,17 @@ def test_an_unknown_domain_is_named(ci_zoo, ci_study, caplog):
     assert main(["advise", "--zoo", str(ci_zoo), "--dataset", "math+poetry", "--study", str(ci_study),
                  "--kinds", "lora"]) == 1
     assert "poetry" in caplog.text
+
+
+def test_own_experts_are_told_the_predictor_is_the_demo_zoos(ci_zoo, ci_study, tmp_path, capsys):
+    """A manifest that is not the zoo the study was made on: every signal is measured afresh, and the note says so."""
+    from graft_ui.models.manifest import load_manifest
+
+    load_manifest(ci_zoo).save(tmp_path / "manifest.yaml")  # the same experts, but not a zoo build
+    assert main(["advise", "--manifest", str(tmp_path / "manifest.yaml"), "--dataset", "math", "--study",
+                 str(ci_study), "--kinds", "lora", "-k", "2", "--limit", "2", "--json"]) == 0
+    (fc,) = json.loads(capsys.readouterr().out)
+    assert "fitted on the ci demo zoo, not on the loaded experts" in fc["note"]
+    assert fc["sources"] == {"compatibility": "computed on K=2 samples", "tv_cosine": "computed",
+                             "best_single": "evaluated (first 2)"}
+    assert all(p["measured_gain"] is None for p in fc["pairs"])  # the study's measurements are of another zoo
