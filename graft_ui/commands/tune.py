@@ -35,6 +35,15 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=cmd_tune)
 
 
+def canonical_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (defaults included)."""
+    src = ["--manifest", args.manifest] if args.manifest else (["--zoo", args.zoo] if args.zoo else [])
+    parts = [args.recipe, *src, "--dev-domains", *args.dev_domains, "--trials", str(args.trials), "--budget",
+             f"{args.budget:g}", "--dev-size", str(args.dev_size), "--top", str(args.top), "--seed", str(args.seed)]
+    parts += (["--limit", str(args.limit)] if args.limit else []) + (["--no-scope"] if args.no_scope else [])
+    return " ".join(["python -m graft_ui tune", *map(shlex.quote, parts), "--out", shlex.quote(args.out)])
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from graft_ui.recipe import Recipe
     from graft_ui.tune.report import write
@@ -55,10 +64,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{t.seconds:.1f} s, elapsed {t.elapsed:.0f} s", flush=True)
     print(f"search over: {tuner.stopped}; scoring the defaults and the best {config.top} on held-out data", flush=True)
     result = tuner.finish()
-    command = " ".join(["python -m graft_ui tune", shlex.quote(args.recipe), "--dev-domains", *args.dev_domains,
-                        "--trials", str(args.trials), "--budget", f"{args.budget:g}", "--out", shlex.quote(args.out),
-                        "--seed", str(args.seed)])
-    paths = write(result, args.out, command)
+    paths = write(result, args.out, canonical_command(args))
+    try:
+        os.rmdir(os.path.join(args.out, "work"))  # each trial's fusion is deleted once scored: drop the empty folder
+    except OSError:
+        pass
     for r in result["heldout"]["rows"]:
         print(f"held-out {r['label']:<20} " + "  ".join(f"{d} {a:5.1f}" for d, a in r["accuracy"].items())
               + f"  mean {r['mean']:5.1f}")

@@ -39,7 +39,8 @@ def markdown(result: Mapping, command: str | None = None) -> str:
               f"{', '.join(f'{d} ({k} items)' for d, k in n.items())}, carved from the train split "
               "(tune/splits.py: disjoint from the held-out eval split, checked)",
               f"- sampler: optuna TPE, seed {cfg['seed']}; {len(result['trials'])} trial(s) in "
-              f"{result['search_seconds']:.0f} s ({result['stopped']}); budget {cfg['budget_s']:.0f} s",
+              f"{result['search_seconds']:.0f} s ({result['stopped']}); budget {cfg['budget_s']:.0f} s (a trial that "
+              "has started runs to its end)",
               f"- held-out: {'all' if not cfg['heldout_limit'] else 'first ' + str(cfg['heldout_limit'])} eval items "
               f"per domain, scored in {result['heldout']['seconds']:.0f} s",
               "", "## Held-out (the numbers that count)", "", heldout_table(result), ""]
