@@ -79,6 +79,7 @@ def render(ctx: AppContext, recipe_from_form: Callable, form: list, kept_outputs
         ctx.stop(request)
         return "■ stopping after the running trial…"
 
-    start_btn.click(start, [domains, trials, budget, dev_size] + form, outputs, api_name="tune", **ctx.gpu)
+    # not a named API endpoint: a search holds the GPU queue for its whole budget (headless: `python -m graft_ui tune`)
+    start_btn.click(start, [domains, trials, budget, dev_size] + form, outputs, api_visibility="private", **ctx.gpu)
     # Stop runs outside the GPU queue, so it is never stuck behind the search it stops
     stop_btn.click(stop, None, outcome, api_name="stop_tuning", concurrency_limit=None, queue=False)
