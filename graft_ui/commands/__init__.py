@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "study": "graft_ui.commands.study",
     "report": "graft_ui.commands.report",
     "serve-plan": "graft_ui.commands.serve_plan",
+    "advise": "graft_ui.commands.advise",
+    "tune": "graft_ui.commands.tune",
 }
 
 

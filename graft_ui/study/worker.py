@@ -78,7 +78,7 @@ class Cache:
             return None  # absent, or left unreadable by a crash: redo it
 
 
-class _Models:
+class ModelSet:
     """Per-process model holder: one base (wrapped by peft once an adapter is attached)."""
 
     def __init__(self, manifest, device: str):
@@ -108,14 +108,14 @@ class _Models:
         return self.with_adapter(path) if kind == "lora" else self.full(path)
 
 
-_MODELS: dict[tuple[str, str], _Models] = {}  # per process: reused across tasks
+_MODELS: dict[tuple[str, str], ModelSet] = {}  # per process: reused across tasks
 
 
-def _models(manifest, device: str) -> _Models:
+def models_for(manifest, device: str) -> ModelSet:
     key = (str(manifest.source), device)
     if key not in _MODELS:
         _MODELS.clear()  # one manifest at a time: drop another's base
-        _MODELS[key] = _Models(manifest, device)
+        _MODELS[key] = ModelSet(manifest, device)
     return _MODELS[key]
 
 
@@ -125,7 +125,7 @@ def release_models() -> None:
     gc.collect()
 
 
-def _evaluate(models: _Models, model, domains: list[str], limit: int | None, batch_size: int) -> dict[str, float]:
+def _evaluate(models: ModelSet, model, domains: list[str], limit: int | None, batch_size: int) -> dict[str, float]:
     datasets = {d: models.manifest.dataset(d).eval for d in domains}
     res = evaluate_model(model, models.processor, datasets, limit=limit, batch_size=batch_size)
     return {d: float(v["accuracy"]) for d, v in res["domains"].items()}
@@ -141,7 +141,7 @@ def _recipe(manifest, a, b, variant, seed: int, device: str):
 
 def run_single(task: dict, report: Report) -> None:
     manifest = load_manifest(task["manifest"])
-    models = _models(manifest, task["device"])
+    models = models_for(manifest, task["device"])
     e = manifest.expert(task["expert"])
     t = time.perf_counter()
     model = models.model(e.path, e.kind)
@@ -175,7 +175,7 @@ def run_pair(task: dict, report: Report) -> None:
         gc.collect()
     if not task["variants"]:
         return
-    models = _models(manifest, task["device"])
+    models = models_for(manifest, task["device"])
     for variant in task["variants"]:
         out = Path(task["work"]) / safe_name(pair) / safe_name(variant)
         t0 = time.perf_counter()

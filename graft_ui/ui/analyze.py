@@ -8,6 +8,7 @@ from graft_ui.analysis.analyze import AnalysisResult
 from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.checks import number
+from graft_ui.ui import advise
 from graft_ui.ui.common import choices_update, friendly, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
 from graft_ui.ui.study_hints import gain_cell, study_for
@@ -103,6 +104,7 @@ def render(ctx: AppContext) -> None:
             which = gr.Dropdown([], label="Heatmap", allow_custom_value=True, info="one expert, or the difference of the first two",
                                 elem_id="gs-an-which")
             heat_plot = gr.Plot(label="Sensitivity heatmap", elem_id="gs-an-heatmap")
+    advise.render(ctx, state)
 
     @guarded(7, status=6)
     def run(dataset, files, experts, k, eps, threshold, progress=gr.Progress(track_tqdm=True)):

@@ -50,7 +50,8 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
     with gr.Blocks(title="Graft Studio", analytics_enabled=False, delete_cache=UPLOAD_CACHE) as app:
         head = gr.HTML(header(ctx), elem_id="gs-header-box", padding=False)
         ctx.models_changed = gr.State(ctx.studio.version)
-        with gr.Tabs(elem_id="gs-tabs"):
+        ctx.handoff = gr.State(None)
+        with gr.Tabs(elem_id="gs-tabs") as ctx.tabs:
             for name, module in tabs:
                 with gr.Tab(module.TITLE, id=name, elem_id=f"gs-tab-{name}"):
                     module.render(ctx)

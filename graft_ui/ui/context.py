@@ -13,6 +13,8 @@
                           register a refresh: fn(*inputs) -> updates for `outputs`, on every change
     ctx.new_stop(request) / ctx.stop(request)
                           per-browser-session threading.Event for Stop buttons
+    ctx.tabs / ctx.handoff
+                          the gr.Tabs, and a gr.State carrying expert names from ② Analyze to ③ Fuse
     ctx.check_image(path) an uploaded image path, checked to be an image inside the upload area
     ctx.remote_routes     {api_name: fn(raw input values) -> bool}: a GPU event whose request needs no
                           local model (every column remote) skips the GPU line (ui/admission.py)
@@ -121,6 +123,8 @@ class AppContext:
     _refreshers: list[tuple] = field(default_factory=list)
     remote_routes: dict[str, Callable[[list], bool]] = field(default_factory=dict)
     zoo_manifest: str | None = None  # the demo zoo's manifest, for 'back to the zoo'
+    tabs: Any = None  # the gr.Tabs (created in build_app): an output selects a tab with gr.Tabs(selected=id)
+    handoff: Any = None  # gr.State: expert names ② Analyze's advisor sends to ③ Fuse (None without both tabs)
     _stops: dict[str, threading.Event] = field(default_factory=dict)
     _store: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)

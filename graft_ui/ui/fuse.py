@@ -11,6 +11,7 @@ import gradio as gr
 from graft_ui.merging.registry import base_unless, describe
 from graft_ui.checks import number
 from graft_ui.recipe import ALL_MODULES
+from graft_ui.ui import tune as tune_ui
 from graft_ui.ui.common import choices_update, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
 from graft_ui.ui.study_hints import fuse_warning
@@ -194,6 +195,9 @@ def render(ctx: AppContext) -> None:
     experts.change(lambda e: warning_md(fuse_warning(studio, e)), experts, warning, api_name="fuse_warning",
                    queue=False, show_progress="hidden")
     reverse_btn.click(lambda e: list(reversed(e or [])), experts, experts, api_visibility="private", queue=False)
+    if ctx.handoff is not None:  # ② Analyze's advisor sends its recommended pair (for Graft)
+        ctx.handoff.change(lambda p: (p, "graft") if p else (gr.skip(), gr.skip()), ctx.handoff, [experts, method],
+                           api_visibility="private", queue=False, show_progress="hidden")
 
     def recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values):
         params = {pn: v for (mn, pn, _), v in zip(param_inputs, values) if mn == m}
@@ -219,9 +223,11 @@ def render(ctx: AppContext) -> None:
     def run_recipe_yaml(recipe_yaml, variant_name, progress):
         recipe = studio.parse_recipe(recipe_yaml)
         progress(0, desc=f"fusing on {studio.device_label}")
-        v = studio.fuse(recipe, (variant_name or "").strip())
+        return shown(studio.fuse(recipe, (variant_name or "").strip()))
+
+    def shown(v, done="Fused."):
         names = list(studio.variants)
-        return (ok("Fused.") + "\n\n" + summary_md(v), gates_fig(v), v.recipe.to_yaml(), variants_table(),
+        return (ok(done) + "\n\n" + summary_md(v), gates_fig(v), v.recipe.to_yaml(), variants_table(),
                 gr.update(choices=names, value=v.name), ctx.bump(), next_name(studio, v.recipe.method))
 
     run_outputs = [summary, gates_plot, recipe_code, variants_df, chosen, ctx.models_changed, name]
@@ -334,6 +340,7 @@ def render(ctx: AppContext) -> None:
 
     ctx.on_models_changed(refresh, [experts, first_layer, last_layer, cal_dataset, variants_df, chosen, device],
                           inputs=[experts])
+    tune_ui.render(ctx, recipe_from_form, form, run_outputs, lambda v: shown(v, "Tuned."))
 
 
 def _is_int(method: dict, param: str) -> bool:

@@ -1,0 +1,81 @@
+"""`python -m graft_ui tune RECIPE.yaml --dev-domains math code --trials 40 --out DIR`: auto-tune a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+from graft_ui.commands.common import add_manifest_args, load_manifest_arg
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tune", help="auto-tune a recipe's method parameters on dev data, then score the best on held-out data",
+        description="Search the recipe's method parameters (and its layer range and module types) with optuna's TPE "
+        "sampler, seeded, scoring each trial on a dev split of the given domains (carved from their train split, "
+        "disjoint from the held-out eval split: checked), within a time budget; then score the defaults and the best "
+        "few trials on the held-out split. Writes DIR/tune.json, tune.md, tuned-recipe.yaml, default-recipe.yaml "
+        "and pareto.html.")
+    p.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe to tune (its values are trial 0, the defaults)")
+    p.add_argument("--dev-domains", nargs="+", required=True, metavar="DOMAIN", help="domains to tune on")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--trials", type=int, default=40, help="most trials, the defaults included (default 40)")
+    p.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
+                   help="time budget of the search (default 300); held-out scoring comes after it")
+    p.add_argument("--dev-size", type=int, default=32, help="dev items per domain (default 32)")
+    p.add_argument("--top", type=int, default=3, help="best trials scored on held-out data (default 3)")
+    p.add_argument("--limit", type=int, help="first N held-out items per domain (default: all)")
+    p.add_argument("--no-scope", action="store_true", help="search the method's parameters only, not layers/modules")
+    p.add_argument("--seed", type=int, default=0, help="sampler and dev-split seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size (default 16)")
+    add_manifest_args(p, manifest_help="manifest whose experts the recipe names and whose datasets are tuned on "
+                      "(default: the full demo zoo)")
+    p.set_defaults(func=cmd_tune)
+
+
+def canonical_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (defaults included)."""
+    src = ["--manifest", args.manifest] if args.manifest else (["--zoo", args.zoo] if args.zoo else [])
+    parts = [args.recipe, *src, "--dev-domains", *args.dev_domains, "--trials", str(args.trials), "--budget",
+             f"{args.budget:g}", "--dev-size", str(args.dev_size), "--top", str(args.top), "--seed", str(args.seed)]
+    parts += (["--limit", str(args.limit)] if args.limit else []) + (["--no-scope"] if args.no_scope else [])
+    return " ".join(["python -m graft_ui tune", *map(shlex.quote, parts), "--out", shlex.quote(args.out)])
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from graft_ui.recipe import Recipe
+    from graft_ui.tune.report import write
+    from graft_ui.tune.tuner import TuneConfig, Tuner
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # one line per trial instead of a bar per merge
+    config = TuneConfig(dev_domains=tuple(args.dev_domains), trials=args.trials, budget_s=args.budget,
+                        dev_size=args.dev_size, top=args.top, seed=args.seed, scope=not args.no_scope,
+                        heldout_limit=args.limit, batch_size=args.batch_size, device=args.device)
+    manifest = load_manifest_arg(args, default_zoo="full")
+    tuner = Tuner(Recipe.load(args.recipe), manifest, config, work_dir=os.path.join(args.out, "work"))
+    print(f"tuning {tuner.recipe.method} on {', '.join(f'{d} ({len(s.items)} dev items)' for d, s in tuner.splits.items())}: "
+          f"{len(tuner.dims)} dimension(s), at most {config.trials} trial(s) in {config.budget_s:.0f} s", flush=True)
+    for t in tuner.run():
+        dev = ", ".join(f"{d} {a:.1f}" for d, a in t.dev.items()) or t.error
+        tag = " (defaults)" if t.default else ""
+        print(f"trial {t.number}{tag}: mean {t.mean if t.mean is None else round(t.mean, 1)} ({dev}); "
+              f"{t.seconds:.1f} s, elapsed {t.elapsed:.0f} s", flush=True)
+    print(f"search over: {tuner.stopped}; scoring the defaults and the best {config.top} on held-out data", flush=True)
+    result = tuner.finish()
+    paths = write(result, args.out, canonical_command(args))
+    try:
+        os.rmdir(os.path.join(args.out, "work"))  # each trial's fusion is deleted once scored: drop the empty folder
+    except OSError:
+        pass
+    for r in result["heldout"]["rows"]:
+        print(f"held-out {r['label']:<20} " + "  ".join(f"{d} {a:5.1f}" for d, a in r["accuracy"].items())
+              + f"  mean {r['mean']:5.1f}")
+    if result["verdict"]:
+        print(result["verdict"])
+    print(f"wrote {paths['markdown']} and {paths['json']}")
+    return 0
+
+
+__all__ = ["add_parser", "cmd_tune"]

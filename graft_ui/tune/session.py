@@ -1,0 +1,53 @@
+"""Tuning inside the app's Studio: the search, then held-out scoring, then the best trial as a named variant.
+
+    for event in tune_in_studio(studio, recipe, config, stop):
+        event["phase"]   "trial" (after each trial), "heldout" (scoring starts), "done"
+        event["tuner"]   the Tuner (its results, experts_dev, splits for the live plot)
+        event["result"], event["variant"]   on "done": the result dict and the FusedVariant of the best trial
+
+The variant is fused from the best trial's recipe (the defaults when no trial beat them on dev),
+named `tuned-<method>-N`, with the run's report (tune.json, tune.md, ...) in its folder under tune/.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+from graft_ui.recipe import Recipe
+from graft_ui.tune import report
+from graft_ui.tune.tuner import TuneConfig, Tuner
+
+
+def variant_name(studio, method: str) -> str:
+    i = 1
+    while f"tuned-{method}-{i}" in studio.variants or f"tuned-{method}-{i}" in studio.chat_names():
+        i += 1
+    return f"tuned-{method}-{i}"
+
+
+def expert_domains(manifest, recipe: Recipe) -> list[str]:
+    """The domains of the recipe's experts that the manifest has datasets for, in expert order."""
+    by_path = {e.path: e for e in manifest.experts}
+    by_name = {e.name: e for e in manifest.experts}
+    found = [by_path.get(x.path) or by_name.get(x.name or "") for x in recipe.experts]
+    return list(dict.fromkeys(e.domain for e in found if e is not None and e.domain in manifest.datasets))
+
+
+def tune_in_studio(studio, recipe: Recipe, config: TuneConfig, stop: threading.Event | None = None) -> Iterator[dict]:
+    work = studio.work_dir / "tune" / time.strftime("%Y%m%d-%H%M%S")
+    tuner = Tuner(recipe, studio.manifest, config, work, stop=stop or threading.Event())
+    try:
+        for trial in tuner.run():
+            yield {"phase": "trial", "tuner": tuner, "trial": trial}
+        yield {"phase": "heldout", "tuner": tuner}
+        result = tuner.finish()
+        best = tuner.best()
+        variant = None
+        if best is not None:
+            variant = studio.fuse(tuner.recipe_of(best), variant_name(studio, recipe.method))
+            report.write(result, variant.out_dir / "tune")
+        yield {"phase": "done", "tuner": tuner, "result": result, "variant": variant}
+    finally:
+        studio.release_memory()

@@ -1,0 +1,85 @@
+"""③ Fuse's "Tune on target data" accordion: a live Pareto plot, progress, Stop; the best trial
+becomes a named variant (graft_ui.tune does the work; this module only draws it)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import gradio as gr
+
+from graft_ui.checks import number
+from graft_ui.ui.common import guarded, hint, ok, warn
+from graft_ui.ui.context import AppContext
+
+
+def progress_html(done: int, total: int, elapsed: float, budget: float, phase: str = "") -> str:
+    """A progress bar with the trial count and the elapsed time (plain HTML: it updates on every trial)."""
+    return (f'<div id="gs-tune-progress-box"><progress value="{done}" max="{total}" style="width:100%"></progress>'
+            f'<div>trial <b>{done}</b> / {total} · {elapsed:.0f} s elapsed of a {budget:.0f} s budget'
+            f'{" · " + phase if phase else ""}</div></div>')
+
+
+def result_md(result: dict, variant) -> str:
+    from graft_ui.tune.report import heldout_table
+
+    head = ok(f"Kept the best trial as **{variant.name}** (its recipe is in the Recipe box and in the variant's "
+              f"folder).") if variant else warn("No trial finished; nothing was kept.")
+    verdict = f"\n\n**{result['verdict']}** (the tuned recipe was chosen on dev data only)." if result.get("verdict") else ""
+    return f"{head}\n\nSearch: {len(result['trials'])} trial(s), {result['stopped']}.{verdict}\n\n{heldout_table(result)}"
+
+
+def render(ctx: AppContext, recipe_from_form: Callable, form: list, kept_outputs: list, kept: Callable) -> None:
+    """`recipe_from_form(*form values)` gives the recipe to tune; `kept(variant)` gives updates for `kept_outputs`
+    (the Fuse tab's summary, recipe box, variants table, ...) once the best trial is a variant."""
+    studio = ctx.studio
+    names = studio.dataset_names()
+    with gr.Accordion("Tune on target data", open=False, elem_id="gs-tune"):
+        hint("Searches the method's parameters (Graft: a, c, bins, gates, α/β, scale, plus the layer range and "
+             "module types) with optuna's TPE sampler, seeded, on a dev split of the target domains carved from "
+             "their train split (never the held-out eval split: checked), then scores the defaults and the best "
+             "trials on held-out data. `scale` is an extension, not in the paper.")
+        with gr.Row():
+            domains = gr.Dropdown(names, value=[], multiselect=True, label="Target domains",
+                                  info="empty: the experts' own domains", elem_id="gs-tune-domains")
+            trials = gr.Slider(2, 200, value=40, step=1, label="trials", elem_id="gs-tune-trials")
+            budget = gr.Number(120, minimum=1, label="time budget (s)", elem_id="gs-tune-budget")
+            dev_size = gr.Slider(2, 128, value=32, step=1, label="dev items per domain")
+        with gr.Row():
+            start_btn = gr.Button("Tune", variant="primary", elem_id="gs-tune-start")
+            stop_btn = gr.Button("■ Stop", variant="stop", elem_id="gs-tune-stop")
+        progress = gr.HTML("", elem_id="gs-tune-progress")
+        pareto = gr.Plot(label="Dev accuracy per trial (experts ★, defaults ◆)", elem_id="gs-tune-pareto")
+        outcome = gr.Markdown("", elem_id="gs-tune-result")
+
+    outputs = [progress, pareto, outcome] + kept_outputs
+
+    @guarded(len(outputs), status=2)
+    def start(doms, n, seconds, size, request: gr.Request, *values):  # gradio fills `request` by its type
+        from graft_ui.tune.plots import pareto_figure
+        from graft_ui.tune.session import expert_domains, tune_in_studio
+        from graft_ui.tune.tuner import TuneConfig
+
+        recipe = recipe_from_form(*values)
+        config = TuneConfig(tuple(doms or expert_domains(studio.manifest, recipe)), trials=number("trials", n, integer=True, low=1),
+                            budget_s=number("time budget", seconds, low=1), dev_size=int(size),
+                            device="cuda" if studio.device.type == "cuda" else "cpu")
+        skip, t0 = [gr.skip()] * len(kept_outputs), time.perf_counter()
+        for ev in tune_in_studio(studio, recipe, config, ctx.new_stop(request)):
+            t = ev["tuner"]
+            fig = pareto_figure([r.to_dict() for r in t.results], list(t.splits), t.experts_dev,
+                                best=getattr(t.best(), "number", None))
+            phase = {"trial": "", "heldout": "scoring on held-out data…", "done": "done"}[ev["phase"]]
+            bar = progress_html(len(t.results), config.trials, time.perf_counter() - t0, config.budget_s, phase)
+            done = ev["phase"] == "done"
+            yield [bar, fig, result_md(ev["result"], ev["variant"]) if done else gr.skip()] + (
+                list(kept(ev["variant"])) if done and ev["variant"] else skip)
+
+    def stop(request: gr.Request):
+        ctx.stop(request)
+        return "■ stopping after the running trial…"
+
+    # not a named API endpoint: a search holds the GPU queue for its whole budget (headless: `python -m graft_ui tune`)
+    start_btn.click(start, [domains, trials, budget, dev_size] + form, outputs, api_visibility="private", **ctx.gpu)
+    # Stop runs outside the GPU queue, so it is never stuck behind the search it stops
+    stop_btn.click(stop, None, outcome, api_name="stop_tuning", concurrency_limit=None, queue=False)
