@@ -1,8 +1,9 @@
 """The app's state as a library (no gradio): models, fused variants, device, chat pool.
 
 A `Studio` holds the active manifest (base + experts + target datasets), one chat
-`ModelPool` over that base, and the fused variants made in this session, each with its
-recipe and output folder. The UI's callbacks are thin wrappers around these methods;
+`ModelPool` over that base, and the fused variants of that base, each with its recipe and
+output folder: those made now and those earlier sessions left under `<work_dir>/fused`
+(graft_ui/variants.py restores them, so a reload or a restart keeps them). The UI's callbacks are thin wrappers around these methods;
 scripts and tests can drive the same flow without a browser:
 
     studio = Studio.from_manifest(zoo_dir / "manifest.yaml")
@@ -17,11 +18,9 @@ import dataclasses
 import gc
 import logging
 import os
-import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -38,53 +37,13 @@ from graft_ui.models.loading import adapter_config, check_reference, device_labe
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
 from graft_ui.models.validate import folder_bytes, human_bytes, model_config, validate_entry
 from graft_ui.recipe import ALL_MODULES, Recipe
+from graft_ui.variants import FusedVariant, check_variant_name, next_free_name, restore_variants, write_record
 
 log = logging.getLogger(__name__)
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
-
 
 def default_work_dir() -> Path:
     """`$GRAFT_STUDIO_DIR`, else `./runs/studio` (gitignored)."""
     return Path(os.environ.get("GRAFT_STUDIO_DIR") or Path.cwd() / "runs" / "studio")
-
-
-def check_variant_name(name: str) -> str:
-    name = (name or "").strip()
-    if not _NAME_RE.match(name):
-        raise ValueError(
-            f"name {name!r} is not usable: 1-48 characters, letters, digits, '-', '_' or '.', starting with a letter or digit"
-        )
-    return name
-
-
-@dataclass
-class FusedVariant:
-    """A fusion made in this session: its recipe, where it was written, and how it went."""
-
-    name: str
-    recipe: Recipe
-    out_dir: Path
-    kind: str  # lora | full
-    summary: dict = field(default_factory=dict)
-    created: float = field(default_factory=time.time)
-
-    @property
-    def gates_path(self) -> Path | None:
-        p = self.out_dir / "gates.json"
-        return p if p.is_file() else None
-
-    def row(self) -> dict:
-        return {
-            "name": self.name,
-            "method": self.recipe.method,
-            "experts": " → ".join(e.name or Path(e.path).name for e in self.recipe.experts),
-            "kind": self.kind,
-            "modules": self.summary.get("modules_fused", "—"),
-            "seconds": self.summary.get("seconds", "—"),
-            "device": self.summary.get("device", "—"),
-            "folder": str(self.out_dir),
-        }
 
 
 class Studio:
@@ -136,8 +95,23 @@ class Studio:
                 log.info("manifest changed: %d fused variant(s) of the previous base are no longer chat-able",
                          len(self.variants))
             self.variants.clear()
+            self._restore_variants()
             self.version += 1
             self.release_memory()
+
+    def _restore_variants(self) -> None:
+        """Variants made on this base by earlier sessions (their folders under `<work_dir>/fused`)."""
+        taken = set(self.pool.names())
+        for v in restore_variants(self.work_dir / "fused", self.manifest.base.path, taken):
+            self.variants[v.name] = v
+            self.pool.register(v.name, str(v.out_dir), v.kind, role="fused")
+        if self.variants:
+            log.info("restored %d fused variant(s) from %s", len(self.variants), self.work_dir / "fused")
+
+    def next_variant_name(self, method: str) -> str:
+        """A default name for the next fusion with `method`: free in the app and on disk."""
+        with self.lock:
+            return next_free_name(method, set(self.variants) | set(self.pool.names()), self.work_dir / "fused")
 
     def load_manifest(self, path: str | Path) -> Manifest:
         manifest = load_manifest(path)
@@ -249,7 +223,8 @@ class Studio:
         threshold: float | None = None,
         progress: bool | Callable[[int, int], None] | None = True,
     ):
-        """Activation statistics and compatibility of `experts` on `dataset` (domain name or JSONL path)."""
+        """Activation statistics and compatibility of `experts` on `dataset` (domain name or JSONL path).
+        `experts=None` analyses every expert; an empty list is refused."""
         k = number("K", k, integer=True, low=1, high=512)
         if eps is not None and not number("eps", eps) > 0:
             raise ValueError(f"eps={eps!r} must be positive")
@@ -257,9 +232,9 @@ class Studio:
             threshold = number("threshold", threshold)
         if not dataset:
             raise ValueError("choose a target dataset (a domain or an uploaded JSONL file)")
-        experts = list(experts or self.expert_names())
+        experts = self.expert_names() if experts is None else list(experts)
         if not experts:
-            raise ValueError("choose at least one expert to analyse")
+            raise ValueError("choose at least one expert to analyse (none is selected)")
         with self.lock:
             manifest = self.manifest
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -299,7 +274,9 @@ class Studio:
         entries = [self.manifest.expert(n) for n in experts]
         kinds = {e.kind for e in entries}
         if len(kinds) > 1:
-            raise ValueError(f"cannot fuse LoRA adapters with full fine-tunes in one recipe: {[(e.name, e.kind) for e in entries]}")
+            listed = ", ".join(f"{e.name} ({'LoRA' if e.kind == 'lora' else 'full'})" for e in entries)
+            raise ValueError(f"LoRA adapters and full fine-tunes cannot be fused together: {listed}. "
+                             "Choose experts of one kind.")
         if output_kind is None:
             output_kind = "adapter" if kinds == {"lora"} else "full"
         data: dict[str, Any] = {
@@ -343,7 +320,8 @@ class Studio:
             if name in self.pool.names() and name not in self.variants:
                 raise ValueError(f"{name!r} is the name of a loaded model; choose another name for the fused variant")
             if name in self.variants and not overwrite:
-                raise ValueError(f"a fused variant named {name!r} exists; choose another name or allow overwriting")
+                raise ValueError(f"a fused variant named {name!r} already exists: choose another name, "
+                                 "or tick \"Overwrite\" to replace it")
         for ref in recipe.experts:
             check_reference(ref.path)
         if name in self.variants:
@@ -366,6 +344,7 @@ class Studio:
             summary["calibration"] = result.calibration
         kind = "lora" if is_adapter(out_dir) else "full"
         variant = FusedVariant(name=name, recipe=recipe, out_dir=out_dir, kind=kind, summary=summary)
+        write_record(variant)
         with self.lock:
             self.variants[name] = variant
             self.pool.register(name, str(out_dir), kind, role="fused")
@@ -376,11 +355,13 @@ class Studio:
         try:
             return self.variants[name]
         except KeyError:
-            raise KeyError(f"no fused variant named {name!r}; made so far: {list(self.variants)}") from None
+            made = ", ".join(self.variants) or "none yet"
+            raise KeyError(f"there is no fused variant named {name!r} (made so far: {made})") from None
 
     def remove_variant(self, name: str) -> None:
+        """Drop a variant from the app; its folder stays on disk, marked so a restart does not restore it."""
         with self.lock:
-            self.variant(name)
+            write_record(self.variant(name), removed=True)
             self.variants.pop(name)
             self.pool.unregister(name)
             self.version += 1

@@ -52,7 +52,7 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
                 with gr.Tab(module.TITLE, id=name, elem_id=f"gs-tab-{name}"):
                     module.render(ctx)
         ctx.on_models_changed(lambda: header(ctx), [head])
-        ctx.wire_refreshers()
+        ctx.wire_refreshers(app)
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
     # gradio's max_size would count votes against the same cap as generations: only model runs are capped
     app.queue(max_size=None, default_concurrency_limit=4)
