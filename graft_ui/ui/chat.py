@@ -12,6 +12,7 @@ from graft_ui.ui.context import AppContext
 
 TITLE = "④ Chat"
 MAX_COLUMNS = 6
+CHATBOT_HEIGHT = 360  # the prompt box below stays above the fold at 1440x900
 MIN_INTERVAL_S = 0.08  # at most ~12 UI updates a second per request; the final state always goes out
 
 
@@ -81,7 +82,7 @@ def render(ctx: AppContext) -> None:
                 heads.append(gr.Markdown(column_title(studio, cols0[j]) if j < len(cols0) else "",
                                          elem_classes=["gs-col-head"], elem_id=f"gs-chat-head-{j}"))
                 bots.append(gr.Chatbot(
-                    [], show_label=False, height=420, elem_id=f"gs-chat-col-{j}", elem_classes=["gs-chat-col"],
+                    [], show_label=False, height=CHATBOT_HEIGHT, elem_id=f"gs-chat-col-{j}", elem_classes=["gs-chat-col"],
                     buttons=["copy"], feedback_options=None, layout="bubble", placeholder="Answers stream here.",
                     allow_file_downloads=False,
                 ))
