@@ -1,8 +1,9 @@
 """The app's state as a library (no gradio): models, fused variants, device, chat pool.
 
 A `Studio` holds the active manifest (base + experts + target datasets), one chat
-`ModelPool` over that base, and the fused variants made in this session, each with its
-recipe and output folder. The UI's callbacks are thin wrappers around these methods;
+`ModelPool` over that base, and the fused variants of that base, each with its recipe and
+output folder: those made now and those earlier sessions left under `<work_dir>/fused`
+(graft_ui/variants.py restores them, so a reload or a restart keeps them). The UI's callbacks are thin wrappers around these methods;
 scripts and tests can drive the same flow without a browser:
 
     studio = Studio.from_manifest(zoo_dir / "manifest.yaml")
@@ -17,7 +18,6 @@ import dataclasses
 import gc
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -40,25 +40,13 @@ from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_
 from graft_ui.models.roots import AllowedRoots
 from graft_ui.models.validate import folder_bytes, human_bytes, manifest_rows, model_config, validate_entry
 from graft_ui.recipe import ALL_MODULES, Recipe
-from graft_ui.variants import FusedVariant
+from graft_ui.variants import FusedVariant, check_variant_name, next_free_name, restore_variants, write_record
 
 log = logging.getLogger(__name__)
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
-
 
 def default_work_dir() -> Path:
     """`$GRAFT_STUDIO_DIR`, else `./runs/studio` (gitignored)."""
     return Path(os.environ.get("GRAFT_STUDIO_DIR") or Path.cwd() / "runs" / "studio")
-
-
-def check_variant_name(name: str) -> str:
-    name = (name or "").strip()
-    if not _NAME_RE.match(name):
-        raise ValueError(
-            f"name {name!r} is not usable: 1-48 characters, letters, digits, '-', '_' or '.', starting with a letter or digit"
-        )
-    return name
 
 
 class Studio:
@@ -116,12 +104,27 @@ class Studio:
                          len(self.variants))
             self.variants.clear()
             self.base_mismatch_allowed.clear()
+            self._restore_variants()
             self.version += 1
             self.release_memory()
 
     def allowed(self, ref: str | Path) -> str:
         """`ref` (a path or hub id a user gave) when `self.roots` allow it; else one generic refusal."""
         return self.roots.check(ref) if self.roots is not None else str(ref)
+
+    def _restore_variants(self) -> None:
+        """Variants made on this base by earlier sessions (their folders under `<work_dir>/fused`)."""
+        taken = set(self.pool.names())
+        for v in restore_variants(self.work_dir / "fused", self.manifest.base.path, taken):
+            self.variants[v.name] = v
+            self.pool.register(v.name, str(v.out_dir), v.kind, role="fused")
+        if self.variants:
+            log.info("restored %d fused variant(s) from %s", len(self.variants), self.work_dir / "fused")
+
+    def next_variant_name(self, method: str) -> str:
+        """A default name for the next fusion with `method`: free in the app and on disk."""
+        with self.lock:
+            return next_free_name(method, set(self.variants) | set(self.pool.names()), self.work_dir / "fused")
 
     def load_manifest(self, path: str | Path) -> Manifest:
         manifest = load_manifest(self.allowed(path))
@@ -231,7 +234,8 @@ class Studio:
         threshold: float | None = None,
         progress: bool | Callable[[int, int], None] | None = True,
     ):
-        """Activation statistics and compatibility of `experts` on `dataset` (domain name or JSONL path)."""
+        """Activation statistics and compatibility of `experts` on `dataset` (domain name or JSONL path).
+        `experts=None` analyses every expert; an empty list is refused."""
         k = number("K", k, integer=True, low=1, high=512)
         if eps is not None and not number("eps", eps) > 0:
             raise ValueError(f"eps={eps!r} must be positive")
@@ -239,9 +243,9 @@ class Studio:
             threshold = number("threshold", threshold)
         if not dataset:
             raise ValueError("choose a target dataset (a domain or an uploaded JSONL file)")
-        experts = list(experts or self.expert_names())
+        experts = self.expert_names() if experts is None else list(experts)
         if not experts:
-            raise ValueError("choose at least one expert to analyse")
+            raise ValueError("choose at least one expert to analyse (none is selected)")
         with self.lock:
             manifest = self.manifest
         self.allowed_dataset(dataset, manifest)
@@ -289,7 +293,9 @@ class Studio:
         entries = [self.manifest.expert(n) for n in experts]
         kinds = {e.kind for e in entries}
         if len(kinds) > 1:
-            raise ValueError(f"cannot fuse LoRA adapters with full fine-tunes in one recipe: {[(e.name, e.kind) for e in entries]}")
+            listed = ", ".join(f"{e.name} ({'LoRA' if e.kind == 'lora' else 'full'})" for e in entries)
+            raise ValueError(f"LoRA adapters and full fine-tunes cannot be fused together: {listed}. "
+                             "Choose experts of one kind.")
         if output_kind is None:
             output_kind = "adapter" if kinds == {"lora"} else "full"
         data: dict[str, Any] = {
@@ -347,7 +353,8 @@ class Studio:
             if name in self.pool.names() and name not in self.variants:
                 raise ValueError(f"{name!r} is the name of a loaded model; choose another name for the fused variant")
             if name in self.variants and not overwrite:
-                raise ValueError(f"a fused variant named {name!r} exists; choose another name or allow overwriting")
+                raise ValueError(f"a fused variant named {name!r} already exists: choose another name, "
+                                 "or tick \"Overwrite\" to replace it")
         for ref in self.allowed_recipe(recipe).experts:
             check_reference(ref.path)
         if name in self.variants:
@@ -370,6 +377,7 @@ class Studio:
             summary["calibration"] = result.calibration
         kind = "lora" if is_adapter(out_dir) else "full"
         variant = FusedVariant(name=name, recipe=recipe, out_dir=out_dir, kind=kind, summary=summary)
+        write_record(variant)
         with self.lock:
             self.variants[name] = variant
             self.pool.register(name, str(out_dir), kind, role="fused")
@@ -388,11 +396,13 @@ class Studio:
         try:
             return self.variants[name]
         except KeyError:
-            raise KeyError(f"no fused variant named {name!r}; made so far: {list(self.variants)}") from None
+            made = ", ".join(self.variants) or "none yet"
+            raise KeyError(f"there is no fused variant named {name!r} (made so far: {made})") from None
 
     def remove_variant(self, name: str) -> None:
+        """Drop a variant from the app; its folder stays on disk, marked so a restart does not restore it."""
         with self.lock:
-            self.variant(name)
+            write_record(self.variant(name), removed=True)
             self.variants.pop(name)
             self.pool.unregister(name)
             self.version += 1

@@ -125,7 +125,11 @@ def import_dataset(files: Sequence[str | Path], uploads: str | Path) -> Path:
     """
     files = [Path(f) for f in files or []]
     jsonls = [f for f in files if f.suffix.lower() == ".jsonl"]
-    if len(jsonls) != 1:
+    if not jsonls:
+        names = ", ".join(repr(f.name) for f in files[:3]) or "nothing"
+        raise ValueError(f"{names} is not a JSONL dataset: upload one .jsonl file (one conversation per line) "
+                         "together with the images it uses")
+    if len(jsonls) > 1:
         raise ValueError(f"upload exactly one .jsonl file (with the images it uses); got {len(jsonls)} JSONL files")
     src = jsonls[0]
     if src.stat().st_size > MAX_UPLOAD_JSONL_BYTES:

@@ -192,29 +192,11 @@ def load_gates(gates: str | Path | Mapping[str, Any]) -> dict[str, dict[str, flo
 
 
 def gate_maps(gates: str | Path | Mapping[str, Any], *, title: str = "Graft gates") -> go.Figure:
-    """Two heatmaps side by side: w_glob per module and mean w_b per module (rows = layers)."""
-    from plotly.subplots import make_subplots
+    """Two heatmaps side by side, each with its own colour bar: w_glob and mean w_b per module
+    (rows = layers). Drawn by graft_ui.analysis.gate_plots."""
+    from graft_ui.analysis.gate_plots import gate_maps as draw
 
-    mods = {n: v for n, v in load_gates(gates).items() if _parsable(n)}
-    if not mods:
-        raise ValueError("gates.json holds no language-model or vision-block module names")
-    panels = [("w_glob", "global gate w_glob"), ("wb_mean", "mean w_b (base share)")]
-    panels = [(k, t) for k, t in panels if any(k in v for v in mods.values())]
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels], horizontal_spacing=0.12)
-    nrows = 0
-    for c, (key, _t) in enumerate(panels, 1):
-        sub = {n: v for n, v in mods.items() if key in v}
-        rows, cols, z, hover = grid(sub, key)
-        nrows = max(nrows, len(rows))
-        fig.add_trace(go.Heatmap(
-            z=z, x=cols, y=rows, text=hover, hoverinfo="text", hovertemplate="%{text}<extra></extra>",
-            colorscale="RdBu", zmid=0.5, zmin=0.0, zmax=1.0, showscale=(c == len(panels)),
-            colorbar=dict(title=dict(text="weight of base")), xgap=1, ygap=1,
-        ), row=1, col=c)
-        fig.update_yaxes(autorange="reversed", title_text="layer" if c == 1 else None, row=1, col=c)
-        fig.update_xaxes(tickangle=-30, title_text="module type", row=1, col=c)
-    fig.update_layout(title=title, height=_height(nrows), font=FONT, margin=dict(l=70, r=30, t=80, b=90))
-    return fig
+    return draw(gates, title=title)
 
 
 def _parsable(name: str) -> bool:

@@ -6,10 +6,12 @@ grows with the number of variants. An empty leaderboard gives a blank figure tha
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import plotly.graph_objects as go
 
-from graft_ui.arena.ratings import Leaderboard
+from graft_ui.arena.ratings import MIN_BATTLES, Leaderboard
 
 
 def _height(k: int) -> int:
@@ -72,8 +74,13 @@ def battle_count_figure(lb: Leaderboard) -> go.Figure:
     counts = lb.counts.astype(float)
     z = np.where(counts > 0, counts, np.nan)  # blank cells for pairs that never met
     text = [["" if c == 0 else str(int(c)) for c in row] for row in lb.counts]
-    return _heatmap(lb, z, text, title, "battles", zmin=0.0, colorscale="Blues",
-                    hovertemplate="%{y} vs %{x}: %{z} battles<extra></extra>")
+    top = max(1, int(lb.counts.max()))
+    fig = _heatmap(lb, z, text, title, "battles", zmin=0, zmax=top, colorscale="Blues",
+                   hovertemplate="%{y} vs %{x}: %{z:d} battles<extra></extra>")
+    # counts are whole numbers: whole-number ticks only (0, 1, 2 ... or a coarser integer step)
+    fig.update_traces(colorbar={"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(top / 5)),
+                                "tickformat": "d"})
+    return fig
 
 
 def rating_figure(lb: Leaderboard) -> go.Figure:
@@ -81,28 +88,34 @@ def rating_figure(lb: Leaderboard) -> go.Figure:
     title = f"Bradley-Terry rating, {lb.level:.0%} bootstrap interval"
     if not lb.standings:
         return _empty(title)
-    s = lb.standings
-    fig = go.Figure(
-        go.Scatter(
-            x=[x.rating for x in s],
-            y=[x.variant for x in s],
-            mode="markers",
-            marker={"size": 10},
-            error_x={
-                "type": "data",
-                "symmetric": False,
-                "array": [x.ci_high - x.rating for x in s],
-                "arrayminus": [x.rating - x.ci_low for x in s],
-            },
-            customdata=[[x.ci_low, x.ci_high, x.battles] for x in s],
+    s = sorted(lb.standings, key=lambda x: x.provisional)  # rated first, provisional below them
+    fig = go.Figure()
+    rated = [x for x in s if not x.provisional]
+    if rated:
+        fig.add_trace(go.Scatter(
+            x=[x.rating for x in rated], y=[x.variant for x in rated], mode="markers", name="rated",
+            marker={"size": 10, "color": "#047857"},
+            error_x={"type": "data", "symmetric": False, "array": [x.ci_high - x.rating for x in rated],
+                     "arrayminus": [x.rating - x.ci_low for x in rated]},
+            customdata=[[x.ci_low, x.ci_high, x.battles] for x in rated],
             hovertemplate="%{y}: %{x:.0f} [%{customdata[0]:.0f}, %{customdata[1]:.0f}], %{customdata[2]} battles<extra></extra>",
-        )
-    )
+        ))
+    few = [x for x in s if x.provisional]
+    if few:  # no interval: with so few battles it would look precise (even zero-width) and mean nothing
+        fig.add_trace(go.Scatter(
+            x=[x.rating for x in few], y=[x.variant for x in few], mode="markers",
+            name=f"provisional (under {MIN_BATTLES} battles)",
+            marker={"size": 10, "color": "#94a3b8", "symbol": "circle-open", "line": {"width": 2}},
+            customdata=[[x.battles] for x in few],
+            hovertemplate=(f"%{{y}}: %{{x:.0f}}, provisional: %{{customdata[0]}} of {MIN_BATTLES} battles"
+                           "<extra></extra>"),
+        ))
     fig.update_layout(
         title=title,
         height=int(min(700, max(300, 120 + 36 * len(s)))),
         margin={"l": 20, "r": 20, "t": 60, "b": 40},
         xaxis={"title": {"text": "rating (1000 = average; +400 = 10:1 odds)"}},
         yaxis={"autorange": "reversed"},
+        legend={"orientation": "h", "y": -0.2},
     )
     return fig

@@ -227,6 +227,10 @@ def battle_counts(votes: Iterable[Any], variants: Sequence[str] | None = None) -
     return battles.variants, flat + flat.T
 
 
+# below this many blind battles a variant's rating is provisional: shown apart, with no interval
+MIN_BATTLES = 10
+
+
 @dataclass(frozen=True)
 class Standing:
     rank: int
@@ -239,6 +243,11 @@ class Standing:
     losses: int
     ties: int
     both_bad: int
+
+    @property
+    def provisional(self) -> bool:
+        """Too few battles for the rating (and its interval) to mean much."""
+        return self.battles < MIN_BATTLES
 
     @property
     def win_rate(self) -> float:
@@ -273,6 +282,7 @@ class Leaderboard:
                 "rank": s.rank, "variant": s.variant, "rating": round(s.rating), "ci_low": round(s.ci_low),
                 "ci_high": round(s.ci_high), "battles": s.battles, "wins": s.wins, "losses": s.losses,
                 "ties": s.ties, "both_bad": s.both_bad, "win_rate": round(s.win_rate, 3),
+                "provisional": s.provisional,
             })
         return out
 

@@ -46,9 +46,23 @@ def check_image_upload(path: str | Path, allowed_roots: Sequence[str | Path]) ->
     except Image.DecompressionBombError:
         raise ValueError(f"image {p.name!r} has too many pixels (over {2 * (Image.MAX_IMAGE_PIXELS or 0) // 10**6} "
                          "megapixels): scale it down and upload it again") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"file {p.name!r} is not an image this app can read ({type(exc).__name__})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise ValueError(f"file {p.name!r} is not an image: attach a PNG, JPEG, GIF or WebP picture") from None
     return str(p)
+
+
+def keep_indentation(text: str) -> str:
+    """A prompt as markdown for the chat bubble: from the first indented line on (pasted code), the
+    text goes into a code block, so its indentation is shown instead of being folded away."""
+    if "```" in text:
+        return text
+    lines = text.split("\n")
+    first = next((i for i, line in enumerate(lines) if line[:1] in (" ", "\t") and line.strip()), None)
+    if first is None:
+        return text
+    start = first - 1 if first > 0 and lines[first - 1].rstrip().endswith(":") else first  # e.g. "def f(x):"
+    prose, code = "\n".join(lines[:start]).rstrip(), "\n".join(lines[start:]).rstrip()
+    return (prose + "\n\n" if prose else "") + "```\n" + code + "\n```"
 
 
 @dataclass
@@ -57,6 +71,7 @@ class Turn:
     image: str | None = None
     answers: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    stopped: set[str] = field(default_factory=set)  # columns stopped (by the user) before they finished
 
 
 @dataclass
@@ -85,6 +100,7 @@ class SideBySide:
         last = self.turns[-1]
         last.answers.clear()
         last.errors.clear()
+        last.stopped.clear()
         return last
 
     def record(self, update: StreamUpdate) -> None:
@@ -96,6 +112,8 @@ class SideBySide:
                 turn.answers.pop(name, None)
             elif text or status in ("done", "stopped"):
                 turn.answers[name] = text
+            if status == "stopped":
+                turn.stopped.add(name)
 
     # ---- views -----------------------------------------------------------------------
 
@@ -124,7 +142,7 @@ class SideBySide:
             if turn.image:
                 content.append({"path": turn.image})
             if turn.text:
-                content.append({"type": "text", "text": turn.text})
+                content.append({"type": "text", "text": keep_indentation(turn.text)})
             out.append({"role": "user", "content": content})
             text, status = turn.answers.get(name), None
             if name in turn.errors:
@@ -135,8 +153,8 @@ class SideBySide:
                 text = f"⚠ {live.errors[j]}" if status == "error" else live.texts[j]
             if status in ("waiting", "loading") and not text:
                 text = "*loading model…*" if status == "loading" else "*waiting…*"
-            elif status == "stopped" and not text:
-                text = "*stopped*"
+            elif not text and (status == "stopped" or (status is None and name in turn.stopped)):
+                text = "*■ stopped before it answered*"
             elif text == "" and (status == "done" or (status is None and name in turn.answers)):
                 text = "*(empty answer: the model ended its turn at once)*"
             if text is None:
@@ -146,6 +164,11 @@ class SideBySide:
                     continue
             out.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
         return out
+
+    def context_turns(self, name: str) -> int:
+        """How many user turns column `name` has in its context (the turns it answered, and the
+        last one): what the model sees besides the next prompt."""
+        return sum(1 for i, t in enumerate(self.turns) if name in t.answers or i == len(self.turns) - 1)
 
     # ---- running ---------------------------------------------------------------------
 

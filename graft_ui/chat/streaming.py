@@ -61,15 +61,24 @@ class BatchTextStreamer(TextIteratorStreamer):
                 self.tokens[row].append(tok)
                 changed = True
             text = self.tokenizer.decode(self.tokens[row], **self.decode_kwargs)
-            if not text.endswith("\ufffd"):
-                self.texts[row] = text
+            if not text.endswith(BROKEN):  # a multi-byte character still arriving: wait for its last byte
+                self.texts[row] = readable(text)
         if changed:
             self.text_queue.put(list(self.texts), timeout=self.timeout)
 
     def end(self) -> None:
-        self.texts = [self.tokenizer.decode(t, **self.decode_kwargs) for t in self.tokens]
+        self.texts = [readable(self.tokenizer.decode(t, **self.decode_kwargs)) for t in self.tokens]
         self.text_queue.put(list(self.texts), timeout=self.timeout)
         self.text_queue.put(self.stop_signal, timeout=self.timeout)
+
+
+BROKEN = "\ufffd"  # what a decoder writes for bytes that are not (yet) a whole UTF-8 character
+
+
+def readable(text: str) -> str:
+    """`text` without replacement characters: bytes of a multi-byte character cut off at the end
+    (the answer stopped mid-character) or sampled out of order never show as "�"."""
+    return text.replace(BROKEN, "")
 
 
 class _Failure:

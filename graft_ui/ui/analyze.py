@@ -9,7 +9,7 @@ from graft_ui.analysis.scores import DEFAULT_THRESHOLD
 from graft_ui.analysis.stats import DEFAULT_EPS
 from graft_ui.checks import number
 from graft_ui.ui import advise
-from graft_ui.ui.common import choices_update, friendly, guarded, hint, ok, section, table
+from graft_ui.ui.common import choices_update, friendly, guarded, hint, ok, table
 from graft_ui.ui.context import AppContext
 from graft_ui.ui.study_hints import gain_cell, study_for
 
@@ -73,6 +73,14 @@ def heatmap_choices(state) -> list[str]:
     return names + ([f"{names[0]} − {names[1]}"] if len(names) >= 2 else [])
 
 
+def analysis_progress(progress):
+    """One monotonic bar over all experts' samples (the library counts them across experts)."""
+    def step(done: int, total: int) -> None:
+        progress(done / max(1, total), desc=f"measuring activations: {done} of {total} samples (all experts)")
+
+    return step
+
+
 def render(ctx: AppContext) -> None:
     studio = ctx.studio
     hint("How strongly each expert's modules respond to a target dataset (ρ′ = normalised mean magnitude × "
@@ -80,43 +88,49 @@ def render(ctx: AppContext) -> None:
          "Move the threshold to re-colour the bars; nothing is recomputed.")
     state = gr.State(None)
     with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=300):
-            section("Target data")
+        with gr.Column(scale=2, min_width=300):
             datasets = studio.dataset_names()
-            dataset = gr.Dropdown(datasets + [UPLOAD], value=(datasets[0] if datasets else UPLOAD), label="Dataset", allow_custom_value=True,
-                                  info="a domain's eval split, or your own JSONL", elem_id="gs-an-dataset")
-            upload = gr.File(label="JSONL + its images", file_count="multiple", file_types=[".jsonl", "image"],
-                             visible=not datasets, height=120)
-            experts = gr.Dropdown(studio.expert_names(), value=studio.expert_names(), multiselect=True, allow_custom_value=True,
-                                  label="Experts", elem_id="gs-an-experts")
-            with gr.Row():
-                k = gr.Slider(1, 64, value=16, step=1, label="K samples", elem_id="gs-an-k")
-                eps = gr.Number(value=DEFAULT_EPS, label="eps (sparsity)", minimum=0, step=1e-4)
+            dataset = gr.Dropdown(datasets + [UPLOAD], value=(datasets[0] if datasets else UPLOAD), label="Target data",
+                                  allow_custom_value=True, info="a domain's eval split, or your own JSONL",
+                                  elem_id="gs-an-dataset")
+            # any file is accepted here and checked by the app, which says what is wrong in a sentence
+            upload = gr.File(label="JSONL + its images", file_count="multiple", visible=not datasets, height=120,
+                             elem_id="gs-an-upload")
+            experts = gr.Dropdown(studio.expert_names(), value=studio.expert_names(), multiselect=True,
+                                  allow_custom_value=True, label="Experts", elem_id="gs-an-experts")
             run_btn = gr.Button("Run analysis", variant="primary", elem_id="gs-an-run")
+            status = gr.Markdown("", elem_classes=["gs-status-box"], elem_id="gs-an-status")
             threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Acceptance threshold",
-                                  elem_id="gs-an-threshold")
-            status = gr.Markdown("", elem_classes=["gs-status-box"])
-        with gr.Column(scale=3, min_width=520):
+                                  info="re-colours the bars; nothing is recomputed", elem_id="gs-an-threshold")
+            with gr.Accordion("Sampling (K samples, sparsity eps)", open=False):
+                with gr.Row():
+                    k = gr.Slider(1, 64, value=16, step=1, label="K samples", elem_id="gs-an-k")
+                    eps = gr.Number(value=DEFAULT_EPS, label="eps (sparsity)", minimum=0, step=1e-4)
+        with gr.Column(scale=3, min_width=300):
             bars_plot = gr.Plot(label="Compatibility", elem_id="gs-an-bars")
             with gr.Row():
-                expert_table = gr.Dataframe(headers=EXPERT_COLUMNS, interactive=False, label="Compatibility per expert", wrap=True)
-                pair_table = gr.Dataframe(headers=PAIR_COLUMNS, interactive=False, label="Pair scores", wrap=True)
+                expert_table = gr.Dataframe(headers=EXPERT_COLUMNS, interactive=False, label="Compatibility per expert",
+                                            wrap=True, min_width=260)
+                pair_table = gr.Dataframe(headers=PAIR_COLUMNS, interactive=False, label="Pair scores", wrap=True,
+                                          min_width=260)
             which = gr.Dropdown([], label="Heatmap", allow_custom_value=True, info="one expert, or the difference of the first two",
                                 elem_id="gs-an-which")
             heat_plot = gr.Plot(label="Sensitivity heatmap", elem_id="gs-an-heatmap")
     advise.render(ctx, state)
 
     @guarded(7, status=6)
-    def run(dataset, files, experts, k, eps, threshold, progress=gr.Progress(track_tqdm=True)):
+    def run(dataset, files, experts, k, eps, threshold, progress=gr.Progress()):
         if dataset == UPLOAD:
             if not files:
                 raise ValueError("upload a JSONL file (and the images it uses), or pick a domain")
             target = str(studio.import_dataset([getattr(f, "name", f) for f in files]))
         else:
             target = dataset
-        progress(0, desc="loading models")
+        if not experts:
+            raise ValueError("choose at least one expert to analyse (none is selected)")
+        progress(0, desc=f"loading the models to analyse {len(experts)} expert(s)")
         res = studio.analyze(target, experts, k=number("K", k, integer=True, low=1, high=512), eps=number("eps", eps),
-                             threshold=number("threshold", threshold), progress=True)
+                             threshold=number("threshold", threshold), progress=analysis_progress(progress))
         d = res.to_dict()
         fig, t1, t2 = bars(d, threshold, study_for(studio))
         choices = heatmap_choices(d)
@@ -126,7 +140,7 @@ def render(ctx: AppContext) -> None:
 
     run_btn.click(run, [dataset, upload, experts, k, eps, threshold],
                   [state, bars_plot, expert_table, pair_table, which, heat_plot, status],
-                  api_name="run_analysis", **ctx.gpu)
+                  api_name="run_analysis", show_progress_on=[status], **ctx.gpu)
     threshold.change(friendly(lambda d, t: bars(d, t, study_for(studio))), [state, threshold],
                      [bars_plot, expert_table, pair_table],
                      api_name="recolour", show_progress="hidden", queue=False)

@@ -56,7 +56,7 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
                 with gr.Tab(module.TITLE, id=name, elem_id=f"gs-tab-{name}"):
                     module.render(ctx)
         ctx.on_models_changed(lambda: header(ctx), [head])
-        ctx.wire_refreshers()
+        ctx.wire_refreshers(app)
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
     # gradio's max_size would count votes against the same cap as generations: only model runs are capped
     app.queue(max_size=None, default_concurrency_limit=4)
@@ -88,6 +88,7 @@ def launch_kwargs(*, host: str = "127.0.0.1", port: int | None = 7860, auth: tup
     """Keyword arguments for `Blocks.launch` with the app's safety defaults and look."""
     kw = dict(
         server_name=host, server_port=port, auth=auth, max_file_size=max_file_size, theme=T.theme(), css=T.css(),
+        head=T.head_html(),
         favicon_path=str(T.LOGO) if T.LOGO.is_file() else None, show_error=True, quiet=quiet,
         footer_links=[], allowed_paths=[str(Path(__file__).resolve().parents[2] / "examples")],
         ssr_mode=False, mcp_server=False, pwa=False,

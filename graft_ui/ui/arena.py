@@ -56,7 +56,7 @@ TITLE = "⑤ Arena"
 VOTE_BUTTONS = (("a", "◀  A is better"), ("b", "B is better  ▶"), ("tie", "=  Tie"),
                 ("both_bad", "✗  Both are bad"))
 MIN_INTERVAL_S = 0.15  # at most ~7 UI updates a second while streaming; the final state always goes out
-CHATBOT_HEIGHT = 420
+CHATBOT_HEIGHT = 340
 
 
 # ---- views -------------------------------------------------------------------------------
@@ -106,33 +106,35 @@ def render(ctx: AppContext) -> None:
     state = gr.State(ArenaState())
     domains = domain_choices(studio)
     with gr.Row(equal_height=False):
-        with gr.Column(scale=3, min_width=420):
-            mode = gr.Radio(list(MODES), value=BLIND, label="Mode", elem_id="gs-arena-mode")
-            pool = gr.CheckboxGroup(pool_choices(studio), value=default_pool(studio), label="Pool for blind battles",
-                                    info="two different models are drawn per battle, sides at random",
-                                    elem_id="gs-arena-pool")
+        mode = gr.Radio(list(MODES), value=BLIND, label="Mode", elem_id="gs-arena-mode", scale=2, min_width=260)
+        domain = gr.Dropdown(domains, value=None, label="Prompt domain (optional)", allow_custom_value=True,
+                             info="filled in by the examples; lets the leaderboard filter by domain",
+                             elem_id="gs-arena-domain", scale=2, min_width=220)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=260):
+            with gr.Accordion("Pool for blind battles", open=False) as pool_box:
+                pool = gr.CheckboxGroup(pool_choices(studio), value=default_pool(studio), show_label=False,
+                                        info="two different models are drawn per battle, sides at random",
+                                        elem_id="gs-arena-pool")
             with gr.Row(visible=False) as named_row:
                 names0 = pool_choices(studio)
                 named_a = gr.Dropdown(names0, value=names0[0] if names0 else None, label="Left (A)",
                                       elem_id="gs-arena-named-a")
                 named_b = gr.Dropdown(names0, value=names0[1] if len(names0) > 1 else None, label="Right (B)",
                                       elem_id="gs-arena-named-b")
-        with gr.Column(scale=2, min_width=320):
-            domain = gr.Dropdown(domains, value=None, label="Prompt domain (optional)", allow_custom_value=True,
-                                 info="filled in by the examples; lets the leaderboard filter by domain",
-                                 elem_id="gs-arena-domain")
+        with gr.Column(scale=2, min_width=260):
             with gr.Accordion("Generation settings (same for both sides)", open=False):
                 with gr.Row():
                     max_new = gr.Slider(1, MAX_NEW_TOKENS_CAP, value=128, step=1, label="max new tokens",
-                                        elem_id="gs-arena-max-new")
-                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="temperature")
+                                        elem_id="gs-arena-max-new", min_width=200)
+                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="temperature", min_width=200)
                     greedy = gr.Checkbox(True, label="greedy", info="off = sample with the temperature")
     # The side names are Markdown headers, not Chatbot labels: changing a label is a component update,
     # which gradio 6 serves by rebuilding the Chatbot for the session; a Markdown value is cheap.
     heads, bots_ = [], []
     with gr.Row(equal_height=True, elem_classes=["gs-chat-row"]):
         for side in ("a", "b"):
-            with gr.Column(scale=1, min_width=280):
+            with gr.Column(scale=1, min_width=260):
                 heads.append(gr.Markdown(side_md(f"Model {side.upper()}"), elem_id=f"gs-arena-head-{side}",
                                          elem_classes=["gs-section-title"]))
                 bots_.append(gr.Chatbot([], show_label=False, height=CHATBOT_HEIGHT, elem_id=f"gs-arena-{side}",
@@ -140,6 +142,12 @@ def render(ctx: AppContext) -> None:
                                         layout="bubble", placeholder=f"Model {side.upper()} answers here."))
     head_a, head_b = heads
     bot_a, bot_b = bots_
+    # any file is accepted by the box and checked by the app, which says in a sentence what is wrong
+    box = gr.MultimodalTextbox(
+        placeholder="Ask both models something; attach an image with the clip button",
+        file_count="single", sources=["upload"], show_label=False, elem_id="gs-arena-input", max_plain_text_length=8000,
+        submit_btn="Send",
+    )
     with gr.Group(elem_id="gs-arena-vote"):
         with gr.Row(equal_height=True):
             buttons = [gr.Button(text, interactive=False, elem_id=f"gs-arena-vote-{key}", min_width=120,
@@ -153,11 +161,6 @@ def render(ctx: AppContext) -> None:
                               max_length=MAX_NOTE_CHARS, placeholder="why one answer is better…",
                               elem_id="gs-arena-note")
     reveal_box = gr.Markdown("", elem_classes=["gs-status-box"], elem_id="gs-arena-reveal")
-    box = gr.MultimodalTextbox(
-        placeholder="Ask both models something; attach an image with the clip button", file_types=["image"],
-        file_count="single", sources=["upload"], show_label=False, elem_id="gs-arena-input", max_plain_text_length=8000,
-        submit_btn="Send",
-    )
     with gr.Row(elem_classes=["gs-controls"]):
         stop_btn = gr.Button("■ Stop", variant="stop", size="sm", elem_id="gs-arena-stop", scale=0, min_width=90)
         retry_btn = gr.Button("↻ Retry", size="sm", visible=False, variant="primary", elem_id="gs-arena-retry",
@@ -195,13 +198,22 @@ def render(ctx: AppContext) -> None:
 
     @friendly
     def send(value, st, mode_, pool_, a_, b_, domain_, max_new_, temperature_, greedy_, request: gr.Request):
-        text, image = prompt_of(value, ctx.check_image, per="prompt")
-        settings = GenerationSettings(max_new_tokens=max_new_, temperature=temperature_,
-                                      greedy=bool(greedy_))
         st = st if isinstance(st, ArenaState) else ArenaState()
-        begin_turn(studio, st, text=text, image=image, mode=mode_, pool=pool_, named_a=a_, named_b=b_,
-                   domain=domain_, settings=settings)
-        stop = ctx.new_stop(request)
+        try:
+            text, image = prompt_of(value, ctx.check_image, per="prompt")
+            settings = GenerationSettings(max_new_tokens=max_new_, temperature=temperature_, greedy=bool(greedy_))
+            begin_turn(studio, st, text=text, image=image, mode=mode_, pool=pool_, named_a=a_, named_b=b_,
+                       domain=domain_, settings=settings)
+        except Exception:
+            ctx.finish(request, "arena")  # nothing runs: a later Stop has nothing to stop
+            raise
+        stop = ctx.new_stop(request, "arena")  # already set when Stop was pressed while this waited in the queue
+        try:
+            yield from _stream(st, stop)
+        finally:
+            ctx.finish(request, "arena", stop)
+
+    def _stream(st, stop):
         t0 = time.perf_counter()
         yield [st] + sides(st) + vote_buttons(st, False) + ["", status_md(st, 0.0), None]
         last, epoch = 0.0, st.epoch
@@ -219,14 +231,21 @@ def render(ctx: AppContext) -> None:
 
     send_outputs = [state, head_a, head_b, bot_a, bot_b] + buttons + [reveal_box, status, receipt]
     send_inputs = [box, state, mode, pool, named_a, named_b, domain, max_new, temperature, greedy]
-    sent = box.submit(send, send_inputs, send_outputs, api_name="arena_send", **ctx.gpu)
-    retried = retry_btn.click(send, send_inputs, send_outputs, api_visibility="private", **ctx.gpu)
+    def arm(request: gr.Request):  # beside the queued request: a Stop while it waits is seen when it starts
+        ctx.arm(request, "arena")
+
+    private = dict(api_visibility="private", queue=False, show_progress="hidden")
+    for trigger in (box.submit, retry_btn.click):
+        trigger(arm, None, None, **private)
+    sent = box.submit(send, send_inputs, send_outputs, api_name="arena_send", show_progress_on=[status], **ctx.gpu)
+    retried = retry_btn.click(send, send_inputs, send_outputs, api_visibility="private", show_progress_on=[status],
+                              **ctx.gpu)
     # battles whose possible sides are all remote skip the GPU line (ui/admission.py)
     ctx.remote_routes["arena_send"] = lambda data: studio.pool.all_remote(data[3] if data[2] == BLIND else data[4:6])
     # the prompt box empties at once, in the browser (its value was already taken by the send above); a
     # send refused for capacity puts it back (wire_retry), always after this since it needs a round trip
     for trigger in (box.submit, retry_btn.click):
-        trigger(None, None, box, js=CLEAR_BOX_JS, api_visibility="private", queue=False, show_progress="hidden")
+        trigger(None, None, box, js=CLEAR_BOX_JS, **private)
     wire_retry(ctx, [sent, retried], box, status, retry_btn)
 
     # ---- vote ----------------------------------------------------------------------------
@@ -259,7 +278,7 @@ def render(ctx: AppContext) -> None:
     # ---- new battle, stop, mode ---------------------------------------------------------------
 
     def new_battle(st, request: gr.Request):
-        ctx.stop(request)
+        ctx.stop(request, "arena")
         st = st if isinstance(st, ArenaState) else ArenaState()
         st.reset()  # in place: a send still streaming sees the new epoch and stops writing
         return [st] + sides(st) + [gr.update(interactive=False) for _ in buttons] + ["", "", None, ""]
@@ -267,15 +286,15 @@ def render(ctx: AppContext) -> None:
     new_btn.click(new_battle, state, vote_outputs + [note], api_name="arena_new", queue=False)
 
     def stop(request: gr.Request):
-        ctx.stop(request)
-        return "■ stopped"
+        # only a battle still queued or answering is stopped; finished answers keep their status
+        return "■ stopping…" if ctx.stop(request, "arena") else gr.skip()
 
     stop_btn.click(stop, None, status, api_visibility="private", queue=False, concurrency_limit=None)
 
     def on_mode(m):
         return gr.update(visible=m == BLIND), gr.update(visible=m == NAMED)
 
-    mode.change(on_mode, mode, [pool, named_row], api_visibility="private", queue=False, show_progress="hidden")
+    mode.change(on_mode, mode, [pool_box, named_row], api_visibility="private", queue=False, show_progress="hidden")
 
     def refresh(current_pool, a_, b_):
         names = pool_choices(studio)

@@ -68,7 +68,8 @@ def friendly(fn: Callable) -> Callable:
 
 def guarded(outputs: int, status: int | None = None):
     """Like `friendly`, for callbacks with a status box: a failure leaves every output as it
-    was (gr.skip), writes the message into output `status`, and shows it as a toast.
+    was (gr.skip) and writes the message into output `status`, in the tab that raised it (a
+    toast would stay over the other tabs); with no status box it is shown as a toast.
 
     Raising gr.Error instead would stamp a red "Error" over each output component (tables,
     plots, chat columns), hiding what the user was looking at.
@@ -78,7 +79,9 @@ def guarded(outputs: int, status: int | None = None):
         msg = message_of(exc)
         if not isinstance(exc, USER_ERRORS):
             log.exception("callback failed", exc_info=exc)
-        gr.Warning(msg, duration=12)
+        if status is None:
+            gr.Warning(msg, duration=12)
+        # else the message stays in this tab's status box: a toast would float over every tab
         out = [gr.skip()] * outputs
         if status is not None:
             out[status] = warn(msg)

@@ -11,8 +11,8 @@
     ctx.models_changed    a gr.State bumped whenever models or fused variants change;
     ctx.on_models_changed(fn, outputs, inputs=None)
                           register a refresh: fn(*inputs) -> updates for `outputs`, on every change
-    ctx.new_stop(request) / ctx.stop(request)
-                          per-browser-session threading.Event for Stop buttons
+    ctx.arm(request, scope) / ctx.new_stop(request, scope) / ctx.finish(request, scope) / ctx.stop(request, scope)
+                          per-browser-session, per-tab threading.Event for Stop buttons (see below)
     ctx.tabs / ctx.handoff
                           the gr.Tabs, and a gr.State carrying expert names from ② Analyze to ③ Fuse
     ctx.check_image(path) an uploaded image path, checked to be an image inside the upload area
@@ -142,26 +142,56 @@ class AppContext:
         """The value to write into `models_changed` after changing models/variants."""
         return self.studio.version
 
-    def wire_refreshers(self) -> None:
+    def wire_refreshers(self, app: gr.Blocks | None = None) -> None:
+        """Run each refresh on every change, and on every page load when `app` is given: a reloaded
+        page (or a second browser) shows the models and fused variants the server has now, not
+        those it had when the UI was built."""
         for fn, outputs, inputs in self._refreshers:
-            self.models_changed.change(fn, inputs=inputs, outputs=outputs, api_visibility="private",
-                                       show_progress="hidden", queue=False)
+            kw = dict(inputs=inputs, outputs=outputs, api_visibility="private", show_progress="hidden", queue=False)
+            self.models_changed.change(fn, **kw)
+            if app is not None:
+                app.load(fn, **kw)
 
     # ---- stop events -----------------------------------------------------------------
+    # One event per browser session *and tab* (scope "chat", "arena"): Chat's Stop never stops an
+    # Arena battle. `arm` runs (outside the queue) when a request is sent, so a Stop pressed while
+    # it still waits in the queue is seen when it starts; `finish` marks it done, so a Stop after
+    # the answers are complete changes nothing.
 
     @staticmethod
-    def _session(request: gr.Request | None) -> str:
-        return getattr(request, "session_hash", None) or "default"
+    def _session(request: gr.Request | None, scope: str = "") -> str:
+        return f"{getattr(request, 'session_hash', None) or 'default'}:{scope}"
 
-    def new_stop(self, request: gr.Request | None) -> threading.Event:
-        ev = threading.Event()
+    def arm(self, request: gr.Request | None, scope: str = "") -> threading.Event:
+        """The stop event of the request being sent (queued or running) in `scope`: the pending one
+        when the request started first (this runs beside it, outside the queue), else a fresh one."""
+        key = self._session(request, scope)
         with self._lock:
-            self._stops[self._session(request)] = ev
-        return ev
+            ev = self._stops.get(key)
+            if ev is None or ev.is_set():
+                ev = self._stops[key] = threading.Event()
+            return ev
 
-    def stop(self, request: gr.Request | None) -> bool:
+    def new_stop(self, request: gr.Request | None, scope: str = "") -> threading.Event:
+        """The event armed for this request (set already if Stop was pressed while it was queued),
+        or a fresh one when none is pending (an API call that skipped `arm`)."""
         with self._lock:
-            ev = self._stops.get(self._session(request))
+            ev = self._stops.get(self._session(request, scope))
+            if ev is None:
+                ev = self._stops[self._session(request, scope)] = threading.Event()
+            return ev
+
+    def finish(self, request: gr.Request | None, scope: str = "", ev: threading.Event | None = None) -> None:
+        """The request in `scope` is over: a later Stop has nothing to stop."""
+        with self._lock:
+            key = self._session(request, scope)
+            if ev is None or self._stops.get(key) is ev:
+                self._stops.pop(key, None)
+
+    def stop(self, request: gr.Request | None, scope: str = "") -> bool:
+        """Stop the request sent (queued or running) in `scope`; False when there is none."""
+        with self._lock:
+            ev = self._stops.get(self._session(request, scope))
         if ev is not None:
             ev.set()
         return ev is not None

@@ -21,9 +21,24 @@ VARIANT_COLUMNS = ["name", "method", "experts", "kind", "modules", "seconds", "d
 DEFAULT_METHOD = "graft"
 
 
+# plain-language names shown next to the registry's symbols
+PLAIN_NAMES = {
+    "a": "global gate strength", "c": "global gate sharpness", "bins": "entropy bins", "gates": "gates used",
+    "global_form": "global gate formula", "alpha": "φ slope", "beta": "φ offset", "scale": "delta strength",
+    "lam": "task vector scale", "density": "fraction kept", "p": "drop probability", "lam_mask": "mask threshold",
+    "k": "agreeing masks needed", "merge_step": "merge rule",
+}
+
+
+def param_label(name: str) -> str:
+    plain = PLAIN_NAMES.get(name)
+    return f"{name} · {plain}" if plain else name
+
+
 def param_widget(p: dict):
     """A widget for one registry parameter: slider for small ranges, number otherwise."""
-    name, kind, default = p["name"], p.get("kind", "float"), p["default"]
+    kind, default = p.get("kind", "float"), p["default"]
+    name = param_label(p["name"])
     info = p.get("help")
     low, high = p.get("low"), p.get("high")
     above = p.get("above") if low is None else None  # an exclusive lower bound: the widget starts a step above
@@ -47,13 +62,6 @@ def method_md(m: dict) -> str:
     return f"{m['summary']}. [paper]({m['paper']})" + ("" if m["needs_base"] else f" · needs no base{base_unless(m)}")
 
 
-def next_name(studio, method: str) -> str:
-    i = 1
-    while f"{method}-{i}" in studio.variants or f"{method}-{i}" in studio.chat_names():
-        i += 1
-    return f"{method}-{i}"
-
-
 def warning_md(text: str) -> str:
     return f"⚠️ {text}" if text else ""
 
@@ -68,12 +76,20 @@ def order_md(experts) -> str:
     return "**Fusion order:** " + " → ".join(f"`{e}`" for e in experts)
 
 
+def copied_md(summary: dict) -> str:
+    """Modules (LoRA) or tensors (full) outside the fusion's scope, copied from the first expert."""
+    n = summary.get("modules_copied")
+    if n is None:
+        return "—"
+    return "0 (every module in scope was fused)" if n == 0 else f"{n} (outside the chosen scope)"
+
+
 def summary_md(v) -> str:
     s = v.summary
     rows = [("method", v.recipe.method),
             ("experts", " → ".join(e.name or Path(e.path).name for e in v.recipe.experts)),
             ("device", s.get("device", "—")), ("time", f"{s.get('seconds', '—')} s"),
-            ("modules fused", s.get("modules_fused", "—")), ("kept from first expert", s.get("modules_copied", "—")),
+            ("modules fused", s.get("modules_fused", "—")), ("copied unchanged from expert 1", copied_md(s)),
             ("folder", f"`{v.out_dir}`")]
     cal = s.get("calibration")
     if cal:
@@ -88,6 +104,16 @@ def summary_md(v) -> str:
     return "\n".join(lines)
 
 
+def result_view(v) -> tuple:
+    """(summary, gate-map plot update, reading guide) of a fused variant: Graft's gate maps, or a
+    baseline's own statistics, never an empty frame."""
+    from graft_ui.analysis.gate_plots import fusion_view  # plotly: on the first fusion, not at app startup
+
+    experts = [e.name or Path(e.path).name for e in v.recipe.experts]
+    fig, guide = fusion_view(v.gates_path, v.recipe.method, experts, title=f"{v.recipe.method} — {v.name}")
+    return summary_md(v), gr.update(value=fig, visible=fig is not None), guide
+
+
 def render(ctx: AppContext) -> None:
     studio = ctx.studio
     methods = describe()
@@ -99,64 +125,60 @@ def render(ctx: AppContext) -> None:
 
     hint("Graft fuses experts pairwise with a per-channel local gate and an entropy-based global gate (paper §3); "
          "several experts fuse left to right. Baselines come from the same registry.")
-    with gr.Row(equal_height=False):
-        # ---------------------------------------------------------------- method and its parameters
-        with gr.Column(scale=1, min_width=360):
-            section("Method")
-            method = gr.Dropdown([m["name"] for m in methods], value=default_method, show_label=False,
-                                 elem_id="gs-fuse-method")
+    with gr.Row(equal_height=False, elem_id="gs-fuse-main"):
+        # ---------------------------------------------------------------- the form: what to fuse, then Fuse
+        with gr.Column(scale=2, min_width=300):
+            with gr.Row(equal_height=False):
+                method = gr.Dropdown([m["name"] for m in methods], value=default_method, label="Method",
+                                     elem_id="gs-fuse-method", scale=1, min_width=140)
+                experts = gr.Dropdown(studio.expert_names(), value=first_two, multiselect=True, label="Experts",
+                                      allow_custom_value=True, elem_id="gs-fuse-experts", scale=3, min_width=200)
             method_info = gr.Markdown(method_md(by_name[default_method]), elem_classes=["gs-hint"])
-            param_boxes, param_inputs = {}, []  # method -> Group; [(method, name, component)]
-            for m in methods:
-                with gr.Group(visible=m["name"] == default_method) as box:
-                    params = list(m["params"])
-                    for i in range(0, len(params), 2):
-                        with gr.Row():
-                            for p in params[i:i + 2]:
-                                param_inputs.append((m["name"], p["name"], param_widget(p)))
-                    if not params:
-                        gr.Markdown("*This method has no parameters.*", padding=True)
-                param_boxes[m["name"]] = box
-            # calibration learns a method's per-module parameters (Graft's phi): offered where there are some
-            with gr.Group(visible=bool(by_name[default_method]["module_params"])) as cal_box:
-                calibrate = gr.Checkbox(False, label="Calibrate φ on target data",
-                                        info="learn α, β per module with a few Adam steps (off = fixed rule)")
-                with gr.Row():
-                    cal_steps = gr.Slider(1, 200, value=20, step=1, label="steps")
-                    cal_samples = gr.Slider(1, 64, value=16, step=1, label="samples")
-                    cal_dataset = gr.Dropdown(["auto"] + studio.dataset_names(), allow_custom_value=True,
-                                              value="auto", label="data", info="auto: expert 1's domain")
-        # ---------------------------------------------------------------- experts, scope, run
-        with gr.Column(scale=1, min_width=360):
-            section("Experts and scope")
-            experts = gr.Dropdown(studio.expert_names(), value=first_two, multiselect=True, label="Experts", allow_custom_value=True,
-                                  info="LoRA adapters or full fine-tunes (not mixed)", elem_id="gs-fuse-experts")
             with gr.Row(equal_height=True):
                 order = gr.Markdown(order_md(first_two))
                 reverse_btn = gr.Button("⇅ Reverse", size="sm", scale=0, min_width=90)
             # a callable value is re-evaluated on every page load: a study written later is seen
             warning = gr.Markdown(lambda: warning_md(fuse_warning(studio, first_two)), elem_id="gs-fuse-warning",
                                   elem_classes=["gs-hint"])
-            modules = gr.CheckboxGroup(list(ALL_MODULES), value=list(ALL_MODULES), label="Module types",
-                                       info="attention q, k, v, o · MLP gate, up, down")
-            with gr.Row():
-                first_layer = gr.Slider(0, max(0, n_layers - 1), value=0, step=1, label="from layer")
-                last_layer = gr.Slider(0, max(0, n_layers - 1), value=n_layers - 1, step=1, label="to layer")
             with gr.Row(equal_height=True):
-                vision = gr.Checkbox(False, label="vision-tower blocks", info="fuse them too")
-                rank = gr.Number(0, precision=0, minimum=0, label="rank (0 = exact)", min_width=100)
-                seed = gr.Number(0, precision=0, label="seed", min_width=80)
-            with gr.Row(equal_height=True):
-                name = gr.Textbox(next_name(studio, default_method), label="Variant name", elem_id="gs-fuse-name",
-                                  scale=2)
-                device = gr.Markdown(device_md(studio), elem_classes=["gs-hint"])
+                # a callable: a reloaded page proposes a name no variant has yet
+                name = gr.Textbox(lambda: studio.next_variant_name(default_method), label="Variant name",
+                                  elem_id="gs-fuse-name", scale=2, min_width=140)
+                overwrite = gr.Checkbox(False, label="Overwrite", info="replace a variant of this name",
+                                        elem_id="gs-fuse-overwrite", scale=1, min_width=120)
             fuse_btn = gr.Button("Fuse", variant="primary", elem_id="gs-fuse-run")
-    # -------------------------------------------------------------------- results
-    section("Result")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=2, min_width=320):
-            summary = gr.Markdown("*No fusion yet in this session.*", elem_classes=["gs-summary"],
-                                  elem_id="gs-fuse-summary")
+            with gr.Accordion("Method parameters", open=False, elem_id="gs-fuse-params"):
+                param_boxes, param_inputs = {}, []  # method -> Group; [(method, name, component)]
+                for m in methods:
+                    with gr.Group(visible=m["name"] == default_method) as box:
+                        params = list(m["params"])
+                        for i in range(0, len(params), 2):
+                            with gr.Row():
+                                for p in params[i:i + 2]:
+                                    param_inputs.append((m["name"], p["name"], param_widget(p)))
+                        if not params:
+                            gr.Markdown("*This method has no parameters.*", padding=True)
+                    param_boxes[m["name"]] = box
+                # calibration learns a method's per-module parameters (Graft's phi): offered where there are some
+                with gr.Group(visible=bool(by_name[default_method]["module_params"])) as cal_box:
+                    calibrate = gr.Checkbox(False, label="Calibrate φ on target data",
+                                            info="learn α, β per module with a few Adam steps (off = fixed rule)")
+                    with gr.Row():
+                        cal_steps = gr.Slider(1, 200, value=20, step=1, label="steps")
+                        cal_samples = gr.Slider(1, 64, value=16, step=1, label="samples")
+                        cal_dataset = gr.Dropdown(["auto"] + studio.dataset_names(), allow_custom_value=True,
+                                                  value="auto", label="data", info="auto: expert 1's domain")
+            with gr.Accordion("Scope and output", open=False):
+                modules = gr.CheckboxGroup(list(ALL_MODULES), value=list(ALL_MODULES), label="Module types",
+                                           info="attention q, k, v, o · MLP gate, up, down")
+                with gr.Row():
+                    first_layer = gr.Slider(0, max(0, n_layers - 1), value=0, step=1, label="from layer")
+                    last_layer = gr.Slider(0, max(0, n_layers - 1), value=n_layers - 1, step=1, label="to layer")
+                with gr.Row(equal_height=True):
+                    vision = gr.Checkbox(False, label="vision-tower blocks", info="fuse them too")
+                    rank = gr.Number(0, precision=0, minimum=0, label="rank (0 = exact)", min_width=100)
+                    seed = gr.Number(0, precision=0, label="seed", min_width=80)
+                device = gr.Markdown(device_md(studio), elem_classes=["gs-hint"])
             with gr.Accordion("Recipe (YAML): copy it, or paste one and load it", open=False):
                 recipe_code = gr.Code("", language="yaml", label="recipe.yaml", interactive=True,
                                       elem_id="gs-fuse-recipe", max_lines=30)
@@ -164,13 +186,18 @@ def render(ctx: AppContext) -> None:
                     compose_btn = gr.Button("Write from the form", size="sm")
                     load_btn = gr.Button("Load into the form", size="sm")
                     run_yaml_btn = gr.Button("Fuse this YAML", size="sm")
-        with gr.Column(scale=3, min_width=480):
-            gates_plot = gr.Plot(label="Gate maps", elem_id="gs-fuse-gates")
-    section("Fused variants in this session")
+        # ---------------------------------------------------------------- the result, beside the form
+        with gr.Column(scale=3, min_width=300):
+            summary = gr.Markdown("*No fusion yet: choose the experts and press Fuse.*",
+                                  elem_classes=["gs-summary", "gs-status-box"], elem_id="gs-fuse-summary")
+            gates_guide = gr.Markdown("", elem_classes=["gs-hint"], elem_id="gs-fuse-guide")
+            gates_plot = gr.Plot(label="Gate maps", elem_id="gs-fuse-gates", visible=False)
+    section("Fused variants")
     variants_df = gr.Dataframe(table([], VARIANT_COLUMNS), headers=VARIANT_COLUMNS, interactive=False,
                                wrap=True, show_label=False, elem_id="gs-variants")
     with gr.Row(equal_height=False):
-        chosen = gr.Dropdown([], label="Variant", scale=2, min_width=160, allow_custom_value=True)
+        chosen = gr.Dropdown([], label="Variant", scale=2, min_width=160, allow_custom_value=True,
+                             elem_id="gs-fuse-chosen")
         show_btn = gr.Button("Show", size="sm", scale=1, min_width=70)
         export_btn = gr.Button("Export .zip", size="sm", scale=1, min_width=90)
         report_btn = gr.Button("Export report", size="sm", scale=1, min_width=110, elem_id="gs-fuse-report")
@@ -186,7 +213,7 @@ def render(ctx: AppContext) -> None:
         auto = not current_name or any(current_name.startswith(f"{x}-") for x in by_name)
         return ([gr.update(visible=(k == m)) for k in param_boxes]
                 + [gr.update(visible=bool(by_name[m]["module_params"])), method_md(by_name[m]),
-                   gr.update(value=next_name(studio, m)) if auto else gr.update()])
+                   gr.update(value=studio.next_variant_name(m)) if auto else gr.update()])
 
     method.change(on_method, [method, name], list(param_boxes.values()) + [cal_box, method_info, name],
                   api_visibility="private", queue=False, show_progress="hidden")
@@ -220,30 +247,34 @@ def render(ctx: AppContext) -> None:
                                    rank=number("output rank", rk, integer=True, low=1) if rk else None,
                                    calibrate=calib, seed=number("seed", sd or 0, integer=True))
 
-    def run_recipe_yaml(recipe_yaml, variant_name, progress):
+    def run_recipe_yaml(recipe_yaml, variant_name, replace, progress, note=""):
         recipe = studio.parse_recipe(recipe_yaml)
-        progress(0, desc=f"fusing on {studio.device_label}")
-        return shown(studio.fuse(recipe, (variant_name or "").strip()))
+        progress(0, desc=f"fusing {len(recipe.experts)} experts with {recipe.method} on {studio.device_label}")
+        v = studio.fuse(recipe, (variant_name or "").strip(), overwrite=bool(replace))
+        return shown(v, (warning_md(note) + "\n\n" if note else "") + ok("Fused."))
 
-    def shown(v, done="Fused."):
+    def shown(v, head: str):
+        """Updates for `run_outputs` showing the new variant `v` under the message `head`."""
         names = list(studio.variants)
-        return (ok(done) + "\n\n" + summary_md(v), gates_fig(v), v.recipe.to_yaml(), variants_table(),
-                gr.update(choices=names, value=v.name), ctx.bump(), next_name(studio, v.recipe.method))
+        return ((head + "\n\n" + summary_md(v),) + result_view(v)[1:] + (v.recipe.to_yaml(), variants_table(),
+                gr.update(choices=names, value=v.name), ctx.bump(), studio.next_variant_name(v.recipe.method),
+                False))
 
-    run_outputs = [summary, gates_plot, recipe_code, variants_df, chosen, ctx.models_changed, name]
+    run_outputs = [summary, gates_plot, gates_guide, recipe_code, variants_df, chosen, ctx.models_changed, name,
+                   overwrite]
+    # one progress display per fusion, on the result panel (not one per output)
+    run_kwargs = dict(show_progress_on=[summary], **ctx.gpu)
 
     @guarded(len(run_outputs), status=0)
-    def fuse_form(variant_name, m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds,
+    def fuse_form(variant_name, replace, m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds,
                   progress=gr.Progress(track_tqdm=True), *values):
         recipe = recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values)
-        text = fuse_warning(studio, exps)
-        if text:
-            gr.Warning(text)  # a toast; the fusion still runs: the user asked for it
-        return run_recipe_yaml(recipe.to_yaml(), variant_name, progress)
+        # the study's warning goes into this tab's result (the fusion still runs: the user asked for it)
+        return run_recipe_yaml(recipe.to_yaml(), variant_name, replace, progress, note=fuse_warning(studio, exps))
 
     @guarded(len(run_outputs), status=0)
-    def run(recipe_yaml, variant_name, progress=gr.Progress(track_tqdm=True)):
-        return run_recipe_yaml(recipe_yaml, variant_name, progress)
+    def run(recipe_yaml, variant_name, replace=False, progress=gr.Progress(track_tqdm=True)):
+        return run_recipe_yaml(recipe_yaml, variant_name, replace, progress)
 
     @guarded(2, status=1)
     def compose(*inputs):
@@ -252,18 +283,8 @@ def render(ctx: AppContext) -> None:
     def variants_table():
         return table([v.row() for v in studio.variants.values()], VARIANT_COLUMNS)
 
-    def gates_fig(v):
-        if v.gates_path is None or v.recipe.method != "graft":
-            return None
-        from graft_ui.analysis.plots import gate_maps  # plotly: on the first fusion, not at app startup
-
-        try:
-            return gate_maps(v.gates_path, title=f"Graft gates — {v.name}")
-        except ValueError:  # e.g. no module of a known layout in gates.json
-            return None
-
-    fuse_btn.click(fuse_form, [name] + form, run_outputs, api_name="fuse", **ctx.gpu)
-    run_yaml_btn.click(run, [recipe_code, name], run_outputs, api_name="run_fusion", **ctx.gpu)
+    fuse_btn.click(fuse_form, [name, overwrite] + form, run_outputs, api_name="fuse", **run_kwargs)
+    run_yaml_btn.click(run, [recipe_code, name, overwrite], run_outputs, api_name="run_fusion", **run_kwargs)
     compose_btn.click(compose, form, [recipe_code, summary], api_name="compose_recipe", queue=False)
 
     @guarded(len(form) + 1, status=len(form))
@@ -288,10 +309,10 @@ def render(ctx: AppContext) -> None:
 
     load_btn.click(load_form, recipe_code, form + [summary], api_name="load_recipe", queue=False)
 
-    @guarded(3, status=0)
+    @guarded(4, status=0)
     def show(variant):
         v = studio.variant(variant)
-        return summary_md(v), gates_fig(v), v.recipe.to_yaml()
+        return result_view(v) + (v.recipe.to_yaml(),)
 
     @guarded(2, status=1)
     def export(variant):
@@ -322,8 +343,9 @@ def render(ctx: AppContext) -> None:
         return (variants_table(), gr.update(choices=names, value=names[-1] if names else None), ctx.bump(),
                 ok(f"Removed **{variant}** from this session (its folder stays on disk)."))
 
-    show_btn.click(show, chosen, [summary, gates_plot, recipe_code], api_name="show_variant", queue=False)
-    chosen.select(show, chosen, [summary, gates_plot, recipe_code], api_visibility="private", queue=False)
+    show_outputs = [summary, gates_plot, gates_guide, recipe_code]
+    show_btn.click(show, chosen, show_outputs, api_name="show_variant", queue=False)
+    chosen.select(show, chosen, show_outputs, api_visibility="private", queue=False)
     export_btn.click(export, chosen, [export_file, summary], api_name="export_variant")
     report_btn.click(export_report, chosen, [export_file, summary], api_name="export_report", **ctx.gpu)
     remove_btn.click(remove, chosen, [variants_df, chosen, ctx.models_changed, summary], api_name="remove_variant")
@@ -340,7 +362,7 @@ def render(ctx: AppContext) -> None:
 
     ctx.on_models_changed(refresh, [experts, first_layer, last_layer, cal_dataset, variants_df, chosen, device],
                           inputs=[experts])
-    tune_ui.render(ctx, recipe_from_form, form, run_outputs, lambda v: shown(v, "Tuned."))
+    tune_ui.render(ctx, recipe_from_form, form, run_outputs, lambda v: shown(v, ok("Tuned.")))
 
 
 def _is_int(method: dict, param: str) -> bool:

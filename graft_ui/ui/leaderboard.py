@@ -19,6 +19,7 @@ import gradio as gr
 from gradio.context import Context
 
 from graft_ui.arena.export import export_for_download
+from graft_ui.arena.ratings import MIN_BATTLES
 from graft_ui.ui.common import friendly, hint, section, table
 from graft_ui.ui.context import AppContext
 
@@ -43,12 +44,19 @@ def filter_choices(store) -> tuple[list[str], list[str]]:
 
 
 def rows_of(lb) -> list[dict]:
-    out = []
-    for r in lb.rows():
+    """Rated variants first (ranked), then the provisional ones (no rank, no interval)."""
+    out, rank = [], 0
+    for r in sorted(lb.rows(), key=lambda r: r["provisional"]):
+        if r["provisional"]:
+            place, rating = "—", f"{r['rating']} (provisional)"
+            interval = f"needs {MIN_BATTLES} battles"
+        else:
+            rank += 1
+            place, rating, interval = rank, r["rating"], f"{r['ci_low']} – {r['ci_high']}"
         out.append({
-            "rank": r["rank"], "variant": r["variant"], "rating": r["rating"],
-            "95% interval": f"{r['ci_low']} – {r['ci_high']}", "battles": r["battles"], "wins": r["wins"],
-            "losses": r["losses"], "ties": r["ties"], "both bad": r["both_bad"], "win rate": f"{r['win_rate']:.0%}",
+            "rank": place, "variant": r["variant"], "rating": rating, "95% interval": interval,
+            "battles": r["battles"], "wins": r["wins"], "losses": r["losses"], "ties": r["ties"],
+            "both bad": r["both_bad"], "win rate": f"{r['win_rate']:.0%}",
         })
     return out
 
@@ -63,13 +71,15 @@ def compute(store, domain: str | None = None, expertise: str | None = None, n_bo
     votes = store.votes()
     lb = leaderboard(votes, domain=domain, expertise=expertise, n_bootstrap=n_bootstrap)
     named = sum(1 for v in votes if not v.blind)
+    few = sum(1 for s in lb.standings if s.provisional)
     parts = (f"domain **{domain}**" if domain else "", f"voters in **{expertise}**" if expertise else "")
     scope = " · ".join(x for x in parts if x)
     if lb.n_votes:
         summary = (f"**{lb.n_votes}** blind vote{'s' if lb.n_votes != 1 else ''} · **{len(lb.standings)}** variants"
                    + (f" · {scope}" if scope else "")
                    + (f" · {named} named-mode vote{'s' if named != 1 else ''} not counted" if named else "")
-                   + f" · intervals from {n_bootstrap} bootstrap resamples")
+                   + f" · intervals from {n_bootstrap} bootstrap resamples"
+                   + (f" · **{few}** provisional (under {MIN_BATTLES} battles)" if few else ""))
     else:
         summary = ("No blind votes" + (f" for {scope}" if scope else " yet") + ": run blind battles in the Arena tab."
                    + (f" ({named} named-mode votes are not counted.)" if named else ""))
@@ -108,7 +118,8 @@ def export_file(store, fmt: str, root: str | Path) -> str:
 def render(ctx: AppContext) -> None:
     hint("Bradley-Terry ratings from **blind** votes only (1000 = average, +400 = 10:1 odds), with 95% bootstrap "
          "intervals. Ties and “both bad” count as half a win for each side. Filter by the prompt's domain or the "
-         "voter's declared expertise.")
+         "voter's declared expertise. A variant with fewer than " + str(MIN_BATTLES) + " battles is listed as "
+         "provisional, below the ranked ones and without an interval.")
     with gr.Row(equal_height=True):
         domain = gr.Dropdown([ALL_DOMAINS], value=ALL_DOMAINS, label="Prompt domain", scale=1, min_width=180,
                              allow_custom_value=True, elem_id="gs-lb-domain")
@@ -128,7 +139,9 @@ def render(ctx: AppContext) -> None:
         with gr.Column(scale=0, min_width=180):
             csv_btn = gr.Button("⬇ Votes as CSV", size="sm", elem_id="gs-lb-export-csv")
             jsonl_btn = gr.Button("⬇ Votes as JSONL", size="sm", elem_id="gs-lb-export-jsonl")
-        exported = gr.File(label="Download", interactive=False, height=90, scale=1, elem_id="gs-lb-export-file")
+        # shown once there is a file to download: no empty box before that
+        exported = gr.File(label="Download", interactive=False, height=90, scale=1, elem_id="gs-lb-export-file",
+                           visible=False)
     hint("Exports hold every vote, blind and named (column `blind`), with prompts, answers, settings and fused "
          "recipes; voters' addresses appear only as salted hashes.")
 
@@ -155,7 +168,8 @@ def render(ctx: AppContext) -> None:
     def export_for(fmt: str):
         @friendly
         def run():
-            return export_file(ctx.vote_store(), fmt, ctx.studio.work_dir / "exports" / "votes")
+            return gr.update(value=export_file(ctx.vote_store(), fmt, ctx.studio.work_dir / "exports" / "votes"),
+                             visible=True)
 
         return run
 

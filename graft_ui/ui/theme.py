@@ -9,6 +9,7 @@ import gradio as gr
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 BRAND_CSS = ASSETS / "style.css"
+LAYOUT_CSS = ASSETS / "layout.css"  # unscoped: the page frame, phone widths, tables
 LOGO = ASSETS / "logo.svg"
 
 
@@ -42,6 +43,12 @@ def theme() -> gr.themes.Theme:
 
 def css() -> str:
     return BRAND_CSS.read_text() if BRAND_CSS.is_file() else ""
+
+
+def head_html() -> str:
+    """A <style> for <head>: gradio scopes `css` under `.gradio-container .contain`, so rules for the
+    page frame itself (its width on a phone) go here, unscoped."""
+    return f"<style>{LAYOUT_CSS.read_text()}</style>" if LAYOUT_CSS.is_file() else ""
 
 
 def logo_svg() -> str:

@@ -112,3 +112,19 @@ def test_analysis_figures_and_save(result, tmp_path):
     assert {f.name for f in files} == {f"{k}.html" for k in figs}
     assert (tmp_path / "plotly.min.js").is_file()  # figures work offline
     assert AnalysisResult.from_dict(json.loads(json.dumps(result.to_dict()))).to_dict() == result.to_dict()
+
+
+def test_gate_maps_have_one_labelled_scale_each_and_baselines_their_stats(tmp_path):
+    from graft_ui.analysis.gate_plots import fusion_view
+
+    mods = {name(l, t): {"w_glob": 0.45 + 0.01 * l, "wb_mean": 0.4 + 0.02 * i}
+            for l in range(2) for i, t in enumerate(TYPES)}
+    fig, guide = fusion_view({"method": "graft", "modules": mods}, "graft", ["m", "c"])
+    scales = [d.colorbar for d in fig.data if d.showscale]
+    assert len(scales) == 2 and scales[0].x != scales[1].x
+    assert all("expert 1" in s.title.text for s in scales) and "How to read" in guide and "(m)" in guide
+    ties = {name(l, t): {"kept": [0.2, 0.3], "nonzero": 0.35, "lam": 1.0} for l in range(2) for t in TYPES}
+    fig, text = fusion_view({"method": "ties", "modules": ties}, "ties", ["m", "c"])
+    assert fig is not None and "kept fraction" in text and "m 20.0%, c 30.0%" in text
+    fig, text = fusion_view({"method": "average", "modules": {name(0, "q_proj"): {"lam": 1.0}}}, "average")
+    assert fig is None and "no per-module statistic" in text

@@ -175,3 +175,18 @@ def test_bad_inputs_are_named():
         R.bootstrap([{"variant_a": "x", "variant_b": "y", "vote": "a"}], n=0)
     with pytest.raises(ValueError, match="ridge=0"):
         R.fit_log_strengths(np.zeros((2, 2)), ridge=0)
+
+
+def test_few_battles_are_provisional_and_counts_use_whole_numbers():
+    from graft_ui.arena.plots import battle_count_figure, rating_figure
+    from graft_ui.ui.leaderboard import rows_of
+
+    votes = [_vote(str(i), "x", "y", "a") for i in range(5)] + [_vote("t", "x", "z", "tie")]
+    lb = R.leaderboard(votes, n_bootstrap=30)
+    assert all(s.provisional for s in lb.standings) and R.MIN_BATTLES == 10
+    rows = rows_of(lb)
+    assert {r["rank"] for r in rows} == {"—"} and all("provisional" in r["rating"] for r in rows)
+    assert not any(" – " in r["95% interval"] for r in rows)  # no (zero-width) interval for few battles
+    assert [t.name for t in rating_figure(lb).data] == ["provisional (under 10 battles)"]
+    bar = battle_count_figure(lb).data[0].colorbar
+    assert bar.tickformat == "d" and bar.dtick == 1

@@ -84,3 +84,22 @@ def test_a_decompression_bomb_is_named_not_unexpected(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="too many pixels.*scale it down"):
         check_image_upload(path, [tmp_path])
 
+
+
+def test_stopped_before_answering_and_broken_characters_read_plainly():
+    from graft_ui.chat.session import SideBySide, keep_indentation
+    from graft_ui.chat.streaming import readable
+
+    sess = SideBySide()
+    sess.ask("hi")
+    turn = sess.turns[-1]
+    turn.answers["full"] = ""
+    turn.stopped.add("full")
+    assert "stopped before it answered" in sess.display("full")[-1]["content"][0]["text"]
+    assert sess.context_turns("full") == 1 and sess.context_turns("other") == 1
+    sess.ask("again")
+    assert sess.context_turns("full") == 2 and sess.context_turns("other") == 1
+    assert readable("caf\ufffd") == "caf" and readable("a\ufffdb") == "ab"
+    shown = keep_indentation("Fix this:\ndef f(xs):\n    return sum(xs)")
+    assert shown.startswith("Fix this:\n\n```\ndef f(xs):\n    return sum(xs)\n```")
+    assert keep_indentation("two\nlines") == "two\nlines"

@@ -60,9 +60,9 @@ def test_analysis_and_live_threshold(client):
 
 
 def test_graft_fusion(client, fused):
-    summary, gates, recipe_yaml, variants, chosen, next_name = fused
+    summary, gates, guide, recipe_yaml, variants, chosen, next_name, overwrite = fused
     assert "Fused" in summary and "graft-api" in summary and "CPU" in summary
-    assert gates["type"] == "plotly"
+    assert gates["type"] == "plotly" and "How to read" in guide and overwrite is False
     assert "method: graft" in recipe_yaml and "graft-api" in recipe_yaml
     assert variants["data"][0][0] == "graft-api"
     zip_update, msg = client.predict("graft-api", api_name="/export_variant")
@@ -118,13 +118,11 @@ def test_bad_inputs_show_clear_messages_and_the_app_keeps_working(client, app_se
         _, final = chat(client, *args)
         return final[N_BOTS]
 
-    # a non-image upload: the input box itself refuses other file types (the browser's picker too)
-    from gradio_client.exceptions import AppError
-
+    # a non-image upload: the app's own sentence in the status box (not gradio's "Invalid file type")
     note = tmp_path / "notes.txt"
     note.write_text("hello")
-    with pytest.raises(AppError, match=r"formats: \['image'\]"):
-        chat(client, "what is this?", note, ["base"])
+    msg = status_of_chat("what is this?", note, ["base"])
+    assert msg.startswith("⚠") and "'notes.txt' is not an image" in msg
     # ... and a file that claims to be an image but is not is refused by the app's own check
     fake_png = tmp_path / "fake.png"
     fake_png.write_text("not a png")

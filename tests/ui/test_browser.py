@@ -48,6 +48,7 @@ def test_click_through(page, app_server):
 
     # Analyze: a small K on the default domain
     tab(page, "Analyze")
+    page.get_by_text("Sampling (K samples").click()  # K sits in a closed accordion
     k = page.locator("#gs-an-k input[type=number]")
     k.fill("4")
     k.press("Enter")
@@ -90,14 +91,14 @@ def test_click_through(page, app_server):
     shot(page, "chat")
     assert variant
 
-    # a bad input shows a readable message (a toast, no traceback) and the app carries on
+    # a bad input shows a readable message in its tab's status box (no toast, no traceback) and the app carries on
     tab(page, "Experts")
     page.get_by_text("Add a base or an expert").click()
     page.locator("#gs-expert-ref textarea, #gs-expert-ref input").first.fill("/no/such/adapter")
     page.locator("#gs-add-expert").click()
-    toast = page.locator(".toast-body").first
-    expect(toast).to_contain_text("cannot be opened")  # outside the allowed folders: one generic refusal
-    assert "Traceback" not in toast.inner_text()
+    status = page.locator("#gs-experts-status")
+    expect(status).to_contain_text("cannot be opened")  # outside the allowed folders: one generic refusal
+    assert "Traceback" not in status.inner_text() and page.locator(".toast-body").count() == 0
     shot(page, "error")
     page.locator("#gs-models-table").scroll_into_view_if_needed()
     expect(page.locator("#gs-models-table")).to_contain_text("graft-1")
