@@ -168,10 +168,12 @@ def render(ctx: AppContext) -> None:
     def export_for(fmt: str):
         @friendly
         def run():
-            return gr.update(value=export_file(ctx.vote_store(), fmt, ctx.studio.work_dir / "exports" / "votes"),
-                             visible=True)
+            return export_file(ctx.vote_store(), fmt, ctx.studio.work_dir / "exports" / "votes")
 
         return run
 
-    csv_btn.click(export_for("csv"), None, exported, api_name="export_votes_csv", concurrency_id="leaderboard")
-    jsonl_btn.click(export_for("jsonl"), None, exported, api_name="export_votes_jsonl", concurrency_id="leaderboard")
+    # the endpoints answer the file's path (what an API client wants); the hidden download box shows after
+    for btn, fmt in ((csv_btn, "csv"), (jsonl_btn, "jsonl")):
+        btn.click(export_for(fmt), None, exported, api_name=f"export_votes_{fmt}", concurrency_id="leaderboard").success(
+            lambda: gr.update(visible=True), None, exported, api_visibility="private", queue=False,
+            show_progress="hidden")

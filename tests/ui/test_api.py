@@ -62,7 +62,8 @@ def test_analysis_and_live_threshold(client):
 def test_graft_fusion(client, fused):
     summary, gates, guide, recipe_yaml, variants, chosen, next_name, overwrite = fused
     assert "Fused" in summary and "graft-api" in summary and "CPU" in summary
-    assert gates["type"] == "plotly" and "How to read" in guide and overwrite is False
+    plot = gates["value"] if gates.get("__type__") == "update" else gates  # shown or hidden per method
+    assert plot["type"] == "plotly" and "How to read" in guide and overwrite is False
     assert "method: graft" in recipe_yaml and "graft-api" in recipe_yaml
     assert variants["data"][0][0] == "graft-api"
     zip_update, msg = client.predict("graft-api", api_name="/export_variant")
@@ -181,13 +182,20 @@ def test_add_a_real_expert_by_folder(client, app_server):
 
 
 def test_stop_is_tied_to_the_browser_session(client, app_server):
-    _, ctx = app_server
-    chat(client, "hi", None, ["base"], max_new=8)
-    assert client.session_hash in ctx._stops
-    ev = ctx._stops[client.session_hash]
+    from types import SimpleNamespace
+
+    from gradio_client import Client
+
+    url, ctx = app_server
+    # what the browser's Send does beside the queued request: arm this session's Chat stop event
+    ev = ctx.arm(SimpleNamespace(session_hash=client.session_hash), "chat")
+    other = Client(url, verbose=False)
+    other.predict(api_name="/stop")  # another browser session: nothing of its own runs, this one goes on
     assert not ev.is_set()
-    assert client.predict(api_name="/stop") == "■ stopped"
+    assert client.predict(api_name="/stop") == "■ stopping…"
     assert ev.is_set()
+    chat(client, "hi", None, ["base"], max_new=8)  # it picks up the Stop pressed while it was queued
+    assert f"{client.session_hash}:chat" not in ctx._stops  # over: a later Stop has nothing to stop
     client.predict(api_name="/clear")
 
 

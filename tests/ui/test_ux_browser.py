@@ -220,7 +220,7 @@ def test_6_leaderboard_small_samples(desk, app_server):
     tab(page, "Leaderboard")
     table = page.locator("#gs-lb-table")
     expect(table).to_contain_text(a)
-    rows = page.evaluate("tag => [...document.querySelectorAll('#gs-lb-table tr')].map(tr => tr.innerText)"
+    rows = page.evaluate("tag => [...document.querySelectorAll('#gs-lb-table [role=row]')].map(r => r.innerText)"
                          ".filter(t => t.includes(tag))", tag)
     assert len(rows) == 3 and all("provisional" in r for r in rows), rows
     assert "1000 – 1000" not in table.inner_text()
