@@ -15,9 +15,11 @@ checkpoint named in the request's `model` field), then for each backend in turn 
 Each voter is a thread with its own gradio_client session. A battle is /arena_new, then /arena_send in
 named mode (the two experts, fixed sides; greedy, --max-new tokens), then /arena_vote. Time to first
 token = from the submit to the first streamed frame in which a side shows answer text (the Arena sends
-at most ~7 frames a second, so the resolution is ~0.15 s). One untimed battle per backend first loads
+at most ~7 frames a second, so the resolution is ~0.15 s: with the ci zoo's tiny models a whole answer
+often fits in that, and TTFT is then the time to the full answer). One untimed battle per backend first loads
 the models (the app's, or the server's). Prints battles per minute (completed battles / wall time of
-the voters), p50/p95 time to first token and failures per backend, and the ratios server/local.
+the voters), p50/p95 time to first token, p50 time to the full answer and failures per backend, and
+the ratios server/local.
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ def answer_texts(frame) -> list[str]:
     return texts
 
 
-def battle(client, prompt: str, a: str, b: str, max_new: int) -> float:
-    """One battle on this session: new, send (streamed), vote. Returns the time to first token (s)."""
+def battle(client, prompt: str, a: str, b: str, max_new: int) -> tuple[float, float]:
+    """One battle on this session: new, send (streamed), vote. Returns (time to first token, time to
+    the last answer frame), seconds from the submit."""
     client.predict(api_name="/arena_new")
     t0 = time.perf_counter()
     job = client.submit({"text": prompt, "files": []}, NAMED, [a, b], a, b, None, max_new, 0.7, True,
@@ -128,13 +131,14 @@ def battle(client, prompt: str, a: str, b: str, max_new: int) -> float:
             break
         time.sleep(0.02)
     final = job.result()  # raises when the send failed
+    done_s = time.perf_counter() - t0
     errors = [t for t in answer_texts(final) if t.startswith("⚠") or not t]
     if errors:
         raise RuntimeError(f"a side failed: {errors[0][:200]!r}")
     receipt = client.predict(random.choice(["a", "b", "tie"]), "", None, api_name="/arena_vote")[-1]
     if not receipt:
         raise RuntimeError("the vote returned no receipt")
-    return ttft if ttft is not None else time.perf_counter() - t0
+    return (ttft if ttft is not None else done_s), done_s
 
 
 def run_backend(label: str, manifest: Path, a: argparse.Namespace, env: dict, work: Path) -> dict:
@@ -155,15 +159,17 @@ def run_backend(label: str, manifest: Path, a: argparse.Namespace, env: dict, wo
         battle(clients[0], "Say hello.", *a.experts, a.max_new)  # untimed: loads the models
         warm_s = time.perf_counter() - t
         ttfts: list[float] = []
+        dones: list[float] = []
         failures: list[str] = []
         lock = threading.Lock()
 
         def voter(i: int) -> None:
             for j in range(a.battles):
                 try:
-                    ttft = battle(clients[i], PROMPTS[(i + j) % len(PROMPTS)], *a.experts, a.max_new)
+                    ttft, done = battle(clients[i], PROMPTS[(i + j) % len(PROMPTS)], *a.experts, a.max_new)
                     with lock:
                         ttfts.append(ttft)
+                        dones.append(done)
                 except Exception as exc:  # counted, and the voter goes on with its next battle
                     with lock:
                         failures.append(f"voter {i} battle {j}: {type(exc).__name__}: {str(exc)[:200]}")
@@ -182,7 +188,7 @@ def run_backend(label: str, manifest: Path, a: argparse.Namespace, env: dict, wo
             "failure_messages": failures, "wall_s": wall, "warm_battle_s": warm_s,
             "battles_per_min": 60 * len(ttfts) / wall if wall else 0.0,
             "ttft_p50_s": statistics.median(ttfts) if ttfts else None, "ttft_p95_s": q[18] if q else None,
-            "ttfts_s": ttfts}
+            "answer_p50_s": statistics.median(dones) if dones else None, "ttfts_s": ttfts, "answers_s": dones}
 
 
 def fmt(x: float | None) -> str:
@@ -221,7 +227,8 @@ def main(argv=None) -> int:
             server = subprocess.Popen([str(cli), "serve", "--device", "cpu", "--host", "127.0.0.1", "--port",
                                        str(sport), "--log-level", "warning"], env=env, stdout=logf,
                                       stderr=subprocess.STDOUT, start_new_session=True)
-        wait_url(f"{endpoint}/models", server, a.timeout, "transformers serve")
+        # /health, not /v1/models: that one scans the Hugging Face cache and fails when there is none
+        wait_url(f"http://127.0.0.1:{sport}/health", server, a.timeout, "transformers serve")
         for label in ("local", "server"):
             results.append(run_backend(label, manifests[label], a, env, work))
     finally:
@@ -235,11 +242,13 @@ def main(argv=None) -> int:
     print(f"\nGraft Studio Arena under load: {a.voters} voters x {a.battles} battles, named "
           f"{a.experts[0]} vs {a.experts[1]}, max_new_tokens {a.max_new}, greedy; {os.cpu_count()} CPUs, "
           "server and app on the same machine")
-    print("| backend | battles | failures | wall s | battles/min | TTFT p50 s | TTFT p95 s | warm-up battle s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| backend | battles | failures | wall s | battles/min | TTFT p50 s | TTFT p95 s | answer p50 s "
+          "| warm-up battle s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['backend']} | {r['battles']} | {r['failures']} | {r['wall_s']:.1f} | {r['battles_per_min']:.2f} "
-              f"| {fmt(r['ttft_p50_s'])} | {fmt(r['ttft_p95_s'])} | {r['warm_battle_s']:.1f} |")
+              f"| {fmt(r['ttft_p50_s'])} | {fmt(r['ttft_p95_s'])} | {fmt(r['answer_p50_s'])} "
+              f"| {r['warm_battle_s']:.1f} |")
     ratios = {}
     if loc["battles_per_min"] and srv["battles_per_min"]:
         ratios["battles_per_min"] = srv["battles_per_min"] / loc["battles_per_min"]
