@@ -30,44 +30,23 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
+
+from bench_cold import free_port, wait_url  # run as a script: bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMED = "Named side by side"
 PLACEHOLDERS = ("*waiting…*", "*loading model…*")
 PROMPTS = ["What is 2 + 3?", "Write a Python function that adds two numbers.", "What is 12 times 7?",
            "Explain a for loop in one sentence.", "What is the square root of 81?", "Name a sorting algorithm."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_url(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before it answered at {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
 def stop(proc: subprocess.Popen | None) -> None:

@@ -43,19 +43,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_url(url: str, proc: subprocess.Popen, timeout: float, what: str = "the app", poll: float = 0.05) -> None:
+    """Until `url` answers 200 (also used by bench_arena_load.py); `proc` exiting first is an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with {proc.returncode} before it was ready")
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it answered at {url}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             pass
-        time.sleep(0.05)
-    raise TimeoutError(f"the app did not answer at {url} within {timeout:.0f} s")
+        time.sleep(poll)
+    raise TimeoutError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
 def timed(fn):
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
     try:
-        wait_ready(url, proc, a.timeout)
+        wait_url(url, proc, a.timeout)
         times["start -> ready"] = time.perf_counter() - t0
         from gradio_client import Client
 
