@@ -153,7 +153,7 @@ class AppContext:
                 app.load(fn, **kw)
 
     # ---- stop events -----------------------------------------------------------------
-    # One event per browser session *and tab* (scope "chat", "arena"): Chat's Stop never stops an
+    # One event per browser session *and tab* (scope "chat", "arena", "tune"): Chat's Stop never stops an
     # Arena battle. `arm` runs (outside the queue) when a request is sent, so a Stop pressed while
     # it still waits in the queue is seen when it starts; `finish` marks it done, so a Stop after
     # the answers are complete changes nothing.

@@ -60,25 +60,38 @@ def render(ctx: AppContext, recipe_from_form: Callable, form: list, kept_outputs
         from graft_ui.tune.session import expert_domains, tune_in_studio
         from graft_ui.tune.tuner import TuneConfig
 
-        recipe = recipe_from_form(*values)
-        config = TuneConfig(tuple(doms or expert_domains(studio.manifest, recipe)), trials=number("trials", n, integer=True, low=1),
-                            budget_s=number("time budget", seconds, low=1), dev_size=int(size),
-                            device="cuda" if studio.device.type == "cuda" else "cpu")
+        try:
+            recipe = recipe_from_form(*values)
+            config = TuneConfig(tuple(doms or expert_domains(studio.manifest, recipe)),
+                                trials=number("trials", n, integer=True, low=1),
+                                budget_s=number("time budget", seconds, low=1), dev_size=int(size),
+                                device="cuda" if studio.device.type == "cuda" else "cpu")
+        except Exception:
+            ctx.finish(request, "tune")  # nothing runs: a later Stop has nothing to stop
+            raise
         skip, t0 = [gr.skip()] * len(kept_outputs), time.perf_counter()
-        for ev in tune_in_studio(studio, recipe, config, ctx.new_stop(request)):
-            t = ev["tuner"]
-            fig = pareto_figure([r.to_dict() for r in t.results], list(t.splits), t.experts_dev,
-                                best=getattr(t.best(), "number", None))
-            phase = {"trial": "", "heldout": "scoring on held-out data…", "done": "done"}[ev["phase"]]
-            bar = progress_html(len(t.results), config.trials, time.perf_counter() - t0, config.budget_s, phase)
-            done = ev["phase"] == "done"
-            yield [bar, fig, result_md(ev["result"], ev["variant"]) if done else gr.skip()] + (
-                list(kept(ev["variant"])) if done and ev["variant"] else skip)
+        stop_ev = ctx.new_stop(request, "tune")  # already set when Stop was pressed while this waited in the queue
+        try:
+            for ev in tune_in_studio(studio, recipe, config, stop_ev):
+                t = ev["tuner"]
+                fig = pareto_figure([r.to_dict() for r in t.results], list(t.splits), t.experts_dev,
+                                    best=getattr(t.best(), "number", None))
+                phase = {"trial": "", "heldout": "scoring on held-out data…", "done": "done"}[ev["phase"]]
+                bar = progress_html(len(t.results), config.trials, time.perf_counter() - t0, config.budget_s, phase)
+                done = ev["phase"] == "done"
+                yield [bar, fig, result_md(ev["result"], ev["variant"]) if done else gr.skip()] + (
+                    list(kept(ev["variant"])) if done and ev["variant"] else skip)
+        finally:
+            ctx.finish(request, "tune", stop_ev)
 
     def stop(request: gr.Request):
-        ctx.stop(request)
-        return "■ stopping after the running trial…"
+        # the per-tab Stop protocol of Chat and Arena (ui/context.py): only a search that is queued or running
+        return "■ stopping after the running trial…" if ctx.stop(request, "tune") else gr.skip()
 
+    def arm(request: gr.Request):  # beside the queued request: a Stop while it waits is seen when it starts
+        ctx.arm(request, "tune")
+
+    start_btn.click(arm, None, None, api_visibility="private", queue=False, show_progress="hidden")
     # not a named API endpoint: a search holds the GPU queue for its whole budget (headless: `python -m graft_ui tune`)
     start_btn.click(start, [domains, trials, budget, dev_size] + form, outputs, api_visibility="private", **ctx.gpu)
     # Stop runs outside the GPU queue, so it is never stuck behind the search it stops

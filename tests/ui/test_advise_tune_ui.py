@@ -83,6 +83,8 @@ def test_heatmap_hand_off_and_a_short_tuning_run_with_stop(app_server, ci_study,
         expect(page.locator("#gs-tune-pareto .js-plotly-plot")).to_be_visible()
         expect(page.locator("#gs-variants")).to_contain_text("tuned-graft-1")
         page.locator("#gs-tune").screenshot(path=str(ARTIFACTS / "ui-tune.png"))
+    # the stopped search is over: its Stop event is gone, so the next search does not start stopped
+    assert not [k for k, ev in app_server[1]._stops.items() if ev.is_set()]
     studio = app_server[1].studio
     assert studio.variants["tuned-graft-1"].recipe.method == "graft"
     assert (studio.variants["tuned-graft-1"].out_dir / "tune" / "tune.json").is_file()
