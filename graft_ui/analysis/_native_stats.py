@@ -27,13 +27,8 @@ _ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctype
 _LIB = NativeLibrary(SOURCE, "graft_stats", {"graft_stats_f32": (_ARGS, None), "graft_stats_bf16": (_ARGS, None)},
                      "activation-statistics")
 
-_LOADED: tuple[Kernel, Kernel] | None | bool = False  # False: not tried yet
-
-
 def load() -> tuple[Kernel, Kernel] | None:
-    """(float32 kernel, bfloat16 kernel), or None when native code is off or cannot be built here."""
-    global _LOADED
-    if _LOADED is False:
-        fns = _LIB.open()
-        _LOADED = None if fns is None else (fns["graft_stats_f32"], fns["graft_stats_bf16"])
-    return _LOADED or None
+    """(float32 kernel, bfloat16 kernel), or None when native code is off or cannot be built here
+    (`NativeLibrary.load`: built or found once per process, shared with the startup warm-up)."""
+    fns = _LIB.load()
+    return None if fns is None else (fns["graft_stats_f32"], fns["graft_stats_bf16"])
