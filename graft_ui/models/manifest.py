@@ -212,11 +212,12 @@ def _entry(data: Any, root: Path, what: str) -> ModelEntry:
         for key in ("endpoint", "model"):
             if not d.get(key):
                 raise ValueError(f"manifest {what}: {key!r} is required for a remote model (with endpoint, model)")
-        where = f"manifest {what} ({d.get('name') or d['model']!r})"
-        endpoint = check_endpoint(d.pop("endpoint"), where)
-        if not isinstance(d["model"], str) or not d["model"].strip():
-            raise ValueError(f"{where}: model={d['model']!r} must be the served model name")
-        remote = RemoteModel(endpoint, d.pop("model").strip(), check_env_name(d.pop("api_key_env", None), where))
+        model = d.pop("model")
+        try:  # RemoteModel checks the endpoint, the served name and the key's variable name
+            remote = RemoteModel(d.pop("endpoint"), model.strip() if isinstance(model, str) and model.strip() else model,
+                                 d.pop("api_key_env", None))
+        except ValueError as exc:
+            raise ValueError(f"manifest {what} ({d.get('name') or model!r}): {exc}") from None
     if "path" in d:
         d.setdefault("name", Path(str(d["path"])).name)
         d["path"] = _resolve(root, str(d["path"]))
