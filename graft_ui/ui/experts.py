@@ -76,7 +76,7 @@ def render(ctx: AppContext) -> None:
     def add(ref, name, domain, kind, allow_base_mismatch):
         e = studio.add_expert(ref, name=name or None, domain=domain or None, kind=kind,
                               allow_base_mismatch=bool(allow_base_mismatch))
-        note = " Its recorded base differs: loaded anyway, as asked." if e.name in studio.base_mismatch_allowed else ""
+        note = " Its recorded base may differ from this set's (allowed, as asked)." if e.name in studio.base_mismatch_allowed else ""
         return (models_table(ctx), ok(f"Added **{e.name}** ({e.kind}). It loads when first used.{note}"), ctx.bump(),
                 "", "")
 
