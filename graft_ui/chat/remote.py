@@ -1,7 +1,7 @@
 """Chat columns answered by an OpenAI-compatible server (vLLM, `transformers serve`, ...).
 
-`stream_remote(remote, conversation, settings, stop)` yields the answer's text so far, using
-the official `openai` client's streaming chat completions:
+`RemoteStream(remote, conversation, settings)` yields the answer's text so far, using the
+official `openai` client's streaming chat completions (chat/mixed.py runs one per remote column):
 
 - images go as `image_url` data URIs (PNG) after the local path's resizing (`open_image`, then
   qwen_vl_utils' `fetch_image` with the chat's `max_pixels` cap), so both backends see the same pixels;
@@ -207,14 +207,3 @@ class RemoteStream:
                     self._stream.close()
                 except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is closed either way
                     pass
-
-
-def stream_remote(remote: RemoteModel, conversation: Sequence[dict], settings: GenerationSettings,
-                  stop: threading.Event | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[str]:
-    """The answer's text so far; ends when `stop` is set (checked at each chunk)."""
-    stream = RemoteStream(remote, conversation, settings, timeout)
-    for text in stream:
-        yield text
-        if stop is not None and stop.is_set():
-            stream.close()
-            return
