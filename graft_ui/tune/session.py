@@ -6,7 +6,7 @@
         event["result"], event["variant"]   on "done": the result dict and the FusedVariant of the best trial
 
 The variant is fused from the best trial's recipe (the defaults when no trial beat them on dev),
-named `tuned-<method>-N`, with the run's report (tune.json, tune.md, ...) in its folder under tune/.
+named `tuned-<method>-N` (Studio.next_variant_name), with the run's report (tune.json, tune.md, ...) in its folder under tune/.
 """
 
 from __future__ import annotations
@@ -18,13 +18,6 @@ from typing import Iterator
 from graft_ui.recipe import Recipe
 from graft_ui.tune import report
 from graft_ui.tune.tuner import TuneConfig, Tuner
-
-
-def variant_name(studio, method: str) -> str:
-    i = 1
-    while f"tuned-{method}-{i}" in studio.variants or f"tuned-{method}-{i}" in studio.chat_names():
-        i += 1
-    return f"tuned-{method}-{i}"
 
 
 def expert_domains(manifest, recipe: Recipe) -> list[str]:
@@ -46,7 +39,8 @@ def tune_in_studio(studio, recipe: Recipe, config: TuneConfig, stop: threading.E
         best = tuner.best()
         variant = None
         if best is not None:
-            variant = studio.fuse(tuner.recipe_of(best), variant_name(studio, recipe.method))
+            # a name free in the app and on disk (an earlier session's tuned variant keeps its folder)
+            variant = studio.fuse(tuner.recipe_of(best), studio.next_variant_name(f"tuned-{recipe.method}"))
             report.write(result, variant.out_dir / "tune")
         yield {"phase": "done", "tuner": tuner, "result": result, "variant": variant}
     finally:
