@@ -21,6 +21,7 @@ from typing import Iterable
 
 from graft_ui.atomic import write_bytes
 from graft_ui.models.loading import is_adapter
+from graft_ui.models.manifest import same_path
 from graft_ui.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,6 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _same_path(a: str | None, b: str | None) -> bool:
-    if a is None or b is None:
-        return a == b
-    return a == b or Path(a).resolve() == Path(b).resolve()
-
-
 def load_variant(folder: Path, base: str) -> FusedVariant | None:
     """The variant in `folder`, or None when it is incomplete, removed, unreadable or made on another base."""
     if folder.name.startswith(".") or ".tmp-" in folder.name or (folder / ".incomplete").exists():
@@ -115,7 +110,7 @@ def load_variant(folder: Path, base: str) -> FusedVariant | None:
     except (OSError, ValueError) as exc:
         log.warning("not restoring %s: its recipe.yaml is unreadable (%s)", folder, exc)
         return None
-    if recipe.base is not None and not _same_path(recipe.base, base):
+    if recipe.base is not None and not same_path(recipe.base, base):
         return None
     summary = dict(record.get("summary") or {})
     if not summary and (folder / "gates.json").is_file():

@@ -196,6 +196,18 @@ def looks_like_hub_id(p: str) -> bool:
     return len(parts) == 2 and all(parts) and not str(p).startswith((".", "~"))
 
 
+def same_path(a: str | None, b: str | None) -> bool:
+    """Whether two path strings name the same file or folder (equal, or equal once resolved); None equals only None."""
+    if a is None or b is None:
+        return a == b
+    if a == b:
+        return True
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):  # a name too long, a symlink loop
+        return False
+
+
 REMOTE_KEYS = ("endpoint", "model", "api_key_env")
 SERVER_KEYS = ("endpoint", "api_key_env", "base_model", "shared_dir", "server_dir")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from graft_ui.models.manifest import Manifest, ModelEntry
+from graft_ui.models.manifest import Manifest, ModelEntry, same_path
 from graft_ui.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -61,18 +61,11 @@ class ReportData:
         return [self.base.name, *[e.name for e in self.experts], self.name]
 
 
-def _same_path(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return a == b
-
-
 def recipe_experts(recipe: Recipe, manifest: Manifest) -> list[ModelEntry]:
     """The manifest entries of the recipe's experts, in fusion order (matched by folder, then name)."""
     out, missing = [], []
     for ref in recipe.experts:
-        hit = next((e for e in manifest.experts if _same_path(e.path, ref.path)), None)
+        hit = next((e for e in manifest.experts if same_path(e.path, ref.path)), None)
         if hit is None and ref.name:
             hit = next((e for e in manifest.experts if e.name == ref.name), None)
         (out if hit is not None else missing).append(hit if hit is not None else (ref.name or ref.path))
