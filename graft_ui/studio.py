@@ -38,7 +38,7 @@ from graft_ui.fusion import fuse_recipe, merge_summary
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
 from graft_ui.models.roots import AllowedRoots
-from graft_ui.models.validate import folder_bytes, human_bytes, manifest_rows, model_config, validate_entry
+from graft_ui.models.validate import folder_bytes, human_bytes, manifest_rows, num_layers, validate_entry
 from graft_ui.recipe import ALL_MODULES, Recipe
 from graft_ui.variants import FusedVariant, check_variant_name, next_free_name, restore_variants, write_record
 
@@ -213,11 +213,9 @@ class Studio:
     def num_layers(self) -> int:
         """Language-model layers of the base (for the layer-range controls); 28 if unknown (Qwen2-VL-2B)."""
         try:
-            cfg = model_config(self.manifest.base.path)
+            return num_layers(self.manifest.base.path)
         except ValueError:
-            cfg = {}
-        text = cfg.get("text_config") or cfg
-        return int(text.get("num_hidden_layers") or 28)
+            return 28
 
     def dataset_names(self) -> list[str]:
         return sorted(self.manifest.datasets)

@@ -45,6 +45,15 @@ def model_config(path: str) -> dict:
         raise ValueError(f"config {str(p)!r} is unreadable: {exc}") from None
 
 
+def num_layers(path: str) -> int:
+    """Language-model layers of the model folder `path` (its config.json); ValueError naming it when unknown."""
+    cfg = model_config(path)
+    n = (cfg.get("text_config") or cfg).get("num_hidden_layers")
+    if not n:
+        raise ValueError(f"cannot read the number of layers of {path!r} (no config.json with num_hidden_layers)")
+    return int(n)
+
+
 def _shape_signature(cfg: Mapping[str, Any]) -> tuple:
     text = cfg.get("text_config") or cfg
     return tuple(text.get(k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))

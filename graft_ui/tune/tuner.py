@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 from graft_ui.models import merge
 from graft_ui.models.loading import is_adapter
 from graft_ui.models.manifest import Manifest
-from graft_ui.models.validate import model_config
+from graft_ui.models.validate import num_layers
 from graft_ui.recipe import Recipe
 from graft_ui.study.worker import models_for, release_models
 from graft_ui.tune.space import apply, recipe_values, search_dims
@@ -82,14 +82,6 @@ class TrialResult:
         return asdict(self)
 
 
-def num_layers(manifest: Manifest) -> int:
-    cfg = model_config(manifest.base.path)
-    n = (cfg.get("text_config") or cfg).get("num_hidden_layers")
-    if not n:
-        raise ValueError(f"cannot read the number of layers of the base {manifest.base.path!r} (no config.json)")
-    return int(n)
-
-
 @dataclass
 class Tuner:
     recipe: Recipe
@@ -107,7 +99,7 @@ class Tuner:
             self.notes.append("the recipe's phi calibration / phi table is not used while tuning (alpha and beta "
                               "are searched as one value for every module)")
             self.recipe = self.recipe.replace(calibrate=None, phi={})
-        self.n_layers = num_layers(self.manifest)
+        self.n_layers = num_layers(self.manifest.base.path)
         self.dims = search_dims(self.recipe, self.n_layers, self.config.scope)
         self.splits: dict[str, DevSplit] = {d: dev_split(self.manifest, d, self.config.dev_size, self.config.seed)
                                             for d in dict.fromkeys(self.config.dev_domains)}
