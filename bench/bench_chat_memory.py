@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     print(f"\n{result['model']} on {one['device']} ({dtype}): base + 2 LoRA experts + 1 fused LoRA vs one model")
     print(f"  parameters : one {mb(one['param_bytes'])}  pool {mb(pool['param_bytes'])}  "
           f"ratio {result['ratio_params']:.3f}")
-    print(f"  adapters   : " + ", ".join(f"{k} {mb(v)}" for k, v in pool["adapter_bytes"].items()))
+    print("  adapters   : " + ", ".join(f"{k} {mb(v)}" for k, v in pool["adapter_bytes"].items()))
     print(f"  RSS growth : one {mb(one['rss_growth_bytes'])}  pool {mb(pool['rss_growth_bytes'])}  "
           f"ratio {result['ratio_rss']:.3f}")
     if "ratio_cuda" in result:

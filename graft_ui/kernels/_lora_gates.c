@@ -2,18 +2,28 @@
  * tile by tile (2 rows x 64 columns in registers), never stored. Built on first use by
  * graft_ui/kernels/lora_gates.py through graft_ui/native.py.
  *
- *   lora_gate_scan:  rowl1[i] = sum_j |Tb[i,j] - Tg[i,j]| (double),  range = {min Tb, max Tb, min Tg, max Tg}
- *   lora_gate_hist:  counts[0..bins) of Tb and counts[bins..2 bins) of Tg over the given ranges, with
- *                    torch.histc's rule: bin = (int)(((v - lo) * bins) / (hi - lo)) in float32, the
- *                    maximum folded into the last bin (kernels/entropy.py `histc_bins`)
+ *   lora_gate_range: {min T, max T} of one delta, exact, from few of its entries: rows in order of
+ *                    falling norm, and a 2 x 64 tile only where Cauchy-Schwarz,
+ *                    |T[i,j]| <= |s| ||B[i]|| ||A[:,j]||, cannot rule out a value outside the
+ *                    range found so far. Returns how many entries it computed.
+ *   lora_gate_pass:  one pass over every entry of both deltas: rowl1[i] = sum_j |Tb[i,j] - Tg[i,j]|
+ *                    (double) and, with bins > 0, counts[0..bins) of Tb and [bins..2 bins) of Tg
+ *                    over the given ranges, with torch.histc's rule: bin = (int)(((v - lo) * bins)
+ *                    / (hi - lo)) in float32, the maximum folded into the last bin
+ *                    (kernels/entropy.py `histc_bins`).
  *
- * Both passes compute every entry with the same code (same products, same order), so the
- * histogram bins exactly the values whose min/max the scan found. A row's L1 sum is added in
- * float over one 1024-column block (<= 64 values per lane) and then in double. NaN/inf make
+ * That rule is monotone in v (each float operation rounds monotonically), so "bin >= k" is
+ * "v >= t_k" for the smallest float t_k where it holds: found once per bin edge by bisection
+ * over the floats in [lo, hi], then counted with one compare per edge, no arithmetic per entry.
+ * Both functions compute an entry with the same code (same products, same order), so the
+ * histogram bins exactly the values whose min/max the range pass found. A row's L1 sum is added
+ * in float over one 1024-column block (<= 64 values per lane) and then in double. NaN/inf make
  * rowl1 non-finite (the caller checks). B is (M, r) and A (r, N), both row-major float32.
  * target_clones picks AVX-512/AVX2 at load time and keeps the library runnable on any x86-64.
  */
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -59,67 +69,106 @@ static inline float entry(const float *B, int64_t r, const float *A, int64_t N, 
     return acc * s;
 }
 
-typedef struct { const float *B, *A; int64_t r; float s; } Lora;
+/* ---------------------------------------------------------------------------- the range */
 
-CLONES void lora_gate_scan(const float *Bb, const float *Ab, int64_t rb, float sb,
-                           const float *Bg, const float *Ag, int64_t rg, float sg,
-                           int64_t M, int64_t N, double *rowl1, float *range) {
-    const Lora L[2] = {{Bb, Ab, rb, sb}, {Bg, Ag, rg, sg}};
-    const int64_t Nv = N - N % TC;
-    float x0[2];
-    for (int e = 0; e < 2; e++) x0[e] = entry(L[e].B, L[e].r, L[e].A, N, 0, L[e].s);
-    vf lo[2], hi[2];
-    float slo[2] = {x0[0], x0[1]}, shi[2] = {x0[0], x0[1]};
-    for (int e = 0; e < 2; e++) { lo[e] = (vf){0} + x0[e]; hi[e] = lo[e]; }
-    for (int64_t i = 0; i < M; i++) rowl1[i] = 0.0;
-    for (int64_t jb = 0; jb < N; jb += JB) {
-        const int64_t je = jb + JB < Nv ? jb + JB : Nv;
-        for (int64_t i = 0; i < M; i += 2) {
-            const int64_t i1 = i + 1 < M ? i + 1 : i;
-            vf acc0 = {0}, acc1 = {0};
-            for (int64_t j = jb; j < je; j += TC) {
-                vf t[2][2][W];
-                for (int e = 0; e < 2; e++)
-                    tile2(L[e].B + i * L[e].r, L[e].B + i1 * L[e].r, L[e].r, L[e].A, N, j, L[e].s, t[e]);
-                for (int e = 0; e < 2; e++)
-                    for (int w = 0; w < W; w++) {
-                        lo[e] = vmin(lo[e], vmin(t[e][0][w], t[e][1][w]));
-                        hi[e] = vmax(hi[e], vmax(t[e][0][w], t[e][1][w]));
+typedef struct { double norm; int64_t row; } RowNorm;
+
+static int by_falling_norm(const void *x, const void *y) {
+    const double a = ((const RowNorm *)x)->norm, b = ((const RowNorm *)y)->norm;
+    return a < b ? 1 : (a > b ? -1 : 0);
+}
+
+CLONES int64_t lora_gate_range(const float *B, const float *A, int64_t r, float s, int64_t M, int64_t N,
+                               float *range) {
+    const int64_t nblk = (N + TC - 1) / TC;
+    RowNorm *rows = malloc(sizeof *rows * (M > 0 ? M : 1));
+    double *col = calloc(N > 0 ? N : 1, sizeof *col), *blk = malloc(sizeof *blk * (nblk > 0 ? nblk : 1));
+    float lo = INFINITY, hi = -INFINITY;
+    int64_t computed = 0;
+    if (!rows || !col || !blk) {  /* no memory for the bounds: every entry */
+        free(rows); free(col); free(blk);
+        return -1;
+    }
+    for (int64_t i = 0; i < M; i++) {
+        double q = 0;
+        for (int64_t k = 0; k < r; k++) q += (double)B[i * r + k] * B[i * r + k];
+        rows[i].norm = fabs((double)s) * sqrt(q);
+        rows[i].row = i;
+    }
+    for (int64_t k = 0; k < r; k++)
+        for (int64_t j = 0; j < N; j++) col[j] += (double)A[k * N + j] * A[k * N + j];
+    double top = 0;
+    for (int64_t b = 0; b < nblk; b++) {
+        double m = 0;
+        for (int64_t j = b * TC; j < N && j < (b + 1) * TC; j++) m = col[j] > m ? col[j] : m;
+        blk[b] = sqrt(m);
+        top = blk[b] > top ? blk[b] : top;
+    }
+    qsort(rows, M, sizeof *rows, by_falling_norm);
+    /* a computed entry exceeds the exact bound by at most the rounding of r products and sums
+     * and the scale: (r + 2) units of 2^-24, with room to spare */
+    const double margin = 1.0 + 1e-4 + 4.0 * (double)(r + 2) * 0x1p-24;
+    for (int64_t p = 0; p < M; p += 2) {
+        const int64_t i0 = rows[p].row, i1 = p + 1 < M ? rows[p + 1].row : i0;
+        const double bound = rows[p].norm * margin;  /* the pair's larger norm */
+        double inside = fmin((double)hi, -(double)lo);  /* |v| <= inside cannot move the range */
+        if (bound * top <= inside) break;  /* nor can any later (smaller-norm) row */
+        for (int64_t b = 0; b < nblk; b++) {
+            if (bound * blk[b] <= inside) continue;
+            const int64_t j0 = b * TC;
+            if (j0 + TC <= N) {
+                vf t[2][W];
+                tile2(B + i0 * r, B + i1 * r, r, A, N, j0, s, t);
+                vf l = vmin(t[0][0], t[1][0]), h = vmax(t[0][0], t[1][0]);
+                for (int w = 1; w < W; w++) { l = vmin(l, vmin(t[0][w], t[1][w])); h = vmax(h, vmax(t[0][w], t[1][w])); }
+                for (int q = 0; q < LANES; q++) { lo = l[q] < lo ? l[q] : lo; hi = h[q] > hi ? h[q] : hi; }
+                computed += (i1 != i0 ? 2 : 1) * TC;
+            } else {
+                for (int64_t j = j0; j < N; j++)
+                    for (int64_t i = i0;; i = i1) {
+                        const float v = entry(B + i * r, r, A, N, j, s);
+                        lo = v < lo ? v : lo;
+                        hi = v > hi ? v : hi;
+                        computed++;
+                        if (i == i1) break;
                     }
-                acc0 += vabs(t[0][0][0] - t[1][0][0]) + vabs(t[0][0][1] - t[1][0][1])
-                      + vabs(t[0][0][2] - t[1][0][2]) + vabs(t[0][0][3] - t[1][0][3]);
-                acc1 += vabs(t[0][1][0] - t[1][1][0]) + vabs(t[0][1][1] - t[1][1][1])
-                      + vabs(t[0][1][2] - t[1][1][2]) + vabs(t[0][1][3] - t[1][1][3]);
             }
-            rowl1[i] += hsum(acc0);
-            if (i1 != i) rowl1[i1] += hsum(acc1);
-            if (jb + JB >= N) {  /* the last block: the tail columns */
-                for (int64_t ii = i; ii <= i1; ii++) {
-                    float tail = 0;
-                    for (int64_t j = Nv; j < N; j++) {
-                        float v[2];
-                        for (int e = 0; e < 2; e++) {
-                            v[e] = entry(L[e].B + ii * L[e].r, L[e].r, L[e].A, N, j, L[e].s);
-                            slo[e] = v[e] < slo[e] ? v[e] : slo[e];
-                            shi[e] = v[e] > shi[e] ? v[e] : shi[e];
-                        }
-                        const float d = v[0] - v[1];
-                        tail += d < 0 ? -d : d;
-                    }
-                    rowl1[ii] += tail;
-                }
-            }
+            inside = fmin((double)hi, -(double)lo);
         }
     }
-    for (int e = 0; e < 2; e++) {
-        float a = slo[e], b = shi[e];
-        for (int l = 0; l < LANES; l++) {
-            a = lo[e][l] < a ? lo[e][l] : a;
-            b = hi[e][l] > b ? hi[e][l] : b;
-        }
-        range[2 * e] = a;
-        range[2 * e + 1] = b;
+    free(rows); free(col); free(blk);
+    range[0] = lo;
+    range[1] = hi;
+    return computed;
+}
+
+/* ---------------------------------------------------------------------------- the pass */
+
+static inline uint32_t key_of(float f) {  /* a uint32 order equal to the floats' (NaN aside) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static inline float float_of(uint32_t k) {
+    uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline int reaches(float v, float lo, float fb, float span, float k) { return ((v - lo) * fb) / span >= k; }
+
+/* the smallest float v in [lo, hi] whose bin is >= k, +inf if none (span 0, inf or NaN) */
+static float edge(float lo, float hi, float fb, float span, float k) {
+    if (!reaches(hi, lo, fb, span, k)) return INFINITY;
+    uint32_t a = key_of(lo), b = key_of(hi);  /* reaches(a) is false (bin 0), reaches(b) true */
+    if (reaches(lo, lo, fb, span, k)) return lo;
+    while (b - a > 1) {
+        const uint32_t m = a + (b - a) / 2;
+        if (reaches(float_of(m), lo, fb, span, k)) b = m; else a = m;
     }
+    return float_of(b);
 }
 
 static inline int64_t bin_of(float v, float lo, float fb, float span, int64_t bins) {
@@ -128,50 +177,80 @@ static inline int64_t bin_of(float v, float lo, float fb, float span, int64_t bi
     return b < 0 ? 0 : (b >= bins ? bins - 1 : b);
 }
 
-CLONES void lora_gate_hist(const float *Bb, const float *Ab, int64_t rb, float sb,
+typedef struct { const float *B, *A; int64_t r; float s; } Lora;
+
+CLONES void lora_gate_pass(const float *Bb, const float *Ab, int64_t rb, float sb,
                            const float *Bg, const float *Ag, int64_t rg, float sg,
-                           int64_t M, int64_t N, int64_t bins, const float *range, double *counts) {
+                           int64_t M, int64_t N, double *rowl1, int64_t bins, const float *range, double *counts) {
     const Lora L[2] = {{Bb, Ab, rb, sb}, {Bg, Ag, rg, sg}};
     const int64_t Nv = N - N % TC;
     const float fb = (float)bins;
-    const int vec = bins <= MAXV;
-    vi ge[2][MAXV];           /* ge[e][k]: lanes' counts of p >= k (k = 1 .. bins-1) */
+    const int vec = bins > 0 && bins <= MAXV;
+    vi ge[2][MAXV];           /* ge[e][k]: lanes' counts of v >= edge k (k = 1 .. bins-1) */
+    vf edges[2][MAXV];        /* edge k of delta e, in every lane */
     int64_t scalar[2][4097];  /* per-element counts: the tails, and every entry when bins > MAXV */
+    float lo[2] = {0, 0}, span[2] = {0, 0};
     memset(ge, 0, sizeof ge);
     memset(scalar, 0, sizeof scalar);
-    float lo[2], span[2];
-    for (int e = 0; e < 2; e++) { lo[e] = range[2 * e]; span[e] = range[2 * e + 1] - range[2 * e]; }
+    for (int e = 0; e < 2 && bins > 0; e++) {
+        lo[e] = range[2 * e];
+        span[e] = range[2 * e + 1] - range[2 * e];
+        for (int64_t k = 1; vec && k < bins; k++)
+            edges[e][k] = (vf){0} + edge(lo[e], range[2 * e + 1], fb, span[e], (float)k);
+    }
+    for (int64_t i = 0; i < M; i++) rowl1[i] = 0.0;
     for (int64_t jb = 0; jb < N; jb += JB) {
         const int64_t je = jb + JB < Nv ? jb + JB : Nv;
         for (int64_t i = 0; i < M; i += 2) {
             const int64_t i1 = i + 1 < M ? i + 1 : i;
             const int nrows = i1 != i ? 2 : 1;
+            vf acc0 = {0}, acc1 = {0};
             for (int64_t j = jb; j < je; j += TC) {
-                for (int e = 0; e < 2; e++) {
-                    vf t[2][W];
-                    tile2(L[e].B + i * L[e].r, L[e].B + i1 * L[e].r, L[e].r, L[e].A, N, j, L[e].s, t);
-                    for (int rho = 0; rho < nrows; rho++)
-                        for (int w = 0; w < W; w++) {
-                            const vf p = ((t[rho][w] - lo[e]) * fb) / span[e];
-                            if (vec) {
-                                for (int k = 1; k < bins; k++) ge[e][k] -= (vi)(p >= (float)k);
-                            } else {
-                                for (int l = 0; l < LANES; l++)
-                                    scalar[e][bin_of(t[rho][w][l], lo[e], fb, span[e], bins)]++;
-                            }
+                vf t[2][2][W];
+                for (int e = 0; e < 2; e++)
+                    tile2(L[e].B + i * L[e].r, L[e].B + i1 * L[e].r, L[e].r, L[e].A, N, j, L[e].s, t[e]);
+                acc0 += vabs(t[0][0][0] - t[1][0][0]) + vabs(t[0][0][1] - t[1][0][1])
+                      + vabs(t[0][0][2] - t[1][0][2]) + vabs(t[0][0][3] - t[1][0][3]);
+                acc1 += vabs(t[0][1][0] - t[1][1][0]) + vabs(t[0][1][1] - t[1][1][1])
+                      + vabs(t[0][1][2] - t[1][1][2]) + vabs(t[0][1][3] - t[1][1][3]);
+                if (vec) {
+                    if (nrows == 1)  /* the odd last row: count its entries once */
+                        for (int e = 0; e < 2; e++)
+                            for (int w = 0; w < W; w++) t[e][1][w] = (vf){0} - INFINITY;
+                    for (int e = 0; e < 2; e++)
+                        for (int k = 1; k < bins; k++) {  /* the tile's counts in a register, then one add */
+                            vi c = (t[e][0][0] >= edges[e][k]);
+                            for (int w = 1; w < W; w++) c += (t[e][0][w] >= edges[e][k]);
+                            for (int w = 0; w < W; w++) c += (t[e][1][w] >= edges[e][k]);
+                            ge[e][k] -= c;
                         }
+                } else if (bins) {
+                    for (int e = 0; e < 2; e++)
+                        for (int rho = 0; rho < nrows; rho++)
+                            for (int w = 0; w < W; w++)
+                                for (int l = 0; l < LANES; l++)
+                                    scalar[e][bin_of(t[e][rho][w][l], lo[e], fb, span[e], bins)]++;
                 }
             }
-            if (jb + JB >= N)
-                for (int64_t ii = i; ii <= i1; ii++)
-                    for (int64_t j = Nv; j < N; j++)
+            rowl1[i] += hsum(acc0);
+            if (i1 != i) rowl1[i1] += hsum(acc1);
+            if (jb + JB >= N)  /* the last block: the tail columns */
+                for (int64_t ii = i; ii <= i1; ii++) {
+                    float tail = 0;
+                    for (int64_t j = Nv; j < N; j++) {
+                        float v[2];
                         for (int e = 0; e < 2; e++) {
-                            const float v = entry(L[e].B + ii * L[e].r, L[e].r, L[e].A, N, j, L[e].s);
-                            scalar[e][bin_of(v, lo[e], fb, span[e], bins)]++;
+                            v[e] = entry(L[e].B + ii * L[e].r, L[e].r, L[e].A, N, j, L[e].s);
+                            if (bins) scalar[e][bin_of(v[e], lo[e], fb, span[e], bins)]++;
                         }
+                        const float d = v[0] - v[1];
+                        tail += d < 0 ? -d : d;
+                    }
+                    rowl1[ii] += tail;
+                }
         }
     }
-    for (int e = 0; e < 2; e++) {
+    for (int e = 0; e < 2 && bins > 0; e++) {
         double *c = counts + e * bins;
         for (int64_t k = 0; k < bins; k++) c[k] = (double)scalar[e][k];
         if (!vec) continue;

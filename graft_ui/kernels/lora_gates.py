@@ -2,11 +2,12 @@
 
 The gates of `merging.lora.graft_lora` need, of Tb = sb Bb Ab and Tg = sg Bg Ag, the row L1
 norms of Tb - Tg, each delta's min/max and its histogram (histc's bins over its own range).
-Two passes over the entries (min/max first, then the histogram over that range), each entry
-recomputed in the second pass: a 2 x 64 tile of each product lives in registers, never in
-memory. `native` is the C kernel (`_lora_gates.c`, built by graft_ui/native.py); `reference`
-is the same two passes in torch over small row blocks (cache-sized), used without a compiler
-(or with GRAFT_NO_NATIVE=1) and by the tests, which check the two against each other.
+`native` is the C kernel (`_lora_gates.c`, built by graft_ui/native.py): each delta's exact
+range from the few entries that Cauchy-Schwarz bounds cannot rule out, then one pass over
+every entry for the row norms and both histograms, a 2 x 64 tile of each product in registers,
+never in memory. `reference` is the plain two passes in torch over small row blocks
+(cache-sized), used without a compiler (or with GRAFT_NO_NATIVE=1) and by the tests, which
+check the two against each other.
 """
 
 from __future__ import annotations
@@ -27,23 +28,26 @@ REFERENCE_TILE = 1 << 16
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _F = ctypes.c_float
-_FACTORS = [_P, _P, _I, _F, _P, _P, _I, _F, _I, _I]
 _LIB = NativeLibrary(
     Path(__file__).with_name("_lora_gates.c"), "lora_gates",
-    {"lora_gate_scan": (_FACTORS + [_P, _P], None), "lora_gate_hist": (_FACTORS + [_I, _P, _P], None)},
+    {"lora_gate_range": ([_P, _P, _I, _F, _I, _I, _P], _I),
+     "lora_gate_pass": ([_P, _P, _I, _F, _P, _P, _I, _F, _I, _I, _P, _I, _P, _P], None)},
     "LoRA gate-statistics",
 )
 
 
 @dataclass
 class GateStats:
-    """d (M,) float64 row L1 of Tb - Tg; (lo, hi) of each delta; bins counts (float64) of each, or None."""
+    """d (M,) float64 row L1 of Tb - Tg; (lo, hi) of each delta and its bins counts (float64), or None
+    (no histogram asked, or a constant delta's counts); `range_entries`: how many entries the C
+    kernel computed to find the two ranges (of 2 M N)."""
 
     d: torch.Tensor
-    range_b: tuple[float, float]
-    range_g: tuple[float, float]
+    range_b: tuple[float, float] | None = None
+    range_g: tuple[float, float] | None = None
     counts_b: torch.Tensor | None = None
     counts_g: torch.Tensor | None = None
+    range_entries: int | None = None
 
     def entropies(self) -> tuple[float, float]:
         """The histogram entropies (merging.graft.entropy's final step); a constant delta has 0."""
@@ -68,20 +72,24 @@ def native(Bb, Ab, sb: float, Bg, Ag, sg: float, bins: int, histogram: bool = Tr
         return None
     (Bb, Ab), (Bg, Ag) = _prepared(Bb, Ab), _prepared(Bg, Ag)
     M, N = Bb.shape[0], Ab.shape[1]
-    args = (Bb.data_ptr(), Ab.data_ptr(), Ab.shape[0], float(sb), Bg.data_ptr(), Ag.data_ptr(), Ag.shape[0], float(sg),
-            M, N)
+    bins = int(bins) if histogram else 0
+    rng = torch.zeros(4, dtype=torch.float32)
+    entries = 0
+    for e, (B, A, s) in enumerate(((Bb, Ab, sb), (Bg, Ag, sg)) if bins else ()):
+        n = fns["lora_gate_range"](B.data_ptr(), A.data_ptr(), A.shape[0], float(s), M, N, rng[2 * e:].data_ptr())
+        if n < 0:
+            raise MemoryError(f"no memory for the bounds of {what} ({M} x {N})")
+        entries += n
     d = torch.empty(M, dtype=torch.float64)
-    rng = torch.empty(4, dtype=torch.float32)
-    fns["lora_gate_scan"](*args, d.data_ptr(), rng.data_ptr())
+    counts = torch.zeros(2 * max(bins, 1), dtype=torch.float64)
+    fns["lora_gate_pass"](Bb.data_ptr(), Ab.data_ptr(), Ab.shape[0], float(sb), Bg.data_ptr(), Ag.data_ptr(),
+                          Ag.shape[0], float(sg), M, N, d.data_ptr(), bins, rng.data_ptr(), counts.data_ptr())
     _check(d, what)
+    if not bins:
+        return GateStats(d)
     lo_b, hi_b, lo_g, hi_g = (float(x) for x in rng)
-    st = GateStats(d, (lo_b, hi_b), (lo_g, hi_g))
-    if histogram and M * N:
-        counts = torch.zeros(2 * int(bins), dtype=torch.float64)
-        fns["lora_gate_hist"](*args, int(bins), rng.data_ptr(), counts.data_ptr())
-        st.counts_b = counts[: int(bins)] if hi_b > lo_b else None
-        st.counts_g = counts[int(bins):] if hi_g > lo_g else None
-    return st
+    return GateStats(d, (lo_b, hi_b), (lo_g, hi_g), counts[:bins] if hi_b > lo_b else None,
+                     counts[bins:] if hi_g > lo_g else None, range_entries=entries)
 
 
 def _tiles(B: torch.Tensor, A: torch.Tensor, s: float, step: int):

@@ -73,3 +73,68 @@ def test_without_a_compiler_gate_stats_use_the_reference(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
     got = G.gate_stats(Bb, Ab, 1.0, Bg, Ag, 2.0, 10)
     assert all(_close(a, b) for a, b in zip(got.entropies(), want.entropies()))
+
+
+def _dense_range(B, A, s):
+    T = (B @ A) * s
+    return float(T.min()), float(T.max())
+
+
+def test_range_pass_skips_what_cauchy_schwarz_rules_out_and_stays_exact():
+    # row norms spread over two orders of magnitude, as trained adapters' are: most rows provably
+    # cannot hold the minimum or maximum, so the range pass computes few entries
+    g = torch.Generator().manual_seed(3)
+    M, N = 300, 1000
+    Bb = torch.randn(M, 8, generator=g) * torch.exp(2 * torch.randn(M, 1, generator=g))
+    Bg = torch.randn(M, 8, generator=g) * torch.exp(2 * torch.randn(M, 1, generator=g))
+    Ab, Ag = torch.randn(8, N, generator=g), torch.randn(8, N, generator=g)
+    nat = G.native(Bb, Ab, 1.5, Bg, Ag, 0.5, 10)
+    assert nat.range_entries < 0.25 * 2 * M * N
+    ref = G.reference(Bb, Ab, 1.5, Bg, Ag, 0.5, 10)
+    assert nat.range_b == ref.range_b and nat.range_g == ref.range_g
+    assert torch.equal(nat.counts_b, ref.counts_b) and torch.equal(nat.counts_g, ref.counts_g)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_range_pass_of_one_signed_delta_computes_every_entry(sign):
+    # all entries of one sign: the range [lo, hi] excludes 0, no |v| bound can rule a row out
+    g = torch.Generator().manual_seed(4)
+    B, A = torch.rand(40, 3, generator=g) + 0.1, torch.rand(3, 130, generator=g) + 0.1
+    nat = G.native(B, A, sign, B.flip(0), A, 1.0, 10)
+    assert nat.range_entries == 2 * 40 * 130
+    for got, (B_, s) in ((nat.range_b, (B, sign)), (nat.range_g, (B.flip(0), 1.0))):
+        lo, hi = _dense_range(B_, A, s)
+        assert math.isclose(got[0], lo, rel_tol=1e-6) and math.isclose(got[1], hi, rel_tol=1e-6)
+
+
+def test_bin_edges_found_by_bisection_equal_histc_one_ulp_either_side():
+    # T = B @ ones(1, 64): every entry is one of B's values, exactly. Put values on each of histc's
+    # bin edges lo + k (hi - lo) / bins and 1-2 ulps either side of it; the vector compares against
+    # the bisected edges must bin them as histc does
+    for seed, bins in ((0, 10), (1, 7), (2, 16)):
+        g = torch.Generator().manual_seed(seed)
+        lo, hi = sorted(float(x) for x in torch.randn(2, generator=g) * 3)
+        vals = [lo, hi]
+        for k in range(1, bins):
+            v = torch.tensor(lo + k * (hi - lo) / bins, dtype=torch.float32)
+            for _ in range(3):
+                vals += [float(v)]
+                v = torch.nextafter(v, torch.tensor(math.inf))
+            v = torch.tensor(lo + k * (hi - lo) / bins, dtype=torch.float32)
+            for _ in range(2):
+                v = torch.nextafter(v, torch.tensor(-math.inf))
+                vals += [float(v)]
+        B = torch.tensor([min(max(v, lo), hi) for v in vals]).reshape(-1, 1)
+        A = torch.ones(1, 64)
+        nat = G.native(B, A, 1.0, B, A, 1.0, bins)
+        dense = B @ A
+        want = torch.histc(dense, bins=bins, min=float(dense.min()), max=float(dense.max())).double()
+        assert torch.equal(nat.counts_b, want), (seed, bins)
+
+
+def test_row_norms_only_skip_the_range_and_histograms():
+    Bb, Ab, Bg, Ag = _factors(50, 200, 4, 4, seed=5)
+    local = G.native(Bb, Ab, 1.0, Bg, Ag, 1.0, 10, histogram=False)
+    full = G.native(Bb, Ab, 1.0, Bg, Ag, 1.0, 10)
+    assert local.range_b is None and local.counts_b is None and local.range_entries is None
+    assert torch.equal(local.d, full.d)
