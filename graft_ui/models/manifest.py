@@ -33,7 +33,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -160,6 +160,17 @@ class Manifest:
 
     def model(self, name: str) -> ModelEntry:
         return self.base if name == self.base.name else self.expert(name)
+
+    def find(self, ref: Any) -> ModelEntry | None:
+        """The expert a recipe's expert reference (`.path`, `.name`) names: the same folder, else the same name."""
+        hit = next((e for e in self.experts if same_path(e.path, ref.path)), None)
+        if hit is None and ref.name:
+            hit = next((e for e in self.experts if e.name == ref.name), None)
+        return hit
+
+    def domains_of(self, entries: Iterable[ModelEntry | None]) -> list[str]:
+        """The entries' domains that have a dataset here, in their order, each once (None entries skipped)."""
+        return list(dict.fromkeys(e.domain for e in entries if e is not None and e.domain in self.datasets))
 
     def dataset(self, domain: str) -> DatasetEntry:
         try:

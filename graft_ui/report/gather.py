@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from graft_ui.models.manifest import Manifest, ModelEntry, same_path
+from graft_ui.models.manifest import Manifest, ModelEntry
 from graft_ui.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,12 @@ class ReportData:
 
 def recipe_experts(recipe: Recipe, manifest: Manifest) -> list[ModelEntry]:
     """The manifest entries of the recipe's experts, in fusion order (matched by folder, then name)."""
-    out, missing = [], []
-    for ref in recipe.experts:
-        hit = next((e for e in manifest.experts if same_path(e.path, ref.path)), None)
-        if hit is None and ref.name:
-            hit = next((e for e in manifest.experts if e.name == ref.name), None)
-        (out if hit is not None else missing).append(hit if hit is not None else (ref.name or ref.path))
+    found = [manifest.find(ref) for ref in recipe.experts]
+    missing = [ref.name or ref.path for ref, hit in zip(recipe.experts, found) if hit is None]
     if missing:
         raise ValueError(f"the recipe's expert(s) {missing} are not in manifest {manifest.name!r} "
                          f"(experts: {[e.name for e in manifest.experts]}); give the manifest the variant was fused from")
-    return out
+    return found
 
 
 def read_variant(folder: str | Path) -> tuple[Recipe, dict | None]:
@@ -89,12 +85,6 @@ def read_variant(folder: str | Path) -> tuple[Recipe, dict | None]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{str(gates_path)!r} is not valid JSON: {exc}") from None
     return recipe, gates
-
-
-def target_domains(experts: Sequence[ModelEntry], manifest: Manifest) -> list[str]:
-    """The experts' domains that the manifest has data for (fusion order), else all its domains."""
-    doms = [e.domain for e in experts if e.domain in manifest.datasets]
-    return list(dict.fromkeys(doms)) or sorted(manifest.datasets)
 
 
 def thumbnail_uri(source: Any, root: str | Path | None, px: int = THUMB_PX) -> str:
@@ -182,7 +172,7 @@ def gather(
     experts = recipe_experts(recipe, manifest)
     name = name or recipe.name or folder.name
     data = ReportData(name=name, folder=folder, recipe=recipe, base=manifest.base, experts=experts,
-                      domains=target_domains(experts, manifest), manifest_source=manifest.source, gates=gates)
+                      domains=manifest.domains_of(experts) or sorted(manifest.datasets), manifest_source=manifest.source, gates=gates)
     target = "+".join(data.domains)
     step(0.05, f"analysing {len(experts)} experts on {target}")
     try:

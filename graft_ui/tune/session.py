@@ -22,10 +22,7 @@ from graft_ui.tune.tuner import TuneConfig, Tuner
 
 def expert_domains(manifest, recipe: Recipe) -> list[str]:
     """The domains of the recipe's experts that the manifest has datasets for, in expert order."""
-    by_path = {e.path: e for e in manifest.experts}
-    by_name = {e.name: e for e in manifest.experts}
-    found = [by_path.get(x.path) or by_name.get(x.name or "") for x in recipe.experts]
-    return list(dict.fromkeys(e.domain for e in found if e is not None and e.domain in manifest.datasets))
+    return manifest.domains_of(manifest.find(ref) for ref in recipe.experts)
 
 
 def tune_in_studio(studio, recipe: Recipe, config: TuneConfig, stop: threading.Event | None = None) -> Iterator[dict]:

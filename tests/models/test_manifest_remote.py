@@ -77,3 +77,20 @@ def test_server_as_a_plain_url_and_remote_only_base_refused(tmp_path):
     assert m.server.endpoint == "http://vllm:8000/v1" and m.remote_of(m.base) is None
     with pytest.raises(ValueError, match="the base needs a local 'path'"):
         load_manifest(write(tmp_path, {"base": {"name": "b", "endpoint": "http://g/v1", "model": "b"}}))
+
+
+def test_find_matches_a_recipe_expert_by_folder_then_name_and_domains_of_dedupes(tmp_path, monkeypatch):
+    from graft_ui.models.manifest import DatasetEntry, Manifest, ModelEntry
+    from graft_ui.recipe import ExpertRef
+
+    (tmp_path / "m").mkdir()
+    math_e = ModelEntry("math", str(tmp_path / "m"), "lora", "math")
+    code_e, chart_e = ModelEntry("code", "/elsewhere/c", "lora", "code"), ModelEntry("chart", "/x/ch", "full", "chart")
+    man = Manifest(ModelEntry("base", "/b"), (math_e, code_e, chart_e), {"math": DatasetEntry("m.jsonl"),
+                                                                         "code": DatasetEntry("c.jsonl")})
+    monkeypatch.chdir(tmp_path)
+    assert man.find(ExpertRef("m")) is math_e  # a relative spelling of the same folder
+    assert man.find(ExpertRef("/moved/c", name="code")) is code_e  # the folder moved: the name decides
+    assert man.find(ExpertRef("/nowhere")) is None
+    found = [man.find(ExpertRef(p)) for p in ("/x/ch", "/elsewhere/c", "m", "/nowhere", "/elsewhere/c")]
+    assert man.domains_of(found) == ["code", "math"]  # chart has no dataset; None skipped; code once
