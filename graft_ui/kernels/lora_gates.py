@@ -24,6 +24,8 @@ from graft_ui.native import NativeLibrary
 
 # float32 elements per row block of the torch reference (~256 KiB: an L2-sized tile)
 REFERENCE_TILE = 1 << 16
+# the C kernel's per-element counts hold this many bins (Graft's `bins` parameter allows as many)
+NATIVE_MAX_BINS = 4096
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -66,9 +68,11 @@ def _prepared(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def native(Bb, Ab, sb: float, Bg, Ag, sg: float, bins: int, histogram: bool = True,
            what: str = "a LoRA delta") -> GateStats | None:
-    """The C kernel's statistics (None where it is unavailable or the factors are not CPU tensors)."""
+    """The C kernel's statistics (None where it is unavailable, the factors are not CPU tensors or
+    `bins` is outside 1..NATIVE_MAX_BINS)."""
     fns = _LIB.load()
-    if fns is None or Bb.device.type != "cpu" or Bg.device.type != "cpu" or not Bb.shape[0] * Ab.shape[1]:
+    if (fns is None or Bb.device.type != "cpu" or Bg.device.type != "cpu" or not Bb.shape[0] * Ab.shape[1]
+            or (histogram and not 1 <= int(bins) <= NATIVE_MAX_BINS)):
         return None
     (Bb, Ab), (Bg, Ag) = _prepared(Bb, Ab), _prepared(Bg, Ag)
     M, N = Bb.shape[0], Ab.shape[1]

@@ -138,3 +138,10 @@ def test_row_norms_only_skip_the_range_and_histograms():
     full = G.native(Bb, Ab, 1.0, Bg, Ag, 1.0, 10)
     assert local.range_b is None and local.counts_b is None and local.range_entries is None
     assert torch.equal(local.d, full.d)
+
+
+def test_more_bins_than_the_kernel_counts_use_the_reference():
+    Bb, Ab, Bg, Ag = _factors(10, 70, 2, 2, seed=6)
+    assert G.native(Bb, Ab, 1.0, Bg, Ag, 1.0, G.NATIVE_MAX_BINS + 1) is None
+    st = G.gate_stats(Bb, Ab, 1.0, Bg, Ag, 1.0, G.NATIVE_MAX_BINS + 1)
+    assert st.counts_b.numel() == G.NATIVE_MAX_BINS + 1 and float(st.counts_b.sum()) == 10 * 70
