@@ -13,8 +13,11 @@ times, each in its own process:
 - graft and ties (density 0.2) through `run_recipe`, output bf16;
 - LoRA: two rank-16 adapters (different alphas) on the 7 language projections of every
   layer: a floor that only computes every dense delta scale * B @ A (exact gates need all
-  their entries), Graft exact (rank 32; the ratio to the floor is printed, target <= 1.3x), Graft + SVD to 16, TIES + randomized SVD to 16 (and its
-  error against the exact truncated SVD on sample modules), task_arithmetic (exact);
+  their entries), Graft exact (rank 32; the ratio to the floor is printed, target <= 1.3x),
+  Graft + SVD to 16, TIES + randomized SVD to 16 (and its error against the exact truncated
+  SVD on sample modules), task_arithmetic (exact); `--exact-sample N` modules on which exact
+  Graft as the merge runs it (the C kernel) is compared with merging/lora.py's dense torch
+  reference (fused factors and gate inputs, target within 1e-6 relative);
 - `--peft-layers N`: peft's own `add_weighted_adapter(..., "ties_svd", density=0.2)` on
   the first N layers of the same adapters (a child with peft on a skeleton model of
   meta-initialised nn.Linear modules: ties_svd only reads the adapters), and ours on the
@@ -27,8 +30,10 @@ floor measured in the same invocation. `--mergekit-python PATH` (a separate envi
 with mergekit installed; never a dependency of this project) also runs mergekit's linear
 and ties on the same files and prints the time ratios.
 
-Numbers depend on the machine and its page cache (the inputs were just written, so reads
-are mostly warm); on a shared machine rerun and compare within one invocation.
+The inputs are written by bench/qwen2vl_inputs.py and each timed run is a child process of
+bench/merge_children.py. Numbers depend on the machine and its page cache (the inputs were
+just written, so reads are mostly warm); on a shared machine rerun and compare within one
+invocation.
 """
 
 from __future__ import annotations

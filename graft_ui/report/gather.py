@@ -171,8 +171,10 @@ def gather(
     recipe, gates = read_variant(folder)
     experts = recipe_experts(recipe, manifest)
     name = name or recipe.name or folder.name
+    # the experts' domains with data (fusion order), else every domain of the manifest
+    domains = manifest.domains_of(experts) or sorted(manifest.datasets)
     data = ReportData(name=name, folder=folder, recipe=recipe, base=manifest.base, experts=experts,
-                      domains=manifest.domains_of(experts) or sorted(manifest.datasets), manifest_source=manifest.source, gates=gates)
+                      domains=domains, manifest_source=manifest.source, gates=gates)
     target = "+".join(data.domains)
     step(0.05, f"analysing {len(experts)} experts on {target}")
     try:
