@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from qwen2vl_inputs import LORA_DIMS, LORA_MODULES  # noqa: E402  (bench/ is on sys.path: run as a script)
 
+
 class MemWatch:
     """Peak anonymous memory (RssAnon sampled every 20 ms); VmHWM is read at the end."""
 
@@ -180,7 +181,9 @@ def child_lora_check(adapters: list[str], layers: int, sample: int) -> dict:
         raise RuntimeError("the native LoRA gate kernel did not build: nothing to check")
     ads = [LoraAdapter(a) for a in adapters]
     mid = [m for m in ads[0].modules if m.layer == layers // 2]
-    picks = sorted(mid, key=lambda m: ("q_proj" not in m.name, "down_proj" not in m.name, "gate_proj" not in m.name))
+    # one module of each shape first (square, wide, tall), then the rest
+    first = ("self_attn.q_proj", "mlp.down_proj", "mlp.gate_proj")
+    picks = sorted(mid, key=lambda m: next((i for i, f in enumerate(first) if m.name.endswith(f)), len(first)))
     rows = []
 
     def rel(x, y):  # largest |x - y| relative to y's largest magnitude

@@ -85,7 +85,7 @@ CLONES int64_t lora_gate_range(const float *B, const float *A, int64_t r, float 
     double *col = calloc(N > 0 ? N : 1, sizeof *col), *blk = malloc(sizeof *blk * (nblk > 0 ? nblk : 1));
     float lo = INFINITY, hi = -INFINITY;
     int64_t computed = 0;
-    if (!rows || !col || !blk) {  /* no memory for the bounds: every entry */
+    if (!rows || !col || !blk) {  /* no memory for the bounds: the caller raises */
         free(rows); free(col); free(blk);
         return -1;
     }
@@ -157,23 +157,22 @@ static inline float float_of(uint32_t k) {
     return f;
 }
 
-static inline int reaches(float v, float lo, float fb, float span, float k) { return ((v - lo) * fb) / span >= k; }
+/* torch.histc's position of v: its bin is this truncated (one expression for the edges and the bins) */
+static inline float position(float v, float lo, float fb, float span) { return ((v - lo) * fb) / span; }
 
-/* the smallest float v in [lo, hi] whose bin is >= k, +inf if none (span 0, inf or NaN) */
+/* the smallest float v in [lo, hi] whose bin is >= k (k >= 1), +inf if none (span 0, inf or NaN) */
 static float edge(float lo, float hi, float fb, float span, float k) {
-    if (!reaches(hi, lo, fb, span, k)) return INFINITY;
-    uint32_t a = key_of(lo), b = key_of(hi);  /* reaches(a) is false (bin 0), reaches(b) true */
-    if (reaches(lo, lo, fb, span, k)) return lo;
+    if (!(position(hi, lo, fb, span) >= k)) return INFINITY;
+    uint32_t a = key_of(lo), b = key_of(hi);  /* lo's position is 0 < k; hi's is >= k */
     while (b - a > 1) {
         const uint32_t m = a + (b - a) / 2;
-        if (reaches(float_of(m), lo, fb, span, k)) b = m; else a = m;
+        if (position(float_of(m), lo, fb, span) >= k) b = m; else a = m;
     }
     return float_of(b);
 }
 
 static inline int64_t bin_of(float v, float lo, float fb, float span, int64_t bins) {
-    const float p = ((v - lo) * fb) / span;
-    int64_t b = (int64_t)p;
+    int64_t b = (int64_t)position(v, lo, fb, span);
     return b < 0 ? 0 : (b >= bins ? bins - 1 : b);
 }
 
