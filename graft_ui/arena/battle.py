@@ -147,6 +147,8 @@ def record_battle_vote(
     expertise: str | None = None,
     domain: str | None = None,
     client_address: str | None = None,
+    voter_id: str | None = None,
+    read_s: float | None = None,
 ) -> Vote:
     """Commit the vote for one turn (ids, sides, recipes and blind flag from the battle).
 
@@ -175,6 +177,8 @@ def record_battle_vote(
         expertise=expertise,
         domain=domain,
         client_address=client_address,
+        voter_id=voter_id,
+        read_s=read_s,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -50,6 +51,7 @@ class ArenaState:
     errors: dict = field(default_factory=dict)  # side -> the real error (logged, never shown in blind mode)
     ui_votable: bool | None = None  # whether this session's vote buttons are shown enabled (None: unknown)
     epoch: int = 0  # bumped by reset(): a generation still running for the old battle stops writing here
+    answered_at: float | None = None  # time.monotonic() when both answers were complete (for read_s)
 
     def reset(self) -> None:
         """Forget the battle in place (New battle); the session keeps this object."""
@@ -208,6 +210,7 @@ def _finish_turn(state: ArenaState, last: StreamUpdate | None) -> None:
         turn = state.chat.turns[-1]
         turn.errors = {n: FAILED_BLIND for n in turn.errors}
     state.phase = "failed" if failed else "answered"
+    state.answered_at = None if failed else time.monotonic()
 
 
 def _gen_kwargs(settings: dict) -> dict:
@@ -223,8 +226,11 @@ def cast_vote(
     note: str | None = "",
     expertise: str | None = None,
     client_address: str | None = None,
+    voter_id: str | None = None,
 ):
     """Commit the vote of the current turn, then reveal. Returns (stored Vote, Reveal).
+    `voter_id` names the browser session (stored hashed); the time since both answers were
+    complete goes with the vote (`read_s`), so votes cast faster than one could read are marked.
 
     Idempotent: once the turn is voted, another call records nothing and returns the stored vote.
     """
@@ -246,7 +252,8 @@ def cast_vote(
         store, state.battle, state.turn, choice,
         prompt=last.text, answer_a=last.answers.get(a, ""), answer_b=last.answers.get(b, ""),
         image=last.image, settings=state.settings, note=note, expertise=expertise, domain=state.domain,
-        client_address=client_address,
+        client_address=client_address, voter_id=voter_id,
+        read_s=None if state.answered_at is None else round(time.monotonic() - state.answered_at, 3),
     )
     shown = reveal(store, state.battle, state.turn)  # raises unless the store holds the committed vote
     state.phase = "voted"
