@@ -140,8 +140,8 @@ def pairing_figure(args, tmp: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", type=int, default=8)
-    ap.add_argument("--spread", type=float, default=4.0, help="true log-strengths span this many nats")
+    ap.add_argument("--variants", type=int, default=12)
+    ap.add_argument("--spread", type=float, default=6.0, help="true log-strengths span this many nats")
     ap.add_argument("--votes", type=int, default=4000, help="votes of the main run (style, quality, rank)")
     ap.add_argument("--honest", type=int, default=200, help="honest voter sessions")
     ap.add_argument("--adversarial", type=int, default=12, help="adversarial voter sessions")

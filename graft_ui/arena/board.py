@@ -8,7 +8,7 @@ choose which stored votes the fit counts, and the counts of what was left out go
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from graft_ui.arena.quality import Quality, check_votes
@@ -93,8 +93,6 @@ def verdict(
 
 
 def _with_filters(board: Leaderboard, domain: str | None, expertise: str | None) -> Leaderboard:
-    from dataclasses import replace
-
     return replace(board, filters={"domain": domain or None, "expertise": expertise or None})
 
 

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from graft_ui.arena.battle import Battle, Variant, named_battle, record_battle_vote, reveal, start_battle
 from graft_ui.arena.battle import Turn as BattleTurn
@@ -141,9 +141,13 @@ def begin_turn(
     domain: str | None,
     settings: GenerationSettings,
     rng=None,
+    pair_weights: Callable[[list[str]], dict] | None = None,
+    admit_battle: Callable[[], None] | None = None,
 ) -> ArenaState:
     """Add a prompt: continue the current battle, or start a new one (new pair, cleared chat) when
-    the last blind turn was voted, the mode or the named pair changed, or the pool lost a side."""
+    the last blind turn was voted, the mode or the named pair changed, or the pool lost a side.
+    `pair_weights(pool)` gives the blind pair's draw weights (None: uniform); `admit_battle()` is called
+    before a new battle starts and raises to refuse it (the rate limit)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {list(MODES)}")
     domain = clean_label(domain, "prompt domain")
@@ -163,8 +167,11 @@ def begin_turn(
     chat = SideBySide() if fresh else state.chat
     chat.ask(text, image)  # validates the prompt before anything changes
     if fresh:
+        if admit_battle is not None:
+            admit_battle()
         if mode == BLIND:
-            battle = start_battle([variant_of(studio, n) for n in pool], rng)
+            weights = pair_weights(pool) if pair_weights is not None else None
+            battle = start_battle([variant_of(studio, n) for n in pool], rng, weights)
         else:
             battle = named_battle(variant_of(studio, named_a), variant_of(studio, named_b))
         state.battle, state.chat = battle, chat
