@@ -199,7 +199,8 @@ def test_leaderboard_compute_filters_and_exports(store, tmp_path):
         store.record_vote(turn_id=f"t{i}", battle_id=f"b{i}", variant_a=a, variant_b=b,
                           vote=rng.choice(["a", "b", "tie", "both_bad"]), prompt="p", answer_a="x", answer_b="y",
                           blind=i % 10 != 0, domain="math" if i % 2 else "code", expertise="math" if i % 3 else None)
-    summary, df, *figs = L.compute(store, n_bootstrap=50)
+    summary, df, *rest = L.compute(store, n_bootstrap=50)
+    figs = rest[:3]  # then the style text, the flagged voters and their choices
     assert "**27** blind votes" in summary and "3 named-mode votes not counted" in summary
     assert list(df.columns) == L.COLUMNS and set(df["variant"]) == set(names)
     assert df["battles"].sum() == 2 * 27 and all(f.layout.height for f in figs)
