@@ -55,7 +55,7 @@ def accuracy_records(zoo_dir: str | Path | None, variant_dirs: Mapping[str, str 
 def human_vs_auto(votes: Iterable[Any], accuracy: Mapping[str, Mapping[str, float]]) -> tuple[list[dict], dict[str, float]]:
     """(rows {domain, variant, rating, accuracy}, {domain: Spearman rho}) for variants with both numbers.
 
-    A domain needs at least three such variants for its rho (else it is left out)."""
+    A domain needs at least three such variants, not all tied on either number, for its rho (else it is left out)."""
     votes = filter_votes(votes)
     domains = sorted({d for acc in accuracy.values() for d in acc})
     rows: list[dict] = []
@@ -73,7 +73,8 @@ def human_vs_auto(votes: Iterable[Any], accuracy: Mapping[str, Mapping[str, floa
                 continue
             pts.append((rating, value))
             rows.append({"domain": domain, "variant": name, "rating": round(rating), "accuracy": round(value, 3)})
-        if len(pts) >= 3:
+        # a constant side (e.g. every accuracy 0 on a tiny zoo) has no rank correlation
+        if len(pts) >= 3 and len({p[0] for p in pts}) > 1 and len({p[1] for p in pts}) > 1:
             r = spearmanr([p[0] for p in pts], [p[1] for p in pts]).statistic
             if np.isfinite(r):
                 rho[domain] = float(r)
