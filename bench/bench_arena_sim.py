@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -88,10 +89,11 @@ class World:
 
 
 def play(world: World, store: VoteStore, n_votes: int, *, pairing: str, voters: list[tuple[str, bool]],
-         reweigh_every: int = 25, tag: str = "") -> None:
+         reweigh_every: int = 25, tag: str = "", pool: list[str] | None = None) -> None:
     """Cast n_votes votes into the store: voter sessions take turns in blocks of 5-25 votes."""
     rng = world.rng
-    weights = pair_weights([], world.names, mode=pairing)
+    pool = pool or world.names
+    weights = pair_weights(store.votes(blind=True), pool, mode=pairing)
     cast, turn = 0, 0
     while cast < n_votes:
         voter, adversarial = rng.choice(voters)
@@ -99,7 +101,7 @@ def play(world: World, store: VoteStore, n_votes: int, *, pairing: str, voters: 
             if cast >= n_votes:
                 break
             if pairing == ADAPTIVE and cast % reweigh_every == 0:
-                weights = pair_weights(store.votes(blind=True), world.names, mode=ADAPTIVE)
+                weights = pair_weights(store.votes(blind=True), pool, mode=ADAPTIVE)
             a, b = draw_pair(weights, rng)
             ans_a, ans_b = world.answer(a), world.answer(b)
             store.record_vote(turn_id=f"{tag}{turn}", battle_id=f"{tag}{turn}", variant_a=a, variant_b=b,
@@ -115,22 +117,31 @@ def mean_width(votes, n_bootstrap: int, seed: int) -> float:
 
 
 def pairing_figure(args, tmp: Path) -> dict:
-    """Votes adaptive pairing needs for the mean interval width uniform pairing reaches."""
+    """Votes adaptive pairing needs for the mean interval width uniform pairing reaches.
+
+    The usual arena situation: `--history` votes already settle the first variants when the last
+    `--new` variants join (fused variants arrive over time). From copies of that store, uniform
+    pairing casts `--uniform-votes` more votes; adaptive pairing casts votes in steps until its
+    mean 95% interval width (over all variants, same bootstrap) is no wider."""
     honest = [(f"h{i}", False) for i in range(50)]
-    out = {}
     world = World(args.variants, args.spread, 0.0, args.seed + 1)
+    old = world.names[: len(world.names) - args.new]
+    with VoteStore.open(tmp / "history.sqlite", synchronous="NORMAL") as store:
+        play(world, store, args.history, pairing=UNIFORM, voters=honest, tag="h", pool=old)
+    out = {"history_votes": args.history, "new_variants": args.new}
+    shutil.copy(tmp / "history.sqlite", tmp / "uniform.sqlite")
+    shutil.copy(tmp / "history.sqlite", tmp / "adaptive.sqlite")
     with VoteStore.open(tmp / "uniform.sqlite", synchronous="NORMAL") as store:
         play(world, store, args.uniform_votes, pairing=UNIFORM, voters=honest, tag="u")
         target = mean_width(store.votes(), args.bootstrap, args.seed)
     out["uniform_votes"], out["uniform_width"] = args.uniform_votes, target
-    world = World(args.variants, args.spread, 0.0, args.seed + 1)
     step = max(args.uniform_votes // 20, 25)
     with VoteStore.open(tmp / "adaptive.sqlite", synchronous="NORMAL") as store:
         n, width = 0, math.inf
         while width > target and n < 2 * args.uniform_votes:
             play(world, store, step, pairing=ADAPTIVE, voters=honest, tag=f"a{n}-")
             n += step
-            if n >= args.uniform_votes // 3:
+            if n >= args.uniform_votes // 5:
                 width = mean_width(store.votes(), args.bootstrap, args.seed)
     out["adaptive_votes"], out["adaptive_width"] = n, width
     out["ratio"] = n / args.uniform_votes
@@ -146,7 +157,9 @@ def main(argv=None) -> int:
     ap.add_argument("--honest", type=int, default=200, help="honest voter sessions")
     ap.add_argument("--adversarial", type=int, default=12, help="adversarial voter sessions")
     ap.add_argument("--bias", type=float, default=0.5, help="honest voters' length bias, nats per sd")
-    ap.add_argument("--uniform-votes", type=int, default=3000)
+    ap.add_argument("--history", type=int, default=3000, help="votes among the first variants before the new ones join")
+    ap.add_argument("--new", type=int, default=4, help="variants that join after the history")
+    ap.add_argument("--uniform-votes", type=int, default=1500, help="votes uniform pairing casts after the history")
     ap.add_argument("--bootstrap", type=int, default=60)
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args(argv)
@@ -190,7 +203,7 @@ def main(argv=None) -> int:
     print(f"votes {f['votes']} from {f['voter_sessions']} voter sessions; {f['seconds']:.0f} s")
     print(f"rank correlation with the truth: {f['spearman_controlled_vs_truth']:.3f} style-controlled, "
           f"{f['spearman_raw_vs_truth']:.3f} raw")
-    print(f"pairing: uniform {f['uniform_votes']} votes -> mean interval {f['uniform_width']:.0f}; adaptive reached "
+    print(f"pairing: {f['new_variants']} variants join after {f['history_votes']} votes; uniform {f['uniform_votes']} votes -> mean interval {f['uniform_width']:.0f}; adaptive reached "
           f"{f['adaptive_width']:.0f} after {f['adaptive_votes']} votes: {f['ratio']:.2f}x (target <= 0.70x)")
     print(f"length bias: verbose truth {f['verbose_truth']:.0f}, raw {f['verbose_raw']:.0f}, controlled "
           f"{f['verbose_controlled']:.0f} [{f['verbose_ci'][0]:.0f}, {f['verbose_ci'][1]:.0f}]: "

@@ -1,13 +1,15 @@
 """Adaptive pairing: draw the next battle's pair where one more vote shrinks an interval most.
 
-After the Chatbot Arena paper (arXiv 2403.04132, section 5): for a pair a = (i, j) with n_a
-battles so far and per-battle variance Sigma_aa of its rating difference, one more battle
-shrinks the difference's standard error from sqrt(Sigma_aa / n_a) to sqrt(Sigma_aa / (n_a + 1)),
-and the pair is drawn with probability proportional to that shrinkage. Here Sigma_aa / n_a is
-the variance of theta_i - theta_j under the current Bradley-Terry fit (the inverse of its
-information matrix, ratings.fisher_information), so settled pairs, whose difference is
-already pinned down by many battles, are drawn less, and a pair never yet played gets its
-whole current standard error (the largest weight). `UNIFORM` keeps every pair equally likely.
+After the Chatbot Arena paper (arXiv 2403.04132, section 5): pair a = (i, j) is drawn with
+probability proportional to `sqrt(Sigma_aa / n_a) - sqrt(Sigma_aa / (n_a + 1))`, the shrinkage of
+the standard error of its rating difference that one more battle brings. Here Sigma_aa is the
+variance one battle of the pair carries, `1 / (p (1 - p))` with p the current Bradley-Terry win
+probability, and n_a is how many such battles' worth of information the fit already holds on the
+difference: `Sigma_aa / Var(theta_i - theta_j)`, the variance taken from the inverse of the fit's
+information matrix (ratings.fisher_information). So a pair settled directly or through other
+pairs is drawn less, a lopsided pair (little to learn from one battle) is drawn less, and a
+variant that just joined draws most battles until its interval catches up. `UNIFORM` keeps every
+pair equally likely.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from scipy.special import expit
 
 from graft_ui.arena.ratings import DEFAULT_RIDGE, _get, _win_matrix, encode, filter_votes, fisher_information, fit_log_strengths
 
@@ -43,12 +46,13 @@ def pair_weights(votes: Iterable[Any], pool: Sequence[str], *, mode: str = ADAPT
     wins = _win_matrix(battles)  # (K, K)
     theta = fit_log_strengths(wins, ridge)
     cov = np.linalg.inv(fisher_information(wins, theta, ridge))  # (K, K) nats^2
-    games = wins + wins.T
     raw = {}
     for i, j in itertools.combinations(range(len(pool)), 2):
-        var = max(cov[i, i] + cov[j, j] - 2 * cov[i, j], 0.0)  # Sigma_aa / n_a
-        n = games[i, j]
-        raw[(pool[i], pool[j])] = math.sqrt(var) * (1.0 - math.sqrt(n / (n + 1.0)))
+        var = max(cov[i, i] + cov[j, j] - 2 * cov[i, j], 1e-12)  # Sigma_aa / n_a: the difference's variance now
+        p = expit(theta[i] - theta[j])
+        sigma = 1.0 / (p * (1.0 - p))  # Sigma_aa: variance of the difference from one battle of this pair
+        n = sigma / var  # n_a: the battles' worth of information the fit already has on this difference
+        raw[(pool[i], pool[j])] = math.sqrt(sigma / n) - math.sqrt(sigma / (n + 1.0))
     total = sum(raw.values())
     if not total > 0:
         return {p: 1.0 / len(pairs) for p in pairs}
