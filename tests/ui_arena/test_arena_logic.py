@@ -235,3 +235,29 @@ def test_vote_exports_stay_in_the_work_dir_and_old_ones_are_removed(store, tmp_p
     second = Path(L.export_file(store, "jsonl", root))
     assert not first.parent.exists() and second.is_file()
     assert [p.name for p in root.iterdir()] == [second.parent.name]
+
+
+def test_weighted_pairing_rate_hook_voter_session_and_reading_time(studio, store):
+    from graft_ui.arena.limits import RateLimiter, RateLimitError
+
+    st = S.ArenaState()
+    only = {("math-lora", "code-lora"): 1.0, ("base", "math-lora"): 0.0}  # the weights decide the pair
+    S.begin_turn(studio, st, text="What is 3 + 3?", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
+                 domain=None, settings=FAST, rng=random.Random(0), pair_weights=lambda pool: only)
+    assert set(st.names) == {"math-lora", "code-lora"}
+    list(S.stream_turn(studio, st))
+    vote, _ = S.cast_vote(store, st, "b", voter_id="session-xyz")
+    assert vote.voter_hash == store.hash_client("session-xyz") and vote.voter == vote.voter_hash
+    assert vote.read_s is not None and 0 <= vote.read_s < 60
+
+    limiter = RateLimiter("battles=1/hour,loopback")
+    admit = lambda: limiter.check("battles", "127.0.0.1")  # noqa: E731
+    S.begin_turn(studio, st, text="Next?", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
+                 domain=None, settings=FAST, admit_battle=admit)
+    list(S.stream_turn(studio, st))
+    S.cast_vote(store, st, "a")
+    battle = st.battle
+    with pytest.raises(RateLimitError, match="Too many new battles"):
+        S.begin_turn(studio, st, text="One more?", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
+                     domain=None, settings=FAST, admit_battle=admit)
+    assert st.battle is battle and st.phase == "voted"  # a refused battle changes nothing
