@@ -64,11 +64,13 @@ class Separation:
         return max(self.needed - self.decisive, 0)
 
     def text(self) -> str:
+        """The verdict on this variant against the next one down (named: with style control the
+        table's order and the ratings' order can differ)."""
         if self.separated:
-            return "separated"
+            return f"separated from {self.lower}"
         if self.more > MAX_SHOWN:
-            return f"cannot rank yet: more than {MAX_SHOWN:,} decisive votes to separate at 95%"
-        return f"cannot rank yet: about {int(self.more)} more decisive votes to separate at 95%"
+            return f"cannot rank above {self.lower} yet: more than {MAX_SHOWN:,} decisive votes to separate at 95%"
+        return f"cannot rank above {self.lower} yet: about {int(self.more)} more decisive votes to separate at 95%"
 
 
 def separations(order: list[str], ratings: Mapping[str, float], votes: Iterable[Any]) -> list[Separation]:

@@ -158,11 +158,13 @@ def confirm_fresh(store, variant: str | None) -> str:
     return f"{variant} will be confirmed on votes cast from now on (see the tuning column)"
 
 
-def pairing_table(store, studio, pool: list[str] | None = None):
+def pairing_table(store, studio):
+    """The next blind battle's pair weights over the Arena's default pool (what a new session draws from)."""
     from graft_ui.arena.board import counted_votes
     from graft_ui.arena.pairing import pair_weights, weights_table
+    from graft_ui.arena.session import default_pool
 
-    names = pool or list(store.distinct("variant")) or []
+    names = default_pool(studio)
     if len(names) < 2:
         return table([], ["pair", "chance"])
     return table(weights_table(pair_weights(counted_votes(store.votes(blind=True), store.marks("voter")), names)),
@@ -283,10 +285,10 @@ def render(ctx: AppContext) -> None:
         dirs = {n: v.out_dir for n, v in studio.variants.items()}
         summary_, board_, r_fig, w_fig, c_fig, style_, flags, choices = compute(
             store, d, e, style_control=bool(style_), drop_fast=bool(fast_), variant_dirs=dirs)
-        names = [n for n in store.distinct("variant")]
+        names = store.distinct("variant")
         return ([gr.update(choices=domains, value=d), gr.update(choices=experts, value=e), summary_, board_, r_fig,
                  w_fig, c_fig, style_, flags, gr.update(choices=choices, value=choices[0][1] if choices else None),
-                 pairing_table(store, studio, [n for n in studio.chat_names() if n in names] or names),
+                 pairing_table(store, studio),
                  gr.update(choices=names, value=None)] + list(agreement(store, studio)))
 
     outputs = [domain, expertise, summary, board, rating_plot, win_plot, count_plot, style_box_md, flagged, voter,

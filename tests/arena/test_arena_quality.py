@@ -72,8 +72,9 @@ def test_votes_needed_matches_the_published_counts():
 def test_separations_say_when_neighbours_cannot_be_ranked():
     votes = [vote(i, "x", "y", "a", "v") for i in range(50)] + [vote(100 + i, "y", "z", "a", "v") for i in range(3)]
     seps = separations(["x", "y", "z"], {"x": 1200.0, "y": 1000.0, "z": 990.0}, votes)
-    assert seps[0].separated and seps[0].text() == "separated"  # p = 0.76 needs ~30, has 50
-    assert not seps[1].separated and "more decisive votes" in seps[1].text()
+    assert seps[0].separated and seps[0].text() == "separated from y"  # p = 0.76 needs ~30, has 50
+    assert not seps[1].separated and seps[1].more == votes_needed(seps[1].p) - 3
+    assert seps[1].text().startswith(f"cannot rank above z yet: about {int(seps[1].more)} more decisive votes")
 
 
 def test_fresh_only_drops_a_confirmed_variants_earlier_votes():
