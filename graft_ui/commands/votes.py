@@ -63,7 +63,6 @@ def _export(args) -> int:
 
 def _leaderboard(args) -> int:
     from graft_ui.arena.board import verdict  # numpy/scipy only when a leaderboard is asked for
-    from graft_ui.arena.quality import RESTORED
     from graft_ui.arena.verdicts import FRESH
 
     with _open(args) as store:

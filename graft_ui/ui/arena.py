@@ -15,6 +15,12 @@ The battle (with the names) lives only in the server-side session state (`gr.Sta
 reaches the browser before the vote is the side labels and the answers. In blind mode a
 failing side shows a neutral message (a load error would name the model).
 
+Each client address may start only so many new battles and cast so many votes (ctx.limiter,
+`--arena-rate`; loopback exempt by default): over the limit the send or vote is refused with a
+sentence saying when to try again. A blind battle's pair is drawn by the adaptive pairing weights
+of the counted votes unless the operator chose "uniform" (Leaderboard tab, ctx.pairing). The vote
+carries the browser session (hashed in the store) and the time the voter had to read the answers.
+
 API (gradio_client): `/arena_send` (prompt dict {"text", "files"}, mode, pool, named A, named B,
 domain, max new tokens, temperature, greedy), `/arena_vote` (choice a|b|tie|both_bad, note,
 expertise; returns the receipt as its last output), `/arena_new`. State is per client session.
