@@ -47,7 +47,7 @@ class Verdict:
             row["tuning"] = f"best of {group.trials} tried ({group.key})" if group is not None else ""
             if name in self.fresh:
                 rating, n = self.fresh[name]
-                row["fresh"] = f"{round(rating)} on {n} fresh votes" if n else "no fresh votes yet"
+                row["fresh"] = f"{round(rating)} on {n} fresh vote{'s' if n != 1 else ''}" if n else "no fresh votes yet"
             else:
                 row["fresh"] = ""
             out.append(row)

@@ -261,3 +261,32 @@ def test_weighted_pairing_rate_hook_voter_session_and_reading_time(studio, store
         S.begin_turn(studio, st, text="One more?", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
                      domain=None, settings=FAST, admit_battle=admit)
     assert st.battle is battle and st.phase == "voted"  # a refused battle changes nothing
+
+
+def test_leaderboard_restore_voter_and_confirm_on_fresh_votes(store):
+    for i in range(30):
+        a, b = ("x", "y") if i % 2 else ("y", "x")
+        store.record_vote(turn_id=f"c{i}", battle_id=f"c{i}", variant_a=a, variant_b=b, vote="a" if a == "x" else "b",
+                          prompt="p", answer_a="one", answer_b="two", voter_id=f"crowd{i % 10}")
+    for i in range(6):
+        store.record_vote(turn_id=f"r{i}", battle_id=f"r{i}", variant_a="y", variant_b="x", vote="a", prompt="p",
+                          answer_a="one", answer_b="two", voter_id="rogue")
+    summary, df, *_, style, flags, choices = L.compute(store, n_bootstrap=20)
+    rogue = store.hash_client("rogue")
+    assert "**6** votes of flagged voters left out" in summary and choices[0][1] == rogue
+    assert list(flags["status"]) == ["flagged (left out)"] and style == ""
+    with pytest.raises(ValueError, match="choose a flagged voter"):
+        L.set_voter(store, None, True)
+    assert "restored" in L.set_voter(store, rogue, True)
+    summary, _, *_, flags, _ = L.compute(store, n_bootstrap=20)
+    assert "flagged voters left out" not in summary and list(flags["status"]) == ["restored (counted)"]
+    L.set_voter(store, rogue, False)
+    assert store.marks("voter") == {} and store.count() == 36
+
+    assert "confirmed on votes cast from now on" in L.confirm_fresh(store, "x")
+    _, df, *_ = L.compute(store, n_bootstrap=20)
+    assert df.set_index("variant").loc["x", "tuning"] == "no fresh votes yet"
+    store.record_vote(turn_id="late", battle_id="late", variant_a="x", variant_b="y", vote="a", prompt="p",
+                      answer_a="one", answer_b="two")
+    _, df, *_ = L.compute(store, n_bootstrap=20)
+    assert df.set_index("variant").loc["x", "tuning"].endswith("on 1 fresh vote")
