@@ -29,9 +29,10 @@
  *     so sum(counts) = M N, and an entry can only sit in another bin than its exact value's if
  *     it lies within e of a bin edge. Entries that float32 holds exactly (small integers) bin
  *     as torch.histc bins them on every CPU;
- *   - rowl1[i] is within sum_j (eb[i,j] + eg[i,j]) + 2^-12 sum_j |Tb - Tg| of the exact row L1
- *     (the float32 subtraction and the float32 sum over a block of JB columns, at most JB
- *     additions in a chain: (JB + 2) u <= 2^-12, then double).
+ *   - rowl1[i] is within sum_j (eb[i,j] + eg[i,j]) + 2^-15 sum_j |Tb - Tg| of the exact row L1:
+ *     the float32 subtraction, then float32 sums whose longest chain of additions is a lane's
+ *     JB / LANES values plus the LANES lanes (<= 260, or a tail's < TC), then double:
+ *     (260 + 2) u < 2^-15.
  * NaN/inf make rowl1 non-finite (the caller checks). B is (M, r) and A (r, N), both row-major float32.
  */
 #include <math.h>

@@ -15,7 +15,7 @@ Neither is bit-equal to the other, nor to itself on another CPU: each sums an en
 products in its own order, with or without fused multiply-adds. What both promise, on every
 CPU, is stated in `_lora_gates.c`: every entry within (r + 2) 2^-24 |s| sum_k |B[i,k] A[k,j]|
 of the exact value, the range the exact min/max of the entries computed, the counts exact
-for those entries over that range, the row L1 norms within the entries' bounds plus 2^-12
+for those entries over that range, the row L1 norms within the entries' bounds plus 2^-15
 relative. tests/kernels/test_lora_gates.py checks those bounds against float64.
 """
 
