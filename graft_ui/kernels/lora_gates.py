@@ -7,9 +7,9 @@ range from the few entries that Cauchy-Schwarz bounds cannot rule out, then one 
 every entry for the row norms and both histograms, a 2 x 64 tile of each product in registers,
 never in memory. `reference` is the plain two passes in torch over small row blocks
 (cache-sized), used without a compiler (or with GRAFT_NO_NATIVE=1) and by the tests. The
-kernel is built for the CPU it runs on, its vectors as wide as the CPU's: 4-7x faster than
-the reference on one thread with AVX-512 and with AVX2, and 2x even as a baseline SSE2 build
-without fused multiply-adds (bench/bench_lora_gates.py measures each target).
+kernel is built for the CPU it runs on, its vectors as wide as the CPU's: on one thread 2-16x
+faster than the reference with AVX-512 and with AVX2, and ~2x even as a baseline SSE2 build
+without fused multiply-adds (bench/bench_native.py measures each target).
 
 Neither is bit-equal to the other, nor to itself on another CPU: each sums an entry's r
 products in its own order, with or without fused multiply-adds. What both promise, on every
