@@ -297,7 +297,7 @@ def render(ctx: AppContext) -> None:
         # queue=False: a vote never waits behind generations in the queue (the store serialises writes)
         btn.click(vote_for(key), [note, expertise, state], vote_outputs, api_visibility="private", queue=False,
                   show_progress="minimal")
-    # queue=False like the buttons: an API vote is never refused for capacity (issue #16)
+    # queue=False like the buttons: an API vote is never refused for capacity
     api_vote_btn.click(vote, [api_choice, note, expertise, state], vote_outputs, api_name="arena_vote",
                        queue=False, show_progress="hidden")
 
