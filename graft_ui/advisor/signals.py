@@ -54,25 +54,25 @@ def measured(study: Mapping | None, pair: str, method: str) -> dict:
     return {}
 
 
-def pairs_of(manifest: Manifest, kinds: Sequence[str]) -> list[tuple]:
-    """Every unordered pair of experts of one kind, in manifest order (the study's order)."""
+def pairs_of(manifest: Manifest, kinds: Sequence[str], experts: Sequence[str] | None = None) -> list[tuple]:
+    """Every unordered pair of experts of one kind (among `experts`, default all), in manifest order."""
     out = []
     for kind in kinds:
-        es = [e for e in manifest.experts if e.kind == kind]
+        es = [e for e in manifest.experts if e.kind == kind and (not experts or e.name in experts)]
         out.extend(itertools.combinations(es, 2))
     return out
 
 
 def collect(manifest: Manifest, study: Mapping | None, out: str | Path, *, kinds: Sequence[str] = ("lora", "full"),
             methods: Sequence[str] = METHODS, k: int = DEFAULT_K, seed: int = 0, device: str = "cpu",
-            progress: Callable[[str], None] | None = None) -> list[dict]:
+            experts: Sequence[str] | None = None, progress: Callable[[str], None] | None = None) -> list[dict]:
     """The module docstring's rows for every pair of `kinds` and every method (cached, resumable)."""
     root = cache_root(out, manifest, k, seed)
     cache = Cache(root)
     pv = Previewer(manifest, k=k, seed=seed, device=device, work=root)
     singles = (study or {}).get("singles") or {}
     rows = []
-    todo = pairs_of(manifest, kinds)
+    todo = pairs_of(manifest, kinds, experts)
     for n, (a, b) in enumerate(todo, 1):
         pair = f"{a.name}+{b.name}"
         t = time.perf_counter()
