@@ -13,6 +13,7 @@ signal alone is scored the same way, so the artifact says which signal carries w
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -25,6 +26,7 @@ from graft_ui.advisor.fit import Ridge
 FORMAT = 1
 SIGNALS_ALONE = ("agree_min", "kl_max", "cosine", "sign_agreement", "norm_ratio", "b_overlap", "grad_l2", "grad_cos",
                  "pair_score", "single_min")
+ENV = "GRAFT_FORECAST"
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "results" / "zoo-study" / "predictors.json"
 
 
@@ -146,7 +148,8 @@ class KeptForecast:
 
 
 def load_artifact(path: str | Path | None = None) -> dict:
-    path = Path(path) if path else COMMITTED
+    """The fitted forecast: `path`, else $GRAFT_FORECAST (how a user points the app at one), else the committed one."""
+    path = Path(path or os.environ.get(ENV) or COMMITTED)
     if path.is_dir():
         path = path / "predictors.json"
     try:
