@@ -6,25 +6,14 @@ import pytest
 
 from graft_ui.advisor import kept, validate as V
 
+from conftest import synthetic_rows
+
 EXPERTS = [f"e{i}" for i in range(7)]
 METHODS = ["task_arithmetic", "ties", "graft"]
 
 
 def _rows(noise=0.0):
-    """Synthetic fusions: kept_min is a known function of the preview agreement, per method."""
-    import random
-
-    rng = random.Random(0)
-    rows = []
-    for (a, b), m in itertools.product(itertools.combinations(EXPERTS, 2), METHODS):
-        agree = rng.random()
-        kl = rng.random() * 0.1
-        off = {"task_arithmetic": 0.0, "ties": 0.1, "graft": -0.1}[m]
-        km = 0.2 + 0.7 * agree + off + noise * rng.gauss(0, 1)
-        rows.append({"pair": f"{a}+{b}", "a": a, "b": b, "kind": "lora", "method": m, "agree_min": agree,
-                     "kl_max": kl, "agree_a": agree, "agree_b": agree, "kl_a": kl, "kl_b": kl, "kept_min": km,
-                     "kept_a": km, "kept_b": km, "single_a": 50.0, "single_b": 60.0, "mean": 40.0})
-    return rows
+    return synthetic_rows("lora", tuple(METHODS), len(EXPERTS), noise)
 
 
 def test_leave_one_expert_out_never_fits_on_a_pair_containing_the_held_out_expert(monkeypatch):
