@@ -6,7 +6,7 @@ import pytest
 
 from graft_ui.advisor import kept, validate as V
 
-from conftest import synthetic_rows
+from _forecast import synthetic_rows
 
 EXPERTS = [f"e{i}" for i in range(7)]
 METHODS = ["task_arithmetic", "ties", "graft"]

@@ -212,10 +212,10 @@ def test_analysis_on_an_uploaded_jsonl(client, tmp_path):
     (tmp_path / "mine.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     files = [handle_file(str(tmp_path / "mine.jsonl")), handle_file(str(tmp_path / "a.png"))]
     out = client.predict("uploaded JSONL", files, ["math-lora"], 2, 1e-3, 0.2, api_name="/run_analysis")
-    assert "your JSONL" in out[6] and out[1]["data"][0][0] == "math-lora"
+    assert "your JSONL" in out[5] and out[1]["data"][0][0] == "math-lora"
     # an image the JSONL names but that was not uploaded: a clear message
     out = client.predict("uploaded JSONL", files[:1], ["math-lora"], 2, 1e-3, 0.2, api_name="/run_analysis")
-    assert "upload it together with the JSONL" in out[6]
+    assert "upload it together with the JSONL" in out[5]
 
 
 def test_a_recipe_loads_back_into_the_form(client):
