@@ -53,10 +53,34 @@ def _rows(manifest, study_path, args, out):
                           seed=args.seed, device=args.device, progress=lambda m: log.info("signals %s", m))
 
 
+def reliability(study: dict, study_path: Path, methods, seed: int) -> dict | None:
+    """{kind: {"kept_min": pooled over `methods`, "per_method": {method: r}}} from the study's split-half
+    reliability ({kind: {variant: {"reliability"}}}) and, for the pooled figure, its per-item file
+    (items.json beside study.json, graft_ui.study.reliability); None when the study has none."""
+    by = study.get("reliability")
+    if not by:
+        return None
+    out = {kind: {"per_method": {m: (v.get(m) or {}).get("reliability") for m in methods}, "kept_min": None}
+           for kind, v in by.items()}
+    items_path = (study_path if study_path.is_dir() else study_path.parent) / "items.json"
+    try:
+        from graft_ui.study.reliability import split_half_reliability
+
+        items = json.loads(items_path.read_text())
+    except (ImportError, OSError, json.JSONDecodeError) as exc:
+        log.warning("pooled split-half reliability not computed (%s)", exc)
+        return out
+    for kind in out:
+        fus = [f for f in items["fusions"] if f["kind"] == kind and f["variant"] in methods]
+        out[kind]["kept_min"] = split_half_reliability(fus, items["singles"], seed=seed)["reliability"] if fus else None
+    return out
+
+
 def cmd_forecast(args: argparse.Namespace) -> int:
     import torch
 
     from graft_ui.advisor import kept, report
+    from graft_ui.advisor.signals import METHODS
 
     torch.set_num_threads(max(1, args.threads))
 
@@ -70,7 +94,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         tman = load_manifest_arg(argparse.Namespace(manifest=None, zoo=args.transfer_zoo))
         tstudy, transfer = _rows(tman, args.transfer_study, args, out)
         tzoo = {"manifest": str(tman.source), **(tstudy.get("zoo") or {})}
-    rel = json.loads(Path(args.reliability).read_text()) if args.reliability else study.get("reliability")
+    methods = args.methods or METHODS
+    rel = (json.loads(Path(args.reliability).read_text()) if args.reliability
+           else reliability(study, Path(args.study), methods, args.seed))
     art = kept.build(rows, transfer=transfer, reliability=rel, seed=args.seed, resamples=args.resamples,
                      zoo={"manifest": str(manifest.source), **(study.get("zoo") or {})}, transfer_zoo=tzoo)
     art["config"] = {"k": args.k, "seed": args.seed, "device": args.device, "resamples": args.resamples}
