@@ -93,12 +93,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if args.transfer_zoo:
         tman = load_manifest_arg(argparse.Namespace(manifest=None, zoo=args.transfer_zoo))
         tstudy, transfer = _rows(tman, args.transfer_study, args, out)
-        tzoo = {"manifest": str(tman.source), **(tstudy.get("zoo") or {})}
+        tzoo = {**(tstudy.get("zoo") or {}), "manifest": str(tman.source)}
     methods = args.methods or METHODS
     rel = (json.loads(Path(args.reliability).read_text()) if args.reliability
            else reliability(study, Path(args.study), methods, args.seed))
     art = kept.build(rows, transfer=transfer, reliability=rel, seed=args.seed, resamples=args.resamples,
-                     zoo={"manifest": str(manifest.source), **(study.get("zoo") or {})}, transfer_zoo=tzoo)
+                     zoo={**(study.get("zoo") or {}), "manifest": str(manifest.source)}, transfer_zoo=tzoo)
     art["config"] = {"k": args.k, "seed": args.seed, "device": args.device, "resamples": args.resamples}
     cmd = "python -m graft_ui " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a)
     for path in report.write(art, out, cmd):
