@@ -1,12 +1,9 @@
 """Leave-one-expert-out validation of the kept-fraction forecast, and its intervals over experts."""
 
-import itertools
-
 import pytest
+from _forecast import synthetic_rows
 
 from graft_ui.advisor import kept, validate as V
-
-from _forecast import synthetic_rows
 
 EXPERTS = [f"e{i}" for i in range(7)]
 METHODS = ["task_arithmetic", "ties", "graft"]
