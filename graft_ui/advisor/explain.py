@@ -40,7 +40,8 @@ def score_statement(art: Mapping | None) -> str:
         weak = "" if k["validation"].get("meets_targets") else ", weak"
         parts.append(f"{kind}: compatibility {_rho(alone.get('pair_score'))}, merge preview "
                      f"{_rho(alone.get('agree_min'))}, fitted forecast {_rho(k['validation'])}{weak}")
-    return ("Measured on the study zoo (Spearman with the kept fraction of the weaker-kept expert, "
+    zoo = ((art.get("zoo") or {}).get("fingerprint") or {}).get("profile") or "study"
+    return (f"Measured on the {zoo} zoo (Spearman with the kept fraction of the weaker-kept expert, "
             "leave-one-expert-out, 95% intervals over experts) — " + "; ".join(parts)
             + ". The bars show activation overlap, not a forecast.")
 
@@ -77,5 +78,5 @@ def expert_context(manifest: Manifest, names: Sequence[str], domains: Sequence[s
             if me not in best or cand[0] > best[me][0]:
                 best[me] = cand
     for n, (k, other, m, err, weak) in best.items():
-        out[n]["forecast"] = f"keeps {k:.2f} ± {err:.2f} with {other} ({m}){' · weak' if weak else ''}"
+        out[n]["forecast"] = f"keeps {k:.2f} ± {err:.2f} of its skill with {other} ({m}){' · weak' if weak else ''}"
     return out
