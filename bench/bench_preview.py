@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the package is the checkout's
 
 FUSE_TARGET_S = 1.0
 PREVIEW_TARGET_S = 10.0
