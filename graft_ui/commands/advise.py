@@ -80,7 +80,11 @@ def _plans(manifest, kinds, study, args):
         return [], None
     plans = []
     for kind in kinds:
-        fc = KeptForecast.from_artifact(art, kind, art["_path"])
+        try:
+            fc = KeptForecast.from_artifact(art, kind, art["_path"])
+        except KeyError as exc:
+            log.warning("%s", exc.args[0])
+            continue
         plans.append(plan(manifest, kind, args.dataset, fc, art=art, study=study, methods=args.methods,
                           k=args.preview_k, seed=args.seed, limit=args.limit, device=args.device))
     return plans, art
