@@ -48,17 +48,15 @@ def end_tokens(processor) -> tuple[int, list[int]]:
     return pad, [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
 
 
-def _batch(items: Sequence[dict], pad_id: int, device) -> dict:
+def _batch(items: Sequence[dict], pad_id: int, model) -> dict:
+    """Left-padded batch on the model's device; images in the model's dtype (float32 on CPU, maybe bf16 on a GPU)."""
     from graft_ui.zoo.train import collate
 
-    batch = {k: v.to(device) for k, v in collate(items, pad_id, left=True).items()}
+    p = next(model.parameters())
+    batch = {k: v.to(p.device) for k, v in collate(items, pad_id, left=True).items()}
     if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].float()
+        batch["pixel_values"] = batch["pixel_values"].to(p.dtype)
     return batch
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -67,7 +65,7 @@ def greedy(model, items: Sequence[dict], pad_id: int, eos: Sequence[int], max_ne
     out: list[list[int]] = []
     for s in range(0, len(items), BATCH):
         chunk = items[s:s + BATCH]
-        batch = _batch(chunk, pad_id, _device(model))
+        batch = _batch(chunk, pad_id, model)
         gen = model.generate(**batch, max_new_tokens=max_new, do_sample=False, eos_token_id=list(eos),
                              pad_token_id=pad_id)[:, batch["input_ids"].shape[1]:]
         for row in gen.tolist():
@@ -88,7 +86,7 @@ def answer_logprobs(model, items: Sequence[dict], answers: Sequence[Sequence[int
             ext.append({**it, "input_ids": torch.cat([it["input_ids"], t]),
                         "attention_mask": torch.cat([it["attention_mask"], torch.ones_like(t)]),
                         "mm_token_type_ids": torch.cat([it["mm_token_type_ids"], torch.zeros_like(t)])})
-        batch = _batch(ext, pad_id, _device(model))
+        batch = _batch(ext, pad_id, model)
         logits = model(**batch).logits  # (b, n, V)
         n = logits.shape[1]
         for i, (it, a) in enumerate(zip(chunk, ans)):
@@ -123,7 +121,7 @@ def prompt_gradient(model, items: Sequence[dict], pad_id: int) -> torch.Tensor:
     try:
         for s in range(0, len(items), BATCH):
             chunk = items[s:s + BATCH]
-            batch = _batch(chunk, pad_id, _device(model))
+            batch = _batch(chunk, pad_id, model)
             labels = batch["input_ids"].clone()
             labels[(batch["attention_mask"] == 0) | (batch["mm_token_type_ids"] != 0)] = -100
             loss = model(**batch, labels=labels).loss * (len(chunk) / len(items))  # mean over all prompts
