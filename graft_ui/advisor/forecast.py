@@ -85,7 +85,7 @@ def target_domains(dataset: str, manifest: Manifest) -> list[str]:
     return list(dict.fromkeys(parts))
 
 
-def _same_zoo(manifest: Manifest, study: Mapping | None) -> bool:
+def same_zoo(manifest: Manifest, study: Mapping | None) -> bool:
     if not study or not manifest.source:
         return False
     fp = zoo_fingerprint(manifest.source)
@@ -137,7 +137,7 @@ def forecast(manifest: Manifest, kind: str, dataset: str, predictor: Predictor, 
     if predictor.kind != kind:
         raise ValueError(f"the predictor is of {predictor.kind} pairs, not {kind}")
     names = [e.name for e in entries]
-    same = _same_zoo(manifest, study)
+    same = same_zoo(manifest, study)
     scores, compat_src = _compat(manifest, names, target, compat, k, seed, device)
     singles, singles_src = _singles(manifest, names, target, study, same, limit, device)
     rows, tv_src = [], set()

@@ -29,3 +29,41 @@ def pair_heatmap(fc, *, height: int | None = None) -> go.Figure:
                       height=height or max(320, 60 * len(names) + 140), margin=dict(l=10, r=10, t=50, b=10),
                       yaxis=dict(autorange="reversed"), font=dict(size=13))
     return fig
+
+
+BEST = "best method"
+
+
+def kept_heatmap(plan: dict, method: str = BEST, *, height: int | None = None) -> go.Figure:
+    """Experts x experts, colour = predicted kept_min of the pair with `method` (BEST: each pair's best
+    method by predicted accuracy, named in the cell); hover: kept per expert, ±, the preview's agreement."""
+    rows = plan["pairs"]
+    chosen: dict[tuple, dict] = {}
+    for r in rows:  # best first
+        key = tuple(r["experts"])
+        if (method == BEST or r["method"] == method) and key not in chosen:
+            chosen[key] = r
+    names = list(dict.fromkeys(n for r in rows for n in r["experts"]))
+    idx = {n: i for i, n in enumerate(names)}
+    z = [[None] * len(names) for _ in names]
+    text = [[""] * len(names) for _ in names]
+    hover = [["—"] * len(names) for _ in names]
+    for (a, b), r in chosen.items():
+        pv, kp = r["preview"], r["predicted_kept"]
+        measured = "" if r.get("measured_kept_min") is None else f"<br>measured by the study: {r['measured_kept_min']:.2f}"
+        h = (f"<b>{a} + {b}</b> with {r['method']}<br>predicted kept_min {r['predicted_kept_min']:.2f} ± {r['error']:.2f}"
+             f"<br>{a} keeps {kp[a]:.2f}, {b} keeps {kp[b]:.2f}<br>predicted accuracy {r['predicted_accuracy']:.1f}%"
+             f"<br>preview agreement: {a} {pv['agree_a']:.2f}, {b} {pv['agree_b']:.2f}"
+             f"<br>preview KL: {pv['kl_a']:.3f} / {pv['kl_b']:.3f}{measured}"
+             + (f"<br>(extrapolated: own domains {'+'.join(r['domains'])})" if r["extrapolated"] else ""))
+        cell = f"{r['predicted_kept_min']:.2f}±{r['error']:.2f}" + (f"<br>{r['method']}" if method == BEST else "")
+        for i, j in ((idx[a], idx[b]), (idx[b], idx[a])):
+            z[i][j], text[i][j], hover[i][j] = r["predicted_kept_min"], cell, h
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, text=text, texttemplate="%{text}", hovertext=hover,
+                               hoverinfo="text", colorscale="RdYlGn", zmin=0, zmax=1,
+                               colorbar=dict(title="pred. kept_min")))
+    weak = " · WEAK forecast" if plan.get("weak") else ""
+    fig.update_layout(title=f"Predicted kept fraction ({method}) on {'+'.join(plan['target'])}, {plan['kind']} pairs{weak}",
+                      height=height or max(320, 60 * len(names) + 140), margin=dict(l=10, r=10, t=50, b=10),
+                      yaxis=dict(autorange="reversed"), font=dict(size=13))
+    return fig

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "report": "graft_ui.commands.report",
     "serve-plan": "graft_ui.commands.serve_plan",
     "advise": "graft_ui.commands.advise",
+    "forecast": "graft_ui.commands.forecast",
     "tune": "graft_ui.commands.tune",
 }
 

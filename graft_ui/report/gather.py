@@ -55,6 +55,8 @@ class ReportData:
     answers: list[Answer] = field(default_factory=list)
     leaderboard: Any = None  # arena.ratings.Leaderboard
     notes: list[str] = field(default_factory=list)  # what could not be computed, in sentences
+    forecast: dict = field(default_factory=dict)  # expert -> {"accuracy", "forecast"} (advisor.explain)
+    score_statement: str = ""  # what the compatibility score has been measured to predict
 
     @property
     def model_labels(self) -> list[str]:
@@ -186,9 +188,26 @@ def gather(
     specs = [manifest.base.name, *[e.name for e in experts], str(folder)]
     data.results = evaluate_specs(specs, manifest, domains=data.domains, limit=limit, device=device,
                                   keep_outputs=True, labels=data.model_labels)
+    _forecast(data, manifest)
     step(0.85, "picking side-by-side answers")
     data.answers = pick_answers(data.results, manifest, data.model_labels, answers_per_domain)
     step(0.9, "fitting the leaderboard")
     data.leaderboard = leaderboard(list(votes), n_bootstrap=n_bootstrap)
     step(1.0, "done")
     return data
+
+
+def _forecast(data: ReportData, manifest: Manifest) -> None:
+    """Beside each compatibility score: the kept-fraction forecast of this method (from the fitted
+    forecast's rows of this zoo, when it has them) and the line on what the score predicts."""
+    from graft_ui.advisor.explain import expert_context, score_statement
+    from graft_ui.advisor.kept import load_artifact
+
+    try:
+        art = load_artifact()
+    except (FileNotFoundError, ValueError) as exc:
+        log.info("report: no fitted forecast (%s)", exc)
+        art = None
+    data.score_statement = score_statement(art)
+    data.forecast = expert_context(manifest, [e.name for e in data.experts], data.domains, art=art,
+                                   method=data.recipe.method)

@@ -98,6 +98,23 @@ def summary_section(data) -> str:
     return f'<div class="cards">{html_cards}</div>{extra}'
 
 
+def kept_by_expert(data) -> dict[str, str]:
+    """{expert: "0.94 (code: 83.3% fused vs 88.3%)"}: the fused accuracy on the expert's own domain over its own."""
+    rows = (data.results or {}).get("models", {})
+    fused = rows.get(data.name, {})
+    out = {}
+    for e in data.experts:
+        own, got = _accuracy(rows.get(e.name, {}), e.domain)[0], _accuracy(fused, e.domain)[0]
+        if own and got is not None:
+            out[e.name] = f"{got / own:.2f} ({e.domain}: {got:.1f}% fused vs {own:.1f}%)"
+    return out
+
+
+def _target_accuracy(data, expert: str) -> str:
+    row = (data.results or {}).get("models", {}).get(expert, {})
+    return f"{row['mean']:.1f}%" if row.get("domains") else "—"
+
+
 def recipe_section(data) -> str:
     return (f'<p class="guide">The recipe reproduces this fusion: <code>python -m graft_ui merge recipe.yaml --out DIR</code>.</p>'
             f"<pre><code>{esc(data.recipe.to_yaml())}</code></pre>")
@@ -120,10 +137,16 @@ def analysis_section(data, figs: _Figures) -> str:
         return '<p class="note">No analysis: see the notes at the end.</p>'
     parts = [f'<p class="guide">Activation statistics of each expert on K={res.k} samples of <b>{esc(res.dataset)}</b>. '
              f"Compatibility is the mean normalised sensitivity ρ′; bars below the threshold {res.threshold:g} are grey. "
-             "Heatmaps show ρ′ per module (rows: layers, columns: module types).</p>"]
+             "Heatmaps show ρ′ per module (rows: layers, columns: module types). Beside each score: the expert's "
+             "held-out accuracy on the target, what this fusion kept of it (measured), and the forecast.</p>"]
+    if data.score_statement:
+        parts.append(f'<p class="note">{esc(data.score_statement)}</p>')
+    kept = kept_by_expert(data)
     rows = [[esc(r["expert"]), esc(r["kind"]), esc(r["domain"] or "—"), _num(r["compatibility"], ".4f"),
-             "yes" if r["acceptable"] else "no"] for r in res.table()]
-    parts.append(_table(["expert", "kind", "domain", "compatibility", "acceptable"], rows, num=(3,)))
+             "yes" if r["acceptable"] else "no", _target_accuracy(data, r["expert"]), esc(kept.get(r["expert"], "—")),
+             esc((data.forecast.get(r["expert"]) or {}).get("forecast", "—"))] for r in res.table()]
+    parts.append(_table(["expert", "kind", "domain", "compatibility", f"above {res.threshold:g}", "accuracy on target",
+                         "kept in this fusion (measured)", "forecast"], rows, num=(3, 5)))
     for key, fig in F.analysis_figures(data).items():
         parts.append(figs.html(fig, key))
     return "".join(parts)

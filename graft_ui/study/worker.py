@@ -131,7 +131,8 @@ def _evaluate(models: ModelSet, model, domains: list[str], limit: int | None, ba
     return {d: float(v["accuracy"]) for d, v in res["domains"].items()}
 
 
-def _recipe(manifest, a, b, variant, seed: int, device: str):
+def pair_recipe(manifest, a, b, variant, seed: int, device: str):
+    """The recipe fusing experts a + b with `variant` (a method label, e.g. "graft" or "ties[density=0.3]")."""
     v = parse_variant(variant)
     return Recipe(method=v.method, params=dict(v.params), base=manifest.base.path,
                   experts=(ExpertRef(path=a.path, name=a.name), ExpertRef(path=b.path, name=b.name)),
@@ -180,7 +181,7 @@ def run_pair(task: dict, report: Report) -> None:
         out = Path(task["work"]) / safe_name(pair) / safe_name(variant)
         t0 = time.perf_counter()
         try:
-            merge.run_recipe(_recipe(manifest, a, b, variant, task["seed"], task["device"]), out, overwrite=True)
+            merge.run_recipe(pair_recipe(manifest, a, b, variant, task["seed"], task["device"]), out, overwrite=True)
             t1 = time.perf_counter()
             model = models.model(str(out), a.kind)
             acc = _evaluate(models, model, task["domains"], task["limit"], task["batch_size"])

@@ -15,7 +15,7 @@ from graft_ui.ui.study_hints import gain_cell, study_for
 
 TITLE = "② Analyze"
 UPLOAD = "uploaded JSONL"
-EXPERT_COLUMNS = ["expert", "kind", "domain", "score", "pass"]
+EXPERT_COLUMNS = ["expert", "kind", "domain", "score", "pass", "accuracy on target", "forecast (best fusion)"]
 PAIR_COLUMNS = ["pair", "score", "pass", "gain (study)"]
 HEIGHT_EMPTY = 320
 
@@ -32,27 +32,66 @@ def _result(state):
     return AnalysisResult.from_dict(state)
 
 
-def bars(state, threshold, study=None):
+def bars(state, threshold, study=None, manifest=None):
     """Compatibility bars re-coloured for `threshold` from the stored result (no recomputation).
 
     `study`: the loaded zoo's fusion study; its measured (or predicted) Graft gain of each
-    pair is shown beside the pair's score.
+    pair is shown beside the pair's score. Beside each expert's bar stand its accuracy on the
+    target (the study's held-out scores) and its kept-fraction forecast, and a statement line
+    says what the score has been measured to predict (advisor.explain): the bars never stand alone.
     """
     if not state:
-        return None, None, None
+        return None, None, None, ""
     threshold = number("threshold", threshold)
     res = _result(state)
     plots = _plots()
+    ctx = _context(res, study, manifest)
     scores = {n: e.compatibility for n, e in res.experts.items()}
-    fig = plots.compatibility_bars(scores, float(threshold), title=f"Compatibility on {res.dataset} (K={res.k})")
+    hover = {n: f"accuracy on {res.dataset}: {_acc(ctx[n]['accuracy'])}<br>forecast: {ctx[n]['forecast']}" for n in scores}
+    fig = plots.compatibility_bars(scores, float(threshold), title=f"Compatibility on {res.dataset} (K={res.k})", hover=hover)
+    fig.data[0].text = [f"{v:.3f} · acc {_acc(ctx[n]['accuracy'])}" for n, v in scores.items()]
     # the threshold is named in the title: a label on the line collides with bar values near it
     fig.update_layout(annotations=[], title=f"Compatibility on {res.dataset} (K={res.k}) · threshold {float(threshold):g} (dashed)")
     rows = [{"expert": n, "kind": e.kind, "domain": e.domain or "—", "score": round(e.compatibility, 4),
-             "pass": "yes" if e.compatibility >= threshold else "no"} for n, e in res.experts.items()]
+             "pass": "yes" if e.compatibility >= threshold else "no", "accuracy on target": _acc(ctx[n]["accuracy"]),
+             "forecast (best fusion)": ctx[n]["forecast"]} for n, e in res.experts.items()]
     pairs = [{"pair": f"{p['a']} + {p['b']}", "score": round(p["score"], 4),
               "pass": "yes" if p["score"] >= threshold else "no", "gain (study)": gain_cell(study, p["a"], p["b"])}
              for p in res.pairs]
-    return fig, table(rows, EXPERT_COLUMNS), table(pairs, PAIR_COLUMNS)
+    return fig, table(rows, EXPERT_COLUMNS), table(pairs, PAIR_COLUMNS), _statement()
+
+
+def _acc(x) -> str:
+    return "—" if x is None else f"{x:.0f}%"
+
+
+def _domains(dataset: str, manifest) -> list[str]:
+    parts = [p for p in str(dataset).split("+") if p]
+    return parts if manifest is not None and parts and all(p in manifest.datasets for p in parts) else []
+
+
+def _artifact():
+    from graft_ui.advisor.kept import load_artifact
+
+    try:
+        return load_artifact()
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _context(res, study, manifest) -> dict:
+    from graft_ui.advisor.explain import expert_context
+
+    names = list(res.experts)
+    if manifest is None:
+        return {n: {"accuracy": None, "forecast": "—"} for n in names}
+    return expert_context(manifest, names, _domains(res.dataset, manifest), art=_artifact(), study=study)
+
+
+def _statement() -> str:
+    from graft_ui.advisor.explain import score_statement
+
+    return score_statement(_artifact())
 
 
 def heatmap(state, which):
@@ -108,6 +147,7 @@ def render(ctx: AppContext) -> None:
                     eps = gr.Number(value=DEFAULT_EPS, label="eps (sparsity)", minimum=0, step=1e-4)
         with gr.Column(scale=3, min_width=300):
             bars_plot = gr.Plot(label="Compatibility", elem_id="gs-an-bars")
+            statement = gr.Markdown("", elem_classes=["gs-hint"], elem_id="gs-an-statement")
             with gr.Row():
                 expert_table = gr.Dataframe(headers=EXPERT_COLUMNS, interactive=False, label="Compatibility per expert",
                                             wrap=True, min_width=260)
@@ -118,7 +158,7 @@ def render(ctx: AppContext) -> None:
             heat_plot = gr.Plot(label="Sensitivity heatmap", elem_id="gs-an-heatmap")
     advise.render(ctx, state)
 
-    @guarded(7, status=6)
+    @guarded(8, status=6)
     def run(dataset, files, experts, k, eps, threshold, progress=gr.Progress()):
         if dataset == UPLOAD:
             if not files:
@@ -132,17 +172,17 @@ def render(ctx: AppContext) -> None:
         res = studio.analyze(target, experts, k=number("K", k, integer=True, low=1, high=512), eps=number("eps", eps),
                              threshold=number("threshold", threshold), progress=analysis_progress(progress))
         d = res.to_dict()
-        fig, t1, t2 = bars(d, threshold, study_for(studio))
+        fig, t1, t2, said = bars(d, threshold, study_for(studio), studio.manifest)
         choices = heatmap_choices(d)
         label = "your JSONL" if dataset == UPLOAD else dataset
         msg = ok(f"Analysed {len(res.experts)} expert(s) on **{label}**, K = {res.k}.")
-        return d, fig, t1, t2, gr.update(choices=choices, value=choices[0]), heatmap(d, choices[0]), msg
+        return d, fig, t1, t2, gr.update(choices=choices, value=choices[0]), heatmap(d, choices[0]), msg, said
 
     run_btn.click(run, [dataset, upload, experts, k, eps, threshold],
-                  [state, bars_plot, expert_table, pair_table, which, heat_plot, status],
+                  [state, bars_plot, expert_table, pair_table, which, heat_plot, status, statement],
                   api_name="run_analysis", show_progress_on=[status], **ctx.gpu)
-    threshold.change(friendly(lambda d, t: bars(d, t, study_for(studio))), [state, threshold],
-                     [bars_plot, expert_table, pair_table],
+    threshold.change(friendly(lambda d, t: bars(d, t, study_for(studio), studio.manifest)), [state, threshold],
+                     [bars_plot, expert_table, pair_table, statement],
                      api_name="recolour", show_progress="hidden", queue=False)
     which.change(friendly(heatmap), [state, which], heat_plot, api_visibility="private", show_progress="hidden")
     dataset.change(lambda d: gr.update(visible=d == UPLOAD), dataset, upload, api_visibility="private", queue=False)

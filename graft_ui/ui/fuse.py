@@ -222,8 +222,9 @@ def render(ctx: AppContext) -> None:
     experts.change(lambda e: warning_md(fuse_warning(studio, e)), experts, warning, api_name="fuse_warning",
                    queue=False, show_progress="hidden")
     reverse_btn.click(lambda e: list(reversed(e or [])), experts, experts, api_visibility="private", queue=False)
-    if ctx.handoff is not None:  # ② Analyze's advisor sends its recommended pair (for Graft)
-        ctx.handoff.change(lambda p: (p, "graft") if p else (gr.skip(), gr.skip()), ctx.handoff, [experts, method],
+    if ctx.handoff is not None:  # ② Analyze's advisor sends its recommended pair, and method when it names one
+        ctx.handoff.change(lambda p: (p[:2], p[2] if len(p) > 2 else "graft") if p else (gr.skip(), gr.skip()),
+                           ctx.handoff, [experts, method],
                            api_visibility="private", queue=False, show_progress="hidden")
 
     def recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values):

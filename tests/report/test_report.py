@@ -30,6 +30,9 @@ def test_report_has_every_section_with_its_content(report_file):
     analysis = section(text, "sec-analysis")
     assert "Compatibility on math+code (K=4)" in analysis  # the bars' figure, on the target domains
     assert analysis.count('class="plot"') >= 3  # bars + one heatmap per expert
+    # the score never stands alone: accuracy on the target, what the fusion kept, the forecast, what it predicts
+    assert "accuracy on target" in analysis and "kept in this fusion (measured)" in analysis and "forecast" in analysis
+    assert "not acceptable" not in analysis and ("not a forecast" in analysis or "by their accuracy" in analysis)
     assert 'id="fig-' in section(text, "sec-gates") and "Graft gates" in section(text, "sec-gates")
     ev = section(text, "sec-eval")
     assert "first 4 samples of each held-out split" in ev

@@ -28,28 +28,65 @@ def ci_study(zoo_manifest_path, tmp_path, monkeypatch):
     return path
 
 
-def test_advise_endpoint_returns_a_heatmap_and_a_recommendation(client, ci_study):
-    heat, rec, note = client.predict(["math", "code"], "lora", api_name="/advise")  # the State stays server-side
-    assert rec.startswith("✓ Fuse ") and "points on math+code" in rec
-    assert "Fitted on this zoo's own study" in note and "held-out Spearman" in note
-    assert re.match(r"✓ Fuse (math|code|finance|medical)-lora \+ (math|code|finance|medical)-lora:", rec)
+@pytest.fixture
+def forecast(tmp_path, monkeypatch):
+    """A kept-fraction forecast for Graft only (fitted on synthetic fusions), pointed to by $GRAFT_FORECAST."""
+    from _forecast import write_forecast
+
+    from graft_ui.advisor import kept
+
+    path = write_forecast(tmp_path / "forecast", methods=("graft",))
+    monkeypatch.setenv(kept.ENV, str(path))
+    return path
+
+
+def test_advise_endpoint_returns_a_kept_heatmap_and_names_pair_and_method(client, forecast):
+    out = client.predict(["math", "code"], "lora", "best method", 2, api_name="/advise")  # States stay server-side
+    heat, rec, note = out[:3]
+    assert re.match(r"⚠ Fuse (math|code|finance|medical)-lora \+ (math|code|finance|medical)-lora with graft:", rec)
+    assert "predicted kept_min" in rec and "weak forecast" in rec  # synthetic and untransferred: labelled weak
+    assert "leave-one-expert-out over 21 pairs" in note and "pooled ρ" in note
     fig = json.loads(heat["plot"]) if isinstance(heat, dict) and "plot" in heat else heat
-    assert "compatibility" in json.dumps(fig)  # the hover text
+    assert "preview agreement" in json.dumps(fig)  # the hover text
 
 
-def test_advise_without_a_study_says_so(client, monkeypatch, tmp_path):
-    from graft_ui.advisor import source
+def test_advise_without_a_forecast_says_so(client, monkeypatch, tmp_path):
+    from graft_ui.advisor import kept
 
-    monkeypatch.setattr(source, "COMMITTED", tmp_path / "absent.json")
-    monkeypatch.delenv(source.ENV, raising=False)
-    out = client.predict(["math"], "lora", api_name="/advise")
-    assert "No fitted predictor exists" in out[1]
+    monkeypatch.setenv(kept.ENV, str(tmp_path / "absent.json"))
+    out = client.predict(["math"], "lora", "best method", 2, api_name="/advise")
+    assert "no fitted forecast" in out[1]
 
 
 @pytest.mark.parametrize("_", [0], ids=["browser"])
 @MARKS[0]
 @MARKS[1]
-def test_heatmap_hand_off_and_a_short_tuning_run_with_stop(app_server, ci_study, _):
+def test_preview_merge_runs_on_the_target_prompts_with_progress_and_stop(app_server, forecast, _):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=180_000)
+    with app_page(app_server[0]) as page:
+        page.get_by_role("tab", name=re.compile("Analyze")).click()
+        pair = page.locator("#gs-preview-pair input")
+        pair.fill("math-lora + code-lora")
+        pair.press("Enter")
+        page.locator("#gs-preview-run").click()
+        expect(page.locator("#gs-preview-result")).to_contain_text("fused with", timeout=300_000)
+        text = page.locator("#gs-preview-result").inner_text()
+        assert re.search(r"answers exactly as math-lora on \d+/16", text) and "KL" in text
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#gs-advise").screenshot(path=str(ARTIFACTS / "ui-preview.png"))
+        # Stop while a preview runs (or waits): it ends stopped or done, never hangs, and leaves no set event
+        page.locator("#gs-preview-run").click()
+        page.locator("#gs-preview-stop").click()
+        expect(page.locator("#gs-preview-result")).to_contain_text(re.compile("Preview stopped|fused with"))
+    assert not [k for k, ev in app_server[1]._stops.items() if ev.is_set()]
+
+
+@pytest.mark.parametrize("_", [0], ids=["browser"])
+@MARKS[0]
+@MARKS[1]
+def test_heatmap_hand_off_and_a_short_tuning_run_with_stop(app_server, ci_study, forecast, _):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=180_000)
@@ -61,7 +98,7 @@ def test_heatmap_hand_off_and_a_short_tuning_run_with_stop(app_server, ci_study,
         ARTIFACTS.mkdir(exist_ok=True)
         page.locator("#gs-advise").screenshot(path=str(ARTIFACTS / "ui-advise.png"))
         rec = page.locator("#gs-advise-rec").inner_text()
-        a, b = re.search(r"Fuse (\S+) \+ (\S+):", rec).groups()
+        a, b = re.search(r"Fuse (\S+) \+ (\S+) with graft:", rec).groups()
         page.locator("#gs-advise-send").click()
         # the Fuse tab opens with the recommended pair, for Graft
         expect(page.locator("#gs-fuse-experts")).to_contain_text(a)

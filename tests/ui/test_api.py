@@ -46,15 +46,17 @@ def test_list_experts(client):
 
 def test_analysis_and_live_threshold(client):
     out = client.predict("math", None, ["math-lora", "code-lora"], 4, 1e-3, 0.2, api_name="/run_analysis")
-    bars, experts, pairs, which, heat, status = out
+    bars, experts, pairs, which, heat, status, statement = out
     assert bars["type"] == "plotly" and heat["type"] == "plotly"
+    assert "not a forecast" in statement or "judge the experts by their accuracy" in statement  # the bars never stand alone
+    assert {"accuracy on target", "forecast (best fusion)"} <= set(experts["headers"])
     assert [r[0] for r in experts["data"]] == ["math-lora", "code-lora"]
     assert pairs["data"][0][0] == "math-lora + code-lora"
     assert "Analysed 2 expert" in status
     # the threshold re-colours from the stored result: no recomputation, instant
     t = time.perf_counter()
-    _, low, _ = client.predict(0.0, api_name="/recolour")
-    _, high, _ = client.predict(1.0, api_name="/recolour")
+    _, low, _, _ = client.predict(0.0, api_name="/recolour")
+    _, high, _, _ = client.predict(1.0, api_name="/recolour")
     assert time.perf_counter() - t < 10
     assert {r[4] for r in low["data"]} == {"yes"} and {r[4] for r in high["data"]} == {"no"}
 
@@ -210,10 +212,10 @@ def test_analysis_on_an_uploaded_jsonl(client, tmp_path):
     (tmp_path / "mine.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     files = [handle_file(str(tmp_path / "mine.jsonl")), handle_file(str(tmp_path / "a.png"))]
     out = client.predict("uploaded JSONL", files, ["math-lora"], 2, 1e-3, 0.2, api_name="/run_analysis")
-    assert "your JSONL" in out[-1] and out[1]["data"][0][0] == "math-lora"
+    assert "your JSONL" in out[5] and out[1]["data"][0][0] == "math-lora"
     # an image the JSONL names but that was not uploaded: a clear message
     out = client.predict("uploaded JSONL", files[:1], ["math-lora"], 2, 1e-3, 0.2, api_name="/run_analysis")
-    assert "upload it together with the JSONL" in out[-1]
+    assert "upload it together with the JSONL" in out[5]
 
 
 def test_a_recipe_loads_back_into_the_form(client):
