@@ -16,7 +16,8 @@ or watches the study from the app marks that trial FAIL after `grace` seconds, s
 hangs as RUNNING. RDB storages have optuna's native heartbeat; the journal file gets the same
 through `JournalHeartbeat` (a heartbeat timestamp in the trial's system attributes: the
 machines' clocks must agree within the grace period). Trial numbers are handed out by the
-storage, so two workers never run the same trial; see Tuner.run for how the trial count is kept.
+storage, so two workers never run the same trial, and each joiner's sampler is seeded apart from
+the creator's so that they do not propose the same points; see Tuner.run for the trial count.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import logging
 import os
 import socket
 import time
+import warnings
+import zlib
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -70,11 +73,18 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S):
     if int(heartbeat_s) < 1:
         raise ValueError(f"heartbeat={heartbeat_s!r} seconds must be at least 1")
     if "://" in url:
-        try:
-            return RDBStorage(url, heartbeat_interval=int(heartbeat_s), engine_kwargs={"pool_pre_ping": True})
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: say which storage failed
-            raise ValueError(f"cannot open the tuning storage {redact(url)}: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200]}") from None
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(url, heartbeat_interval=int(heartbeat_s), engine_kwargs={"pool_pre_ping": True})
+            except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: say which storage failed
+                # workers started together on an empty database race to create optuna's tables: the
+                # loser's CREATE fails once the winner's exist, and a second try finds them
+                if attempt == 2:
+                    raise ValueError(f"cannot open the tuning storage {redact(url)}: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:200]}") from None
+                time.sleep(1.0 + attempt)
     folder = os.path.dirname(os.path.abspath(url))
     if not os.path.isdir(folder):
         raise ValueError(f"the journal file's folder {folder!r} does not exist")
@@ -100,10 +110,13 @@ def join_study(storage, name: str, spec: dict, *, seed: int, defaults: dict | No
     `attrs` (e.g. the recipe, for the report); see the module docstring."""
     if not name or not name.strip():
         raise ValueError("--study-name is empty: every worker of a shared study names the same study")
-    sampler = optuna.samplers.TPESampler(seed=seed)
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler)
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed))
     except optuna.exceptions.DuplicatedStudyError:
+        # samplers seeded alike propose the same points until they see each other's trials: a joiner's is
+        # seeded apart (so a shared study is not reproducible trial by trial, only its creator's first trials)
+        sampler = optuna.samplers.TPESampler(seed=(seed + zlib.crc32(worker_name().encode())) % 2**32)
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         stored = wait_for_spec(study, wait_s)
         differ = sorted(k for k in set(spec) | set(stored) if spec.get(k) != stored.get(k))
@@ -144,8 +157,6 @@ def load_shared(storage_url: str, name: str, heartbeat_s: int = HEARTBEAT_S) -> 
 
 def fail_stale(study: optuna.Study) -> None:
     """Mark trials whose worker stopped sending heartbeats as failed (see the module docstring)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         fail_stale_trials(study)

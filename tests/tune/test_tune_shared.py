@@ -97,6 +97,7 @@ def test_a_killed_workers_trial_is_failed_and_the_study_goes_on(ci_zoo, tmp_path
     assert {r["role"] for r in res["heldout"]["rows"]} >= {"expert", "default"}
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks a trial by hand, outside optimize()
 def test_a_journal_file_fails_a_silent_trial(tmp_path):
     """The journal storage has no heartbeat of its own: tune.shared gives it one."""
     from graft_ui.tune import shared
