@@ -1,21 +1,14 @@
-"""The study through a real Ray head on 127.0.0.1: same numbers as the local run, the same resumable cache."""
+"""The study (and eval --methods) through a real Ray head on 127.0.0.1 (the suite's `ray_address`):
+the same numbers as the local run, the same resumable cache."""
 
 import json
 import math
 
 import pytest
 
-from tests._ray import ray_head
-
 PAIRS = ["math-lora+code-lora", "math-full+code-full"]
 METHODS = ["graft", "task_arithmetic"]
 SETTINGS = dict(pairs=PAIRS, methods=METHODS, ablations=False, resamples=100, png=False)
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    with ray_head(num_cpus=2) as address:
-        yield address
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +75,16 @@ def test_a_missing_cluster_is_named(ci_zoo, tmp_path):
 
     with pytest.raises(ValueError, match="no Ray cluster at '127.0.0.1:9'"):
         run_jobs([1], lambda job, report: job, Backend(ray="127.0.0.1:9"))
+
+
+def test_eval_methods_on_ray_matches_the_local_table(ci_zoo, ray_address, tmp_path):
+    from graft_ui.commands import main
+
+    args = ["eval", "--methods", "--experts", "math-lora", "code-lora", "--method", "task_arithmetic", "--zoo",
+            str(ci_zoo), "--domains", "math", "--limit", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert main([*args, "--ray", ray_address, "--out", str(tmp_path / "ray")]) == 0
+    local, on_ray = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "ray"))
+    assert list(on_ray["models"]) == ["base", "math-lora", "code-lora", "task_arithmetic"] == list(local["models"])
+    for name, row in local["models"].items():  # exact-match counts over 2 items: equal, see above
+        assert math.isclose(row["mean"], on_ray["models"][name]["mean"], abs_tol=1e-9), name
