@@ -111,7 +111,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not (args.storage and args.out):
         raise ValueError("tune report needs --storage URL, --study-name NAME and --out DIR")
-    manifest = load_manifest_arg(args, default_zoo="full")
+    manifest = load_manifest_arg(args)  # None: the manifest the study was created with
     tuner = Tuner.attach(args.storage, args.study_name, manifest, os.path.join(args.out, "work"),
                          heldout_limit=args.limit, top=args.top, device=args.device, batch_size=args.batch_size)
     tuner.reference_scores()  # the experts' dev marks on the Pareto figure

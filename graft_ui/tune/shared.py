@@ -145,6 +145,8 @@ def wait_for_spec(study: optuna.Study, wait_s: float = 60.0) -> dict:
 
 def load_shared(storage_url: str, name: str, heartbeat_s: int = HEARTBEAT_S) -> tuple[optuna.Study, dict]:
     """(the existing study, its spec) for the report and the app; its stale trials are failed first."""
+    if "://" not in storage_url and not os.path.isfile(storage_url):
+        raise ValueError(f"no journal file {storage_url!r}: give the file the tune workers write")
     storage = open_storage(storage_url, heartbeat_s)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -187,3 +189,16 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
 def started(study: optuna.Study) -> int:
     """How many of the study's trials have started (running or finished, pruned ones aside)."""
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL)))
+
+
+def snapshot(storage_url: str, name: str) -> dict[str, Any]:
+    """What the app draws of a running shared study: its finished trials (tuner records), its dev
+    domains, the best trial on dev, how many trials it wants, run now and by how many workers."""
+    study, spec = load_shared(storage_url, name)
+    names = [d["name"] for d in spec["dims"]]
+    trials = [trial_record(t, names) for t in finished(study)]
+    ok = [t for t in trials if t["mean"] is not None]
+    best = min(ok, key=lambda t: (-t["mean"], t["number"]))["number"] if ok else None
+    return {"name": name, "domains": list(spec["dev_domains"]), "total": int(spec["trials"]), "trials": trials,
+            "best": best, "running": len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))),
+            "workers": len({t["worker"] for t in trials if t["worker"]})}

@@ -124,7 +124,8 @@ class Tuner:
                 raise ValueError("a shared tuning storage needs a study name (--study-name)")
             self.study, self.created = shared.join_study(
                 shared.open_storage(self.storage, self.heartbeat_s), self.study_name, self.spec(),
-                seed=self.config.seed, defaults=self.default_values, attrs={"recipe": self.portable_recipe()})
+                seed=self.config.seed, defaults=self.default_values,
+                attrs={"recipe": self.portable_recipe(), "manifest": str(self.manifest.source)})
         else:
             self.study = optuna.create_study(direction="maximize",
                                              sampler=optuna.samplers.TPESampler(seed=self.config.seed))
@@ -260,11 +261,16 @@ class Tuner:
         return self.recipe.replace(experts=experts, base=None).to_dict()
 
     @classmethod
-    def attach(cls, storage: str, study_name: str, manifest: Manifest, work_dir: Path, *,
+    def attach(cls, storage: str, study_name: str, manifest: Manifest | None, work_dir: Path, *,
                heldout_limit: int | None = None, top: int | None = None, device: str = "cpu",
                batch_size: int = 16) -> "Tuner":
-        """A tuner on an existing shared study (for its held-out report): recipe and settings from the study."""
+        """A tuner on an existing shared study (for its held-out report): recipe and settings from the study;
+        `manifest` None: the one its creator used (the same path must exist here)."""
+        from graft_ui.models.manifest import load_manifest
+
         study, spec = shared.load_shared(storage, study_name)
+        if manifest is None:
+            manifest = load_manifest(study.user_attrs["manifest"])
         stored = study.user_attrs.get("recipe")
         if stored is None:
             raise ValueError(f"study {study_name!r} holds no recipe: it was not created by `python -m graft_ui tune`")

@@ -127,3 +127,26 @@ def test_a_worker_with_another_search_is_refused(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         shared.open_storage(str(tmp_path / "nowhere" / "tune.journal"))
     assert shared.redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_the_app_draws_a_shared_study_from_its_snapshot(tmp_path):
+    from graft_ui.tune import shared
+    from graft_ui.ui.tune import shared_figure, shared_progress
+
+    path = str(tmp_path / "tune.journal")
+    spec = {"dims": [{"name": "a"}], "dev_domains": ["math", "code"], "trials": 4}
+    study, _ = shared.join_study(shared.open_storage(path), "w", spec, seed=0, defaults={"a": 0.4})
+    for value, dev in ((50.0, {"math": 60.0, "code": 40.0}), (70.0, {"math": 80.0, "code": 60.0})):
+        t = study.ask({"a": optuna.distributions.FloatDistribution(0, 1)})
+        t.set_user_attr("dev", dev)
+        t.set_user_attr("worker", "host-a:1")
+        study.tell(t, value)
+    snap = shared.snapshot(path, "w")
+    assert [t["number"] for t in snap["trials"]] == [0, 1] and snap["best"] == 1 and snap["total"] == 4
+    assert snap["trials"][0]["default"] and snap["workers"] == 1 and snap["domains"] == ["math", "code"]
+    assert "trial <b>2</b> / 4 finished" in shared_progress(snap)
+    fig = shared_figure(snap)
+    assert [tr.name for tr in fig.data][:2] == ["trials", "Pareto front"] and list(fig.data[0].x) == [60.0, 80.0]
+    with pytest.raises(ValueError, match="no journal file"):
+        shared.snapshot(str(tmp_path / "missing.journal"), "w")
