@@ -25,6 +25,7 @@ worker process (pool) or at the start of every task (Ray), e.g. to set torch's t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -95,7 +96,9 @@ def _queued(fn: JobFn, job: Job, q) -> Any:
 def _run_pool(jobs, fn, backend, on_event, on_result, initializer, initargs) -> None:
     ctx = mp.get_context("spawn")
     error = None
-    with ctx.Manager() as manager, ProcessPoolExecutor(min(backend.workers, len(jobs)), mp_context=ctx,
+    # the children's OpenMP pools are sized when they import torch, before any initializer runs:
+    # without this each of them starts one thread per core (measured: a 2-worker study 1.5x slower)
+    with _env(OMP_NUM_THREADS=str(backend.threads)), ctx.Manager() as manager, ProcessPoolExecutor(min(backend.workers, len(jobs)), mp_context=ctx,
                                                        initializer=initializer, initargs=initargs) as pool:
         q = manager.Queue()
         pending = {pool.submit(_queued, fn, job, q): job for job in jobs}
@@ -114,6 +117,18 @@ def _run_pool(jobs, fn, backend, on_event, on_result, initializer, initargs) -> 
         _drain(q, on_event)
     if error is not None:
         raise error
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    """These environment variables (where not set already) while the block runs, for spawned children."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def _drain(q, on_event: Report) -> None:
