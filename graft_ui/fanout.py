@@ -98,8 +98,9 @@ def _run_pool(jobs, fn, backend, on_event, on_result, initializer, initargs) -> 
     error = None
     # the children's OpenMP pools are sized when they import torch, before any initializer runs:
     # without this each of them starts one thread per core (measured: a 2-worker study 1.5x slower)
-    with _env(OMP_NUM_THREADS=str(backend.threads)), ctx.Manager() as manager, ProcessPoolExecutor(min(backend.workers, len(jobs)), mp_context=ctx,
-                                                       initializer=initializer, initargs=initargs) as pool:
+    n = min(backend.workers, len(jobs))
+    with _env(OMP_NUM_THREADS=str(backend.threads)), ctx.Manager() as manager, \
+            ProcessPoolExecutor(n, mp_context=ctx, initializer=initializer, initargs=initargs) as pool:
         q = manager.Queue()
         pending = {pool.submit(_queued, fn, job, q): job for job in jobs}
         while pending:
