@@ -64,9 +64,10 @@ def test_a_local_run_resumes_on_ray(runs, ci_zoo, ray_address, tmp_path):
     from graft_ui.study.runner import StudyConfig, run_study
 
     cfg = StudyConfig(k=4, limit=4)
-    run_study(ci_zoo, tmp_path, config=cfg, **{**SETTINGS, "methods": METHODS[:1]})
-    done = run_study(ci_zoo, tmp_path, config=cfg, ray=ray_address, **SETTINGS)
-    assert done["run"]["fusions_cached"] == len(PAIRS) and done["run"]["fusions_done"] == len(PAIRS)
+    one = {**SETTINGS, "pairs": PAIRS[:1]}
+    run_study(ci_zoo, tmp_path, config=cfg, **{**one, "methods": METHODS[:1]})
+    done = run_study(ci_zoo, tmp_path, config=cfg, ray=ray_address, **one)
+    assert done["run"]["fusions_cached"] == 1 and done["run"]["fusions_done"] == len(METHODS) - 1
     assert json.loads((tmp_path / "study.json").read_text())["config"]["ray"] == ray_address
 
 
