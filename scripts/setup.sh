@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Re-install only when the pinned files changed (pip's own no-op check takes ~20 s).
 stamp=".venv/.installed-$(basename "$req")"
-want="$(cat "$req" requirements.txt | sha256sum | cut -c1-16)"
+want="$(cat "$req" requirements*.txt | sha256sum | cut -c1-16)"  # the optional files included by -r too
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing $req into .venv (first time: a few minutes)"
   # torch is pinned in the file itself; never let pip pick a torch on its own.

@@ -29,6 +29,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--all-domains", action="store_true", help="score fused models on every domain, not just the pair's")
     p.add_argument("-k", "--k", type=int, default=32, help="compatibility samples K on the pair's domains (default 32)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--ray", metavar="auto|ADDRESS",
+                   help="run one Ray task per fusion + evaluation on this cluster instead of local processes "
+                        "('auto': the cluster `ray start` started on this machine; HOST:PORT: its head); results go "
+                        "to the same DIR/cache, so a cluster run resumes locally and vice versa. Needs "
+                        "requirements-ray.txt; every node needs the same packages and the zoo at the same path")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: fastest for the zoo's tiny models on busy cores)")
     p.add_argument("--seed", type=int, default=0, help="fusion, sample selection and bootstrap seed (default 0)")
@@ -56,6 +61,8 @@ def canonical_command(args: argparse.Namespace) -> str:
         parts.append("--all-domains")
     parts += ["-k", str(args.k), "--seed", str(args.seed), "--resamples", str(args.resamples),
               "--workers", str(args.workers), "--threads", str(args.threads), "--device", args.device]
+    if args.ray:
+        parts += ["--ray", args.ray]
     return " ".join(p if p.startswith("python -m") else shlex.quote(p) for p in parts)
 
 
@@ -73,7 +80,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     study = run_study(load_manifest_arg(args), args.out, kinds=args.kinds, methods=args.methods, pairs=args.pairs,
                       ablations=not args.no_ablations, config=config, workers=args.workers, threads=args.threads,
                       resamples=args.resamples, keep_fused=args.keep_fused, command=command, png=not args.no_png,
-                      progress=lambda msg: print(msg, flush=True))
+                      progress=lambda msg: print(msg, flush=True), ray=args.ray)
     for group, c in study["correlations"].items():
         s = c["gain_graft"]["pair_score"]
         if s["rho"] is None:

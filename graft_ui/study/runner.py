@@ -7,8 +7,9 @@ single-expert evaluations on the domains the expert's pairs need; per pair, the 
 compatibility (analysis.analyze_experts on the pair's domains), the task-vector similarity,
 and one fusion + evaluation per method variant. A second run with the same settings
 finds everything cached and only re-assembles the report. `workers` > 1 runs pair tasks
-in spawned processes; every process uses `threads` torch threads (default 1: the zoo's tiny
-models run fastest single-threaded on busy cores, see zoo.build.torch_threads).
+in spawned processes, `ray` one task per fusion + evaluation on a Ray cluster (graft_ui.fanout;
+the pieces stream back into the same cache); every process uses `threads` torch threads
+(default 1: the zoo's tiny models run fastest single-threaded on busy cores, see zoo.build.torch_threads).
 """
 
 from __future__ import annotations
@@ -16,19 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
-import queue as queue_mod
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from graft_ui.fanout import Backend, run_jobs
 from graft_ui.models.manifest import Manifest, load_manifest
 from graft_ui.study import predictors, report
 from graft_ui.study.lookup import fingerprint
 from graft_ui.study.pairs import Pair, default_variants, enumerate_pairs
-from graft_ui.study.worker import Cache, _init_worker, release_models, run_task, run_task_in_worker
+from graft_ui.study.worker import Cache, init_worker, release_models, run_task, run_task_detached
 from graft_ui.zoo.build import torch_threads
 
 log = logging.getLogger(__name__)
@@ -81,8 +80,10 @@ def eval_domains(pair: Pair, manifest: Manifest, all_domains: bool) -> list[str]
 
 
 def plan(manifest: Manifest, pairs: Sequence[Pair], variants: Sequence[str], cache: Cache, config: StudyConfig,
-         common: dict) -> tuple[list[dict], int]:
-    """(tasks for everything not cached yet, number of fusions already cached)."""
+         common: dict, split: bool = False) -> tuple[list[dict], int]:
+    """(tasks for everything not cached yet, number of fusions already cached). `split`: one task per
+    fusion + evaluation (and one for a pair's compatibility and weights) instead of one per pair, for
+    a cluster with more workers than pairs; a local worker keeps one pair's loaded base across its variants."""
     need: dict[str, list[str]] = {}
     for p in pairs:
         for e in (p.a, p.b):
@@ -100,10 +101,14 @@ def plan(manifest: Manifest, pairs: Sequence[Pair], variants: Sequence[str], cac
         cached += len(variants) - len(todo)
         compat = Cache.read(cache.compat(p.name)) is None
         weights = Cache.read(cache.weights(p.name)) is None
-        if todo or compat or weights:
-            tasks.append({**common, "type": "pair", "a": p.a.name, "b": p.b.name, "variants": todo,
-                          "compat": compat, "weights": weights,
-                          "domains": eval_domains(p, manifest, config.all_domains)})
+        pair = {**common, "type": "pair", "a": p.a.name, "b": p.b.name,
+                "domains": eval_domains(p, manifest, config.all_domains)}
+        if split:
+            if compat or weights:
+                tasks.append({**pair, "variants": [], "compat": compat, "weights": weights})
+            tasks += [{**pair, "variants": [v], "compat": False, "weights": False} for v in todo]
+        elif todo or compat or weights:
+            tasks.append({**pair, "variants": todo, "compat": compat, "weights": weights})
     return tasks, cached
 
 
@@ -136,32 +141,17 @@ class _Progress:
                   f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
 
 
-def _execute(tasks: list[dict], workers: int, threads: int, progress: _Progress) -> None:
-    if workers <= 1 or len(tasks) <= 1:
-        with torch_threads(threads):
-            for t in tasks:
-                run_task(t, progress)
-        return
-    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                       initargs=(threads,)) as pool:
-        q = manager.Queue()
+def _execute(tasks: list[dict], backend: Backend, progress: _Progress, cache: Cache) -> None:
+    if backend.ray:
+        # a cluster machine may not see this cache: each task returns its pieces, stored here as they come
+        run_jobs(tasks, run_task_detached, backend, on_event=progress, on_result=lambda t, files: cache.store(files),
+                 initializer=init_worker, initargs=(backend.threads,))
+    elif backend.workers <= 1:
+        with torch_threads(backend.threads):
+            run_jobs(tasks, run_task, backend, on_event=progress)
+    else:
         # plan() lists the singles first: they are short, so early ETAs are not skewed by them
-        pending = {pool.submit(run_task_in_worker, t, q) for t in tasks}
-        while pending:
-            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-            _drain(q, progress)
-            for f in done:
-                f.result()  # re-raise a worker's error here
-        _drain(q, progress)
-
-
-def _drain(q, progress: _Progress) -> None:
-    while True:
-        try:
-            progress(q.get_nowait())
-        except queue_mod.Empty:
-            return
+        run_jobs(tasks, run_task, backend, on_event=progress, initializer=init_worker, initargs=(backend.threads,))
 
 
 def collect(manifest: Manifest, pairs: Sequence[Pair], variants: Sequence[str], cache: Cache,
@@ -201,12 +191,14 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
               methods: Sequence[str] | None = None, pairs: Sequence[str] | None = None, ablations: bool = True,
               config: StudyConfig = StudyConfig(), workers: int = 1, threads: int = 1, resamples: int = 1000,
               keep_fused: bool = False, command: str | None = None, png: bool = True,
-              progress: Callable[[str], None] | None = None) -> dict:
-    """Run (or resume) the study and write DIR/study.json, study.md and the figures; returns the study dict."""
+              progress: Callable[[str], None] | None = None, ray: str | None = None) -> dict:
+    """Run (or resume) the study and write DIR/study.json, study.md and the figures; returns the study dict.
+    `ray` (a cluster address or "auto") runs one Ray task per fusion + evaluation (fanout.py) instead of
+    `workers` local processes; the cache is the same, so either kind of run resumes the other."""
     t0 = time.perf_counter()
     note = progress or (lambda msg: log.info("%s", msg))
-    if workers < 1 or threads < 1:
-        raise ValueError(f"workers={workers} and threads={threads} must be at least 1")
+    # a Ray task asks for GPUs only when the study runs on one (then 1 per task if the cluster has any)
+    backend = Backend(workers=workers, threads=threads, ray=ray, gpus=0 if config.device == "cpu" else None)
     manifest, zoo, info = resolve_manifest(src)
     fp = fingerprint(info) if info else None
     chosen = enumerate_pairs(manifest, kinds, is_zoo=info is not None, only=pairs)
@@ -214,18 +206,20 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
     out = Path(out_dir)
     key = config.key(fp, str(manifest.source))
     cache = Cache(out / "cache" / key)
-    common = {"manifest": str(manifest.source), "cache": str(cache.root), "work": str(out / "work"),
+    # absolute: a Ray worker does not start in this folder
+    common = {"manifest": str(Path(manifest.source).resolve()), "cache": str(cache.root),
+              "work": str((out / "work").resolve()),
               "k": config.k, "seed": config.seed, "limit": config.limit, "device": config.device,
               "batch_size": config.batch_size, "keep_fused": keep_fused}
-    tasks, cached = plan(manifest, chosen, variants, cache, config, common)
+    tasks, cached = plan(manifest, chosen, variants, cache, config, common, split=bool(ray))
     n_fusions = sum(len(t.get("variants", [])) for t in tasks)
     n_other = sum(1 for t in tasks if t["type"] == "single") + sum(1 for t in tasks if t.get("compat"))
     note(f"study of {len(chosen)} pair(s) x {len(variants)} variant(s): {n_fusions} fusion(s) to run, "
-         f"{cached} cached, {n_other} other step(s); cache {cache.root}")
+         f"{cached} cached, {n_other} other step(s) on {backend.describe()}; cache {cache.root}")
     prog = _Progress(n_fusions, n_other, note)
     prog.stats.fusions_cached = cached
     try:
-        _execute(tasks, workers, threads, prog)
+        _execute(tasks, backend, prog, cache)
     finally:
         release_models()  # the in-process base model is not needed once the work is done
     singles, infos, fused = collect(manifest, chosen, variants, cache, config)
@@ -240,7 +234,8 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
                 "build_info": {k: info.get(k) for k in ("format", "profile", "seed", "seconds", "built_at",
                                                          "versions", "host") if k in info} if info else None},
         "config": {**asdict(config), "kinds": list(kinds), "methods": list(methods or []), "pairs": list(pairs or []),
-                   "ablations": ablations, "workers": workers, "threads": threads, "resamples": resamples, "cache_key": key},
+                   "ablations": ablations, "workers": workers, "threads": threads, "ray": ray, "resamples": resamples,
+                   "cache_key": key},
         "variants": variants,
         "run": {**asdict(prog.stats), "command": command, **report.machine()},
     })

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -69,6 +70,14 @@ class Cache:
 
     def fused(self, pair: str, variant: str) -> Path:
         return self.root / "fused" / safe_name(pair) / f"{safe_name(variant)}.json"
+
+    def store(self, files: dict[str, Any]) -> None:
+        """Write pieces a detached task returned (run_task_detached), each atomically."""
+        for rel, data in files.items():
+            path = (self.root / rel).resolve()
+            if self.root.resolve() not in path.parents:
+                raise ValueError(f"cache piece {rel!r} lies outside the cache {self.root}")
+            write_json(path, data)
 
     @staticmethod
     def read(path: Path) -> Any | None:
@@ -208,11 +217,16 @@ def run_task(task: dict, report: Report) -> None:
 # ---------------------------------------------------------------- worker processes
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int) -> None:
     torch.set_num_threads(max(1, threads))  # workers split the cores instead of fighting over them
     logging.basicConfig(level=logging.WARNING)
 
 
-def run_task_in_worker(task: dict, queue) -> None:
-    """Pool entry point: progress events go back through a manager queue."""
-    run_task(task, queue.put)
+def run_task_detached(task: dict, report: Report) -> dict[str, Any]:
+    """Run `task` on a machine that may not see the caller's cache: into a private temporary cache,
+    returned as {path relative to the cache root: JSON data} for the caller to store (Cache.store)."""
+    with tempfile.TemporaryDirectory(prefix="graft-study-") as tmp:
+        work = task["work"] if task.get("keep_fused") else str(Path(tmp) / "work")
+        run_task({**task, "cache": str(Path(tmp) / "cache"), "work": work}, report)
+        root = Path(tmp) / "cache"
+        return {str(p.relative_to(root)): json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))}

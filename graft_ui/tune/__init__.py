@@ -4,6 +4,7 @@
                 split, deterministically) and the dev/eval disjointness check
     space.py    what is searched per method (parameters and scope) and how a trial becomes a recipe
     tuner.py    the optuna TPE loop (seeded, ask/tell, time budget, Stop), held-out scoring of the best few
+    shared.py   a study shared by several tune processes (database or journal storage, heartbeats, the app's snapshot)
     report.py   tune.json, tune.md, the recipes, the Pareto figure
     plots.py    the Pareto figure: dev accuracy on domain A vs B per trial, experts and defaults marked
 

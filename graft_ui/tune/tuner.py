@@ -17,10 +17,18 @@ Honest by construction:
 The search stops at `trials`, when the next trial would likely end past `budget_s` (the
 default trial always runs), or when `stop` is set (checked between trials). Held-out scoring
 comes after the budget and is timed separately.
+
+With `storage` (a database URL or a journal file, see tune.shared) and `study_name`, several
+tuners on several machines fill one study: `trials` is then the study's count (a trial asked
+once the study holds that many is pruned at once, never run), each tuner keeps its own time
+budget, `results` lists every finished trial whoever ran it, and `Tuner.attach` rebuilds a
+tuner from the stored study for the held-out report, run once when the workers are done.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import threading
@@ -35,6 +43,7 @@ from graft_ui.models.manifest import Manifest
 from graft_ui.models.validate import num_layers
 from graft_ui.recipe import Recipe
 from graft_ui.study.worker import models_for, release_models
+from graft_ui.tune import shared
 from graft_ui.tune.space import apply, recipe_values, search_dims
 from graft_ui.tune.splits import DEV_SIZE, DevSplit, dev_split
 from graft_ui.zoo.evaluate import evaluate_model, generate_answers, score_domain
@@ -77,6 +86,7 @@ class TrialResult:
     elapsed: float  # since the search started
     default: bool = False
     error: str | None = None
+    worker: str | None = None  # host:pid of the tuner that ran it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +99,9 @@ class Tuner:
     config: TuneConfig
     work_dir: Path
     stop: threading.Event = field(default_factory=threading.Event)
+    storage: str | None = None  # shared study: a database URL or a journal file (tune.shared)
+    study_name: str | None = None
+    heartbeat_s: int = shared.HEARTBEAT_S
 
     def __post_init__(self):
         import optuna
@@ -105,11 +118,21 @@ class Tuner:
                                             for d in dict.fromkeys(self.config.dev_domains)}
         self.work_dir = Path(self.work_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(direction="maximize",
-                                         sampler=optuna.samplers.TPESampler(seed=self.config.seed))
         self.default_values = recipe_values(self.recipe, self.n_layers, self.config.scope)
-        self.study.enqueue_trial(self.default_values)
+        if self.storage:
+            if not self.study_name:
+                raise ValueError("a shared tuning storage needs a study name (--study-name)")
+            self.study, self.created = shared.join_study(
+                shared.open_storage(self.storage, self.heartbeat_s), self.study_name, self.spec(),
+                seed=self.config.seed, defaults=self.default_values,
+                attrs={"recipe": self.portable_recipe(), "manifest": str(self.manifest.source)})
+        else:
+            self.study = optuna.create_study(direction="maximize",
+                                             sampler=optuna.samplers.TPESampler(seed=self.config.seed))
+            self.study.enqueue_trial(self.default_values, user_attrs={"default": True})
+            self.created = True
         self.results: list[TrialResult] = []
+        self.own_seconds: list[float] = []  # this process's trial durations (its budget)
         self.experts_dev: dict[str, dict] = {}
         self.stopped = ""
         self.search_seconds = 0.0
@@ -156,48 +179,113 @@ class Tuner:
         return self.experts_dev
 
     def run(self) -> Iterator[TrialResult]:
-        """Run the search, yielding each finished trial."""
+        """Run the search, yielding each finished trial of this process (`results` has every one)."""
         self.reference_scores()
         t0 = time.perf_counter()
         cfg = self.config
         while True:
             elapsed = time.perf_counter() - t0
-            done = [r.seconds for r in self.results]
-            if len(self.results) >= cfg.trials:
+            if shared.started(self.study) >= cfg.trials:
                 self.stopped = f"{cfg.trials} trial(s) done"
             elif self.stop.is_set():
                 self.stopped = "stopped by the user"
-            elif done and elapsed + sum(done) / len(done) > cfg.budget_s:
+            elif self.own_seconds and elapsed + sum(self.own_seconds) / len(self.own_seconds) > cfg.budget_s:
                 self.stopped = f"time budget of {cfg.budget_s:.0f} s reached"
+            if not self.stopped:
+                r = self._trial(t0)
+                if r is None:  # another worker took the last trial
+                    self.stopped = f"{cfg.trials} trial(s) done"
             if self.stopped:
                 break
-            yield self._trial(t0)
+            yield r
+        self.refresh()
         self.search_seconds = time.perf_counter() - t0
         log.info("tuning: %d trial(s) in %.0f s (%s)", len(self.results), self.search_seconds, self.stopped)
 
-    def _trial(self, t0: float) -> TrialResult:
-        from optuna.trial import TrialState
+    def _trial(self, t0: float) -> TrialResult | None:
+        """One trial through Study.optimize (it fails stale trials first and sends this trial's
+        heartbeat while it runs); None when the trial was pruned because the study is full."""
+        ran: list[int] = []
+        self.study.optimize(lambda trial: self._objective(trial, t0, ran), n_trials=1,
+                            catch=(ValueError, RuntimeError, OSError))
+        self.refresh()
+        if not ran:
+            return None
+        mine = next(r for r in self.results if r.number == ran[0])
+        self.own_seconds.append(mine.seconds)
+        return mine
 
-        trial = self.study.ask()
+    def _objective(self, trial, t0: float, ran: list[int]) -> float:
+        import optuna
+
+        if trial.number >= self.config.trials:
+            raise optuna.TrialPruned(f"the study already has its {self.config.trials} trial(s)")
+        ran.append(trial.number)
         values = {d.name: d.suggest(trial) for d in self.dims}
+        trial.set_user_attr("worker", shared.worker_name())
         start = time.perf_counter()
         out = self.work_dir / f"trial-{trial.number}"
         try:
             path, kind = self._fused(apply(self.recipe, values, self.n_layers), out.name)
             dev = self._dev_scores(self._model(path, kind))
-            mean = sum(dev.values()) / len(dev)
-            self.study.tell(trial, mean)
-            error = None
         except (ValueError, RuntimeError, OSError) as exc:  # one bad point must not end the search
             log.warning("trial %d failed: %s", trial.number, exc)
-            self.study.tell(trial, state=TrialState.FAIL)
-            dev, mean, error = {}, None, f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        r = TrialResult(trial.number, values, dev, mean, time.perf_counter() - start, time.perf_counter() - t0,
-                        default=trial.number == 0, error=error)
-        self.results.append(r)
-        return r
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            trial.set_user_attr("elapsed", time.perf_counter() - t0)
+        trial.set_user_attr("dev", dev)
+        return sum(dev.values()) / len(dev)
+
+    def refresh(self) -> list[TrialResult]:
+        """`results` from the study: every finished trial, by number."""
+        names = [d.name for d in self.dims]
+        self.results = [TrialResult(**shared.trial_record(t, names)) for t in shared.finished(self.study)]
+        return self.results
+
+    # ---- a shared study -------------------------------------------------------------------
+
+    def spec(self) -> dict:
+        """What every worker of a shared study must agree on (tune.shared.join_study compares it)."""
+        c = self.config
+        spec = {"method": self.recipe.method, "experts": [e.name or e.path for e in self.recipe.experts],
+                "dims": [asdict(d) for d in self.dims], "defaults": self.default_values,
+                "dev_domains": list(self.splits), "dev_size": c.dev_size, "seed": c.seed, "trials": c.trials}
+        return json.loads(json.dumps(spec))  # as the storage gives it back (tuples become lists)
+
+    def portable_recipe(self) -> dict:
+        """The recipe with experts and base named, not located, so another machine's manifest resolves it."""
+        experts = tuple(dataclasses.replace(e, path=e.name or e.path) for e in self.recipe.experts)
+        return self.recipe.replace(experts=experts, base=None).to_dict()
+
+    @classmethod
+    def attach(cls, storage: str, study_name: str, manifest: Manifest | None, work_dir: Path, *,
+               heldout_limit: int | None = None, top: int | None = None, device: str = "cpu",
+               batch_size: int = 16) -> "Tuner":
+        """A tuner on an existing shared study (for its held-out report): recipe and settings from the study;
+        `manifest` None: the one its creator used (the same path must exist here)."""
+        from graft_ui.models.manifest import load_manifest
+
+        study, spec = shared.load_shared(storage, study_name)
+        if manifest is None:
+            manifest = load_manifest(study.user_attrs["manifest"])
+        stored = study.user_attrs.get("recipe")
+        if stored is None:
+            raise ValueError(f"study {study_name!r} holds no recipe: it was not created by `python -m graft_ui tune`")
+        config = TuneConfig(dev_domains=tuple(spec["dev_domains"]), trials=spec["trials"], dev_size=spec["dev_size"],
+                            seed=spec["seed"], scope=any(d["name"] == "first_layer" for d in spec["dims"]),
+                            heldout_limit=heldout_limit, top=top or TuneConfig.top, device=device,
+                            batch_size=batch_size)
+        tuner = cls(Recipe.from_dict(stored), manifest, config, work_dir, storage=storage, study_name=study_name)
+        tuner.refresh()
+        starts = [t.datetime_start for t in shared.finished(tuner.study) if t.datetime_start]
+        ends = [t.datetime_complete for t in shared.finished(tuner.study) if t.datetime_complete]
+        tuner.search_seconds = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+        workers = {r.worker for r in tuner.results if r.worker}
+        tuner.stopped = f"shared study {study_name!r}: {len(tuner.results)} trial(s) from {len(workers)} worker(s)"
+        return tuner
 
     # ---- after the search -----------------------------------------------------------------
 
@@ -260,6 +348,8 @@ class Tuner:
             "splits": {d: s.describe() for d, s in self.splits.items()}, "dev_eval_disjoint": True,
             "experts_dev": self.experts_dev, "trials": [r.to_dict() for r in self.results],
             "stopped": self.stopped, "search_seconds": self.search_seconds,
+            "study": ({"name": self.study_name, "storage": shared.redact(self.storage),
+                       "workers": sorted({r.worker for r in self.results if r.worker})} if self.storage else None),
             "best": best.to_dict() if best else None,
             "default_recipe": self.recipe.to_dict(),
             "tuned_recipe": self.recipe_of(best).to_dict() if best else None,

@@ -3,6 +3,7 @@ becomes a named variant (graft_ui.tune does the work; this module only draws it)
 
 from __future__ import annotations
 
+import html
 import time
 from typing import Callable
 
@@ -29,6 +30,20 @@ def result_md(result: dict, variant) -> str:
     return f"{head}\n\nSearch: {len(result['trials'])} trial(s), {result['stopped']}.{verdict}\n\n{heldout_table(result)}"
 
 
+def shared_progress(snap: dict) -> str:
+    done = len(snap["trials"])
+    return (f'<div id="gs-tune-progress-box"><progress value="{done}" max="{snap["total"]}" style="width:100%">'
+            f'</progress><div>shared study <b>{html.escape(snap["name"])}</b>: trial <b>{done}</b> / {snap["total"]} '
+            f'finished · {snap["running"]} running · {snap["workers"]} worker(s)</div></div>')
+
+
+def shared_figure(snap: dict):
+    from graft_ui.tune.plots import pareto_figure
+
+    return pareto_figure(snap["trials"], snap["domains"], None, best=snap["best"],
+                         title=f"Shared study {snap['name']}: dev accuracy per trial")
+
+
 def render(ctx: AppContext, recipe_from_form: Callable, form: list, kept_outputs: list, kept: Callable) -> None:
     """`recipe_from_form(*form values)` gives the recipe to tune; `kept(variant)` gives updates for `kept_outputs`
     (the Fuse tab's summary, recipe box, variants table, ...) once the best trial is a variant."""
@@ -51,6 +66,15 @@ def render(ctx: AppContext, recipe_from_form: Callable, form: list, kept_outputs
         progress = gr.HTML("", elem_id="gs-tune-progress")
         pareto = gr.Plot(label="Dev accuracy per trial (experts ★, defaults ◆)", elem_id="gs-tune-pareto")
         outcome = gr.Markdown("", elem_id="gs-tune-result")
+        hint("**Watch a shared study**: a study that `python -m graft_ui tune ... --storage URL --study-name NAME` "
+             "workers fill on other machines; its trials are drawn here as they finish (every 5 s).")
+        with gr.Row():
+            storage = gr.Textbox(label="storage", placeholder="postgresql://USER@HOST/DB or a journal file",
+                                 elem_id="gs-tune-storage", scale=3)
+            study_name = gr.Textbox(label="study name", elem_id="gs-tune-study", scale=1)
+            attach_btn = gr.Button("Attach", elem_id="gs-tune-attach", scale=0)
+            detach_btn = gr.Button("Detach", elem_id="gs-tune-detach", scale=0)
+        timer = gr.Timer(5, active=False)
 
     outputs = [progress, pareto, outcome] + kept_outputs
 
@@ -90,6 +114,20 @@ def render(ctx: AppContext, recipe_from_form: Callable, form: list, kept_outputs
 
     def arm(request: gr.Request):  # beside the queued request: a Stop while it waits is seen when it starts
         ctx.arm(request, "tune")
+
+    @guarded(4, status=2)
+    def watch(url, name):
+        from graft_ui.tune.shared import snapshot
+
+        url = (url or "").strip()
+        # a database server, or a journal file under the allowed folders (a sqlite:// URL is a server path: refused)
+        snap = snapshot(url if url.startswith(("postgresql", "mysql")) else studio.allowed(url), (name or "").strip())
+        return shared_progress(snap), shared_figure(snap), gr.skip(), gr.Timer(active=True)
+
+    attach_btn.click(watch, [storage, study_name], [progress, pareto, outcome, timer], api_visibility="private")
+    timer.tick(watch, [storage, study_name], [progress, pareto, outcome, timer], api_visibility="private",
+               show_progress="hidden")
+    detach_btn.click(lambda: gr.Timer(active=False), None, timer, api_visibility="private", queue=False)
 
     start_btn.click(arm, None, None, api_visibility="private", queue=False, show_progress="hidden")
     # not a named API endpoint: a search holds the GPU queue for its whole budget (headless: `python -m graft_ui tune`)
