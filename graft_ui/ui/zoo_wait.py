@@ -3,7 +3,7 @@
 Used only when the app starts before its zoo is complete (app.py: the page first, the zoo after;
 graft_ui/zoo/background.py builds it). `build_app` renders each tab inside `tab_body(ctx, name)`:
 the tabs in `WAITS` show a note naming what they need, their controls hidden until the zoo is in.
-`wire(ctx)` polls the builder's progress every `POLL` seconds (gr.Timer, outside the queue);
+`wire(ctx)` polls the builder's progress every `POLL` seconds (gr.Timer);
 once the zoo is complete the studio switches to it (once, whichever browser sees it first),
 the session's `models_changed` is bumped so every tab refreshes its choices, and the tabs
 show: no reload. A failed build shows its message and the app keeps serving (① Experts can
@@ -80,7 +80,7 @@ def banner_html(status: dict, pending: bool) -> str:
     pct = 100 * (status.get("steps") or 0) // total if total else 0
     return (f'<div class="gs-zoo-progress" role="status"><b>Building the demo zoo</b> — '
             f'<span class="gs-zoo-line">{html.escape(describe(status))}</span>'
-            f'<progress max="100" value="{pct}" style="width:100%"></progress>'
+            f'<progress max="100" value="{pct}" style="width:100%;height:10px;accent-color:#059669"></progress>'
             "The tabs below open by themselves when it is ready; no need to reload.</div>")
 
 
@@ -88,7 +88,7 @@ def note_text(name: str, status: dict) -> str:
     state = status.get("state")
     if state == "failed":
         return f"⚠ This tab needs {WAITS[name]}, and the demo zoo build failed: {status.get('error') or 'see the banner'}"
-    return f"⏳ This tab is waiting for the demo zoo: it needs {WAITS[name]}. Now: {describe(status)}."
+    return f"**Waiting for the demo zoo:** this tab needs {WAITS[name]}. Now: {describe(status)}."
 
 
 def banner(ctx: AppContext) -> None:
@@ -131,6 +131,8 @@ def wire(ctx: AppContext, app: gr.Blocks) -> None:
         return [*out, ctx.bump(), gr.Timer(active=st.get("state") in LIVE)]
 
     outputs = [pz.banner, *(c for _, note, body in pz.parts for c in (note, body)), ctx.models_changed, timer]
-    kw = dict(outputs=outputs, api_visibility="private", show_progress="hidden", queue=False)
+    # queued (never waiting: no concurrency limit): gradio fires a State's change events only after
+    # a queued event, and the bump of models_changed must reach every tab's refresh
+    kw = dict(outputs=outputs, api_visibility="private", show_progress="hidden", concurrency_limit=None)
     timer.tick(poll, **kw)
     app.load(poll, **kw)
