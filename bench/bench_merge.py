@@ -76,6 +76,8 @@ def parse_args(argv):
     ap.add_argument("--only-graft-lora", action="store_true",
                     help="of the LoRA runs, only the floor and exact Graft (and --peft-layers)")
     ap.add_argument("--lora-device", default=None, help="device for the LoRA runs (default: --device)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check the arguments and that the merge modules import (no gradio), then stop")
     return ap.parse_args(argv)
 
 
@@ -204,6 +206,13 @@ class Bench:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.dry_run:
+        import graft_ui.kernels.graft  # noqa: F401  what the timed children import
+        import graft_ui.models.merge  # noqa: F401
+
+        assert "gradio" not in sys.modules, "the merge path imports gradio (not on the GPU machine)"
+        log(f"dry run: arguments and imports fine ({a.layers} layers, device {a.device})")
+        return 0
     b = Bench(a)
     b.work.mkdir(parents=True, exist_ok=True)
     try:

@@ -30,7 +30,7 @@ from graft_ui.zoo.progress import ProgressFile
 
 log = logging.getLogger(__name__)
 
-NICE = 5  # the builder's niceness: the server answers first on a busy machine, the build takes the rest
+NICE = 10  # the builder's niceness: the server (0) gets ~90% of a contended core, the build the rest
 LIVE = ("starting", "waiting", "building")
 
 
