@@ -22,6 +22,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--work-dir", help="where fused variants and exports go (default ./runs/studio)")
     p.add_argument("--votes", help="arena vote store: SQLite path or database URL")
+    p.add_argument("--arena-rate", default=None,
+                   help="arena per-client limits, e.g. 'votes=30/min,battles=20/min,votes=1000/day' (the default), "
+                        "'off', or with ',loopback' to limit this machine's own address too; env GRAFT_ARENA_RATE")
     p.add_argument("--allow-dir", action="append", metavar="DIR",
                    help="a folder whose models, manifests and datasets users may load (repeatable); default: the "
                         "demo zoo folder and the Hugging Face cache. The work dir and the --manifest's folders are "
@@ -57,7 +60,8 @@ def main(argv=None):
     from graft_ui.ui.app import build_app, launch_kwargs, make_context
 
     ctx = make_context(args.manifest, device=args.device, work_dir=args.work_dir, votes=args.votes,
-                       zoo_manifest=zoo, allow_dirs=args.allow_dir, backend=args.backend, zoo_build=build)
+                       zoo_manifest=zoo, allow_dirs=args.allow_dir, backend=args.backend,
+                       arena_rate=args.arena_rate, zoo_build=build)
     warm = None
     if not args.no_warm_up and ctx.pending_zoo is None:  # overlaps the UI build; done before the app reports ready (see warmup.py)
         from graft_ui.warmup import start_warm_up

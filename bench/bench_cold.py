@@ -15,7 +15,7 @@ The app warms up in the background from startup (graft_ui/warmup.py); `--no-warm
 starts it without, for the before/after comparison.
 
 Each warm repeat is measured in the same run, so the cold cost is the difference. Targets
-(issue 18, 2 CPU cores): first Analyze <= 5 s after ready, first Fuse <= 3 s.
+(2 CPU cores): first Analyze <= 5 s after ready, first Fuse <= 3 s.
 """
 
 from __future__ import annotations

@@ -17,7 +17,12 @@ times, each in its own process:
   Graft + SVD to 16, TIES + randomized SVD to 16 (and its error against the exact truncated
   SVD on sample modules), task_arithmetic (exact); `--exact-sample N` modules on which exact
   Graft as the merge runs it (the C kernel) is compared with merging/lora.py's dense torch
-  reference (fused factors and gate inputs, target within 1e-6 relative);
+  reference (fused factors and gate inputs, target within 1e-6 relative) and the kernel's
+  statistics with float64 (the bounds `_lora_gates.c` promises on any CPU);
+- `--targets native,x86-64-v3`: the floor, exact Graft and the exact check once per build
+  target of the C kernels (GRAFT_NATIVE_MARCH; x86-64-v3 also runs torch, MKL and oneDNN
+  as on an AVX2 CPU: bench_native.EMULATION), so an AVX-512 machine measures its AVX2 path;
+  each ratio line names the CPU's vector ISA, torch's CPU kernels and the kernel's target;
 - `--peft-layers N`: peft's own `add_weighted_adapter(..., "ties_svd", density=0.2)` on
   the first N layers of the same adapters (a child with peft on a skeleton model of
   meta-initialised nn.Linear modules: ties_svd only reads the adapters), and ours on the
@@ -45,7 +50,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from merge_children import ROOT, spawn  # bench/ is on sys.path: run as a script
+from bench_native import target_env  # bench/ is on sys.path: run as a script
+from merge_children import ROOT, spawn
 from qwen2vl_inputs import folder_bytes, write_adapters, write_checkpoints
 
 
@@ -76,6 +82,9 @@ def parse_args(argv):
     ap.add_argument("--only-graft-lora", action="store_true",
                     help="of the LoRA runs, only the floor and exact Graft (and --peft-layers)")
     ap.add_argument("--lora-device", default=None, help="device for the LoRA runs (default: --device)")
+    ap.add_argument("--targets", default=os.environ.get("GRAFT_NATIVE_MARCH") or "native",
+                    help="build targets of the C kernels for the LoRA floor/exact Graft runs and the exact check, "
+                         "e.g. native,x86-64-v3 (default: $GRAFT_NATIVE_MARCH, else native)")
     ap.add_argument("--dry-run", action="store_true",
                     help="check the arguments and that the merge modules import (no gradio), then stop")
     return ap.parse_args(argv)
@@ -97,15 +106,16 @@ class Bench:
         self.work = Path(a.workdir)
         self.outs = self.work / "outs"
         self.results: dict = {"layers": a.layers, "vision_depth": self.vision, "device": a.device,
-                              "threads": a.threads or os.cpu_count(), "cpus": a.cpus, "runs": {}}
+                              "threads": a.threads or os.cpu_count(), "cpus": a.cpus, "runs": {},
+                              "targets": [t for t in a.targets.split(",") if t]}
 
-    def spawn(self, kind, args):
-        return spawn(kind, args, self.a.threads, self.cpus)
+    def spawn(self, kind, args, target=None):
+        return spawn(kind, args, self.a.threads, self.cpus, target_env(target) if target else None)
 
-    def measure(self, label, kind, args, read_bytes, out_dir):
+    def measure(self, label, kind, args, read_bytes, out_dir, target=None):
         shutil.rmtree(out_dir, ignore_errors=True)
         log(f"running {label} ...")
-        r = self.spawn(kind, args)
+        r = self.spawn(kind, args, target)
         written = folder_bytes(out_dir) if Path(out_dir).is_dir() else 0
         r["gbps"] = (read_bytes + written) / r["wall"] / 1e9
         r["read_gb"], r["written_gb"] = read_bytes / 1e9, written / 1e9
@@ -152,28 +162,35 @@ class Bench:
             self.measure(f"mergekit {method}", "mergekit", {"cmd": cmd}, (3 if method == "ties" else 2) * in_bytes,
                          mk_out)
 
-    def lora(self, base: Path) -> None:
-        """The dense-delta floor and exact Graft (alternated --repeat times), the other LoRA runs,
-        peft's ties_svd, and the exactness and SVD checks on sample modules."""
-        a, outs, runs = self.a, self.outs, self.results["runs"]
-        adapters = [str(p) for p in write_adapters(self.work, base, a.layers, a.lora_rank, log)]
-        ad_bytes = sum(folder_bytes(Path(p)) for p in adapters)
-        device = a.lora_device or a.device
-        floor_label, graft_label = "lora floor: dense deltas only", "lora graft exact"
+    def graft_vs_floor(self, adapters: list[str], ad_bytes: int, device: str, target: str) -> None:
+        """The dense-delta floor and exact Graft, alternated --repeat times (so both see the same
+        machine load), with the C kernels built for `target`."""
+        a, runs = self.a, self.results["runs"]
+        floor_label, graft_label = lora_labels(target, self.results["targets"])
         graft_recipe = {"experts": adapters, "device": device, "seed": 0, "method": "graft"}
         pairs = []
-        for _ in range(a.repeat):  # alternated, so both see the same machine load
-            f = self.measure(floor_label, "delta_floor", {"adapters": adapters}, ad_bytes, outs / "lora")
-            g = self.measure(graft_label, "merge", {"recipe": graft_recipe, "out": str(outs / "lora")}, ad_bytes,
-                             outs / "lora")
+        for _ in range(a.repeat):
+            f = self.measure(floor_label, "delta_floor", {"adapters": adapters}, ad_bytes, self.outs / "lora", target)
+            g = self.measure(graft_label, "merge", {"recipe": graft_recipe, "out": str(self.outs / "lora")}, ad_bytes,
+                             self.outs / "lora", target)
             pairs.append((f, g))
         if a.repeat > 1:  # the medians (by wall) of each; every ratio listed
             for i, label in enumerate((floor_label, graft_label)):
                 runs[label] = sorted((p[i] for p in pairs), key=lambda r: r["wall"])[len(pairs) // 2]
-            self.results["lora_graft_ratios"] = [g["wall"] / f["wall"] for f, g in pairs]
+            runs[graft_label]["ratios"] = [g["wall"] / f["wall"] for f, g in pairs]
         fl = runs[floor_label]
         log(f"  {fl['delta_elements'] / 1e9:.2f} G delta elements, {fl['gflop']:.0f} GFLOP of matmul "
             f"in {fl['delta_s']:.1f} s")
+
+    def lora(self, base: Path) -> None:
+        """The dense-delta floor and exact Graft per build target, the other LoRA runs, peft's
+        ties_svd, and the exactness and SVD checks on sample modules."""
+        a, outs = self.a, self.outs
+        adapters = [str(p) for p in write_adapters(self.work, base, a.layers, a.lora_rank, log)]
+        ad_bytes = sum(folder_bytes(Path(p)) for p in adapters)
+        device = a.lora_device or a.device
+        for target in self.results["targets"]:
+            self.graft_vs_floor(adapters, ad_bytes, device, target)
         others = [] if a.only_graft_lora else [
             (f"lora graft svd->{a.lora_rank}", {"method": "graft", "output": {"rank": a.lora_rank}}),
             (f"lora ties svd->{a.lora_rank}", {"method": "ties", "base": str(base), "output": {"rank": a.lora_rank}}),
@@ -193,15 +210,22 @@ class Bench:
             log(f"running peft add_weighted_adapter(ties_svd) on {n} layer(s) ...")
             self.results["peft"] = dict(self.spawn("peft", {"adapters": small, "layers": n, "rank": a.lora_rank}),
                                         layers=n)
-        if a.exact_sample:
-            log("exact LoRA Graft (native kernel) vs the pure-torch reference on sample modules ...")
-            self.results["exact_check"] = self.spawn("lora_check", {"adapters": adapters, "layers": a.layers,
-                                                                   "sample": a.exact_sample})["exact_check"]
+        for target in self.results["targets"] if a.exact_sample else ():
+            log(f"exact LoRA Graft (native kernel, {target}) vs the pure-torch reference on sample modules ...")
+            rows = self.spawn("lora_check", {"adapters": adapters, "layers": a.layers, "sample": a.exact_sample},
+                              target)["exact_check"]
+            self.results.setdefault("exact_check", []).extend(dict(row, target=target) for row in rows)
         if a.svd_sample:
             log("randomized vs exact SVD on sample modules ...")
             self.results["svd_quality"] = self.spawn("svd_quality", {"adapters": adapters, "layers": a.layers,
                                                                     "rank": a.lora_rank,
                                                                     "sample": a.svd_sample})["svd_quality"]
+
+
+def lora_labels(target: str, targets: list[str]) -> tuple[str, str]:
+    """The floor's and exact Graft's run labels for `target` (named only when several are run)."""
+    tag = f" [{target}]" if len(targets) > 1 else ""
+    return f"lora floor: dense deltas only{tag}", f"lora graft exact{tag}"
 
 
 def main(argv=None) -> int:
@@ -261,23 +285,30 @@ def print_table(results: dict) -> None:
               f"({row['s_randomized']:.2f} s) vs exact truncated SVD {row['rel_err_exact_svd']:.5f} "
               f"({row['s_exact_svd']:.2f} s): {gap:+.2e} relative; torch.svd_lowrank(niter=2) "
               f"{row['rel_err_svd_lowrank']:.5f} ({row['s_svd_lowrank']:.2f} s)")
-    floor_l, graft_l = runs.get("lora floor: dense deltas only"), runs.get("lora graft exact")
-    if floor_l and graft_l:
+    for target in results["targets"]:
+        floor_l, graft_l = (runs.get(label) for label in lora_labels(target, results["targets"]))
+        if not (floor_l and graft_l):
+            continue
         ratio = graft_l["wall"] / floor_l["wall"]
         print(f"exact LoRA Graft / dense-delta floor (same run, {results['layers']} layers): {graft_l['wall']:.1f} s / "
-              f"{floor_l['wall']:.1f} s = {ratio:.2f}x (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})")
-        if results.get("lora_graft_ratios"):
-            rs = sorted(results["lora_graft_ratios"])
+              f"{floor_l['wall']:.1f} s = {ratio:.2f}x (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'}); "
+              f"CPU {graft_l['cpu_isa']}, torch's CPU kernels {graft_l['torch_cpu']}, {graft_l['kernel']}")
+        if graft_l.get("ratios"):
+            rs = sorted(graft_l["ratios"])
             print(f"  (medians of {len(rs)} alternated runs; each run's ratio: {', '.join(f'{r:.2f}' for r in rs)}, "
                   f"median {rs[len(rs) // 2]:.2f}x)")
+    first = results["targets"][:1]
+    graft_l = runs.get(lora_labels(first[0], results["targets"])[1]) if first else None
     for row in results.get("exact_check", []):
-        worst = max(row["rel_B"], row["rel_A"], row["rel_gates"], row["rel_rowl1"])
-        print(f"exact check {row['module']} {row['shape']}: fused factors vs merging.lora.graft_lora: B {row['rel_B']:.1e}, "
-              f"A {row['rel_A']:.1e}, gates {row['rel_gates']:.1e} relative; kernel vs torch reference: row L1 "
-              f"{row['rel_rowl1']:.1e}, ranges {'equal' if row['ranges_equal'] else 'DIFFER'}, "
-              f"{row['counts_moved']} histogram entries moved; range pass computed {row['range_fraction']:.1%} of "
-              f"the entries; {row['s_fast'] * 1e3:.0f} ms vs {row['s_reference'] * 1e3:.0f} ms "
-              f"(within 1e-6: {'yes' if worst <= 1e-6 and row['ranges_equal'] else 'NO'})")
+        worst = max(row["rel_B"], row["rel_A"], row["rel_gates"])
+        kept = not row["promise_problems"]
+        print(f"exact check {row['module']} {row['shape']} [{row['target']}]: fused factors vs merging.lora.graft_lora: "
+              f"B {row['rel_B']:.1e}, A {row['rel_A']:.1e}, gates {row['rel_gates']:.1e} relative; kernel vs float64: "
+              f"{'promise kept' if kept else 'BROKEN: ' + '; '.join(row['promise_problems'])}; vs the torch reference: "
+              f"row L1 {row['rel_rowl1']:.1e}, ranges {row['range_ulps']:.0f} ulp apart, {row['counts_moved']} "
+              f"histogram entries moved; range pass computed {row['range_fraction']:.1%} of the entries; "
+              f"{row['s_fast'] * 1e3:.0f} ms vs {row['s_reference'] * 1e3:.0f} ms "
+              f"(factors within 1e-6 and promise kept: {'yes' if worst <= 1e-6 and kept else 'NO'})")
     peft = results.get("peft")
     if peft and graft_l:
         at_l = peft["peft_ties_svd_s"] / peft["layers"] * results["layers"]

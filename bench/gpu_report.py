@@ -40,9 +40,12 @@ def merge_rows(m: dict) -> list[tuple[str, str]]:
     for label, r in m.get("runs", {}).items():
         vs = f", {r['gbps'] / floor:.0%} of the floor's GB/s" if floor and not label.startswith("lora") else ""
         rows.append((f"merge: {label}", f"{r['wall']:.2f} s, {r['gbps']:.2f} GB/s{vs}"))
-    if m.get("lora_graft_ratios"):
-        ratios = sorted(m["lora_graft_ratios"])
-        rows.append(("merge: exact LoRA Graft / dense-delta floor", f"{ratios[len(ratios) // 2]:.2f}x"))
+    runs = m.get("runs", {})
+    for label, r in runs.items():  # bench_merge.lora_labels: "lora graft exact[ tag]" beside "lora floor: ...[ tag]"
+        if label.startswith("lora graft exact"):
+            floor = runs.get("lora floor: dense deltas only" + label[len("lora graft exact"):])
+            if floor:
+                rows.append((f"merge: {label} / its dense-delta floor", f"{r['wall'] / floor['wall']:.2f}x"))
     return rows
 
 

@@ -6,6 +6,7 @@ prints its wall seconds, peak RSS and peak anonymous memory as one JSON line.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -89,12 +90,23 @@ def child_merge(recipe: dict, out: str) -> dict:
     logging.basicConfig(level=logging.WARNING)
     os.environ["TQDM_DISABLE"] = "1"
     res = run_recipe(Recipe.from_dict(recipe), out)
-    extra = {"device": res.device, "modules": len(res.fused), "merge_s": res.seconds}
+    extra = {"device": res.device, "modules": len(res.fused), "merge_s": res.seconds, **kernel_info()}
     errs = [st.get("lowrank_rel_err") for st in res.modules.values() if st.get("lowrank_rel_err") is not None]
     if errs:
         extra["lowrank_rel_err_mean"] = sum(errs) / len(errs)
         extra["lowrank_rel_err_max"] = max(errs)
     return extra
+
+
+def kernel_info() -> dict:
+    """This process's CPU vector ISA, torch's CPU kernels and the LoRA gate kernel's build target."""
+    import torch
+
+    from graft_ui.kernels.lora_gates import describe_kernel
+    from graft_ui.native import cpu_vector_isa
+
+    return {"cpu_isa": cpu_vector_isa(), "torch_cpu": torch.backends.cpu.get_cpu_capability(),
+            "kernel": describe_kernel()}
 
 
 def child_delta_floor(adapters: list[str]) -> dict:
@@ -171,7 +183,10 @@ def child_svd_quality(adapters: list[str], layers: int, rank: int, sample: int) 
 def child_lora_check(adapters: list[str], layers: int, sample: int) -> dict:
     """Exact LoRA Graft as the merge runs it (kernels/graft.py, the C kernel's statistics) against
     merging/lora.py's `graft_lora` (dense delta blocks in torch) on a few modules of the middle layer:
-    the largest relative difference of the fused factors and of the gate inputs."""
+    the largest relative difference of the fused factors and of the gate inputs; and the kernel's
+    statistics against float64 (`lora_gates.promise_problems`: the bounds _lora_gates.c states,
+    true on any CPU), with how far its range and counts moved from the torch reference's (the two
+    sum in different orders: an ulp at the extremes, entries within an ulp of a bin edge)."""
     from graft_ui.kernels import lora_gates
     from graft_ui.kernels.graft import graft_lora_fast
     from graft_ui.merging.lora import graft_lora
@@ -203,11 +218,18 @@ def child_lora_check(adapters: list[str], layers: int, sample: int) -> dict:
             "rel_B": rel(Bf, Br), "rel_A": rel(Af, Ar),
             "rel_gates": max(abs(stf[k] - str_[k]) / max(abs(str_[k]), 1e-300) for k in ("H_b", "H_g", "w_glob",
                                                                                        "wb_mean", "wb_min", "wb_max")),
-            "rel_rowl1": rel(nat.d, ref.d), "ranges_equal": nat.range_b == ref.range_b and nat.range_g == ref.range_g,
+            "rel_rowl1": rel(nat.d, ref.d),
+            "range_ulps": max(abs(a - b) / _ulp32(b) for a, b in zip(nat.range_b + nat.range_g, ref.range_b + ref.range_g)),
             "counts_moved": int((nat.counts_b - ref.counts_b).abs().sum() + (nat.counts_g - ref.counts_g).abs().sum()),
+            "promise_problems": lora_gates.promise_problems(nat, Bb, Ab, sb, Bg, Ag, sg, 10),
             "range_fraction": nat.range_entries / (2 * Bb.shape[0] * Ab.shape[1]),
         })
-    return {"exact_check": rows}
+    return {"exact_check": rows, **kernel_info()}
+
+
+def _ulp32(x: float) -> float:
+    """The float32 spacing at x (its float64 spacing x 2^29)."""
+    return math.ulp(abs(x)) * 2.0 ** 29 if x else 2.0 ** -149
 
 
 def child_peft(adapters: list[str], layers: int, rank: int) -> dict:
@@ -285,9 +307,10 @@ def run_child(kind: str, args: dict) -> dict:
     return {"wall": wall, **mem, **extra}
 
 
-def spawn(kind: str, args: dict, threads: int | None, cpus: list[int] | None = None) -> dict:
-    """Run child `kind` in a new process (OMP_NUM_THREADS=threads, pinned to `cpus`); its result dict."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+def spawn(kind: str, args: dict, threads: int | None, cpus: list[int] | None = None, env: dict | None = None) -> dict:
+    """Run child `kind` in a new process (OMP_NUM_THREADS=threads, pinned to `cpus`, environment
+    `env`, default os.environ); its result dict."""
+    env = dict(os.environ if env is None else env, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     if cpus:

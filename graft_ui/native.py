@@ -2,10 +2,14 @@
 
 A `NativeLibrary` names one C source beside its Python module and the functions it exports
 with their ctypes argument types. `load()` builds the source with the system C compiler
-(`$CC`, else `cc`) into `$GRAFT_NATIVE_DIR` (default `~/.cache/graft_ui/native`), named by
-a hash of the source, the compiler's version, the flags and the machine, and written
-atomically (several processes may build at once), then loads it once per process (thread
-safe). Without a compiler, with `GRAFT_NO_NATIVE=1`, or when the build fails, `load()`
+(`$CC`, else `cc`) for this CPU (`-march=native`; `$GRAFT_NATIVE_MARCH` names another
+target, e.g. `x86-64-v3` to run AVX2 code on an AVX-512 machine, `baseline` for the
+compiler's default) into `$GRAFT_NATIVE_DIR` (default `~/.cache/graft_ui/native`), named by
+a hash of the source, the compiler's version, the flags and the instruction sets the target
+enables (the compiler's predefined macros for it, so one cache shared by several CPUs keeps
+one build per CPU), written atomically (several processes may build at once), then loads it
+once per process (thread safe). A compiler that rejects `-march=native` gets the baseline
+build. Without a compiler, with `GRAFT_NO_NATIVE=1`, or when the build fails, `load()`
 returns None and the caller uses its numpy/torch path. `warm()` builds every library in the
 background so that no user waits for a compiler (the app calls it at startup).
 
@@ -30,7 +34,9 @@ from graft_ui.atomic import replacing
 
 log = logging.getLogger(__name__)
 
-FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
+# -ffp-contract=fast: a * b + c is one fused multiply-add wherever the target has one (GCC's
+# default in GNU C, not clang's), so the kernels round the same way whichever compiler built them
+FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=fast", "-shared", "-fPIC")
 
 LIBRARIES: list["NativeLibrary"] = []
 
@@ -43,11 +49,44 @@ def cache_dir() -> Path:
     return Path(base) / "graft_ui" / "native"
 
 
+def march() -> str:
+    """The -march the kernels are built for: $GRAFT_NATIVE_MARCH, else "native" ("baseline": none)."""
+    return os.environ.get("GRAFT_NATIVE_MARCH", "").strip() or "native"
+
+
+def target_flags(target: str) -> tuple[str, ...]:
+    return () if target == "baseline" else (f"-march={target}",)
+
+
+def cpu_vector_isa() -> str:
+    """The widest vector instruction set this CPU reports: AVX-512, AVX2, AVX, SSE, SVE, NEON or unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = set()
+    for line in text.splitlines():
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    for isa, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"), ("SSE", "sse2"), ("SVE", "sve"),
+                      ("NEON", "asimd")):
+        if flag in flags:
+            return isa
+    return "unknown"
+
+
 def build(source: Path, stem: str, cc: str, flags: Sequence[str] = FLAGS) -> Path:
     """The shared library of `source` in the cache, compiled with `cc` unless already there."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    # the instruction sets the flags enable (-march=native: this CPU's), as the compiler's macros
+    isa = subprocess.run([cc, *[f for f in flags if f.startswith("-m")], "-dM", "-E", "-x", "c", os.devnull],
+                         capture_output=True, text=True, timeout=30)
+    if isa.returncode != 0:
+        raise RuntimeError(f"{cc} rejects {' '.join(flags)}: {isa.stderr.strip()[:300]}")
     key = hashlib.sha256(
         source.read_bytes() + version.encode() + " ".join(flags).encode() + platform.machine().encode()
+        + "".join(sorted(isa.stdout.splitlines())).encode()
     ).hexdigest()[:16]
     out = cache_dir() / f"{stem}-{key}.so"
     if out.is_file():
@@ -68,12 +107,13 @@ class NativeLibrary:
         self.source, self.stem, self.functions, self.what = Path(source), stem, functions, what
         self._lock = threading.Lock()
         self._loaded: dict[str, Any] | None | bool = False  # False: not tried yet
+        self.target: str | None = None  # the -march of the loaded build ("baseline": none)
         LIBRARIES.append(self)
 
     def reset(self) -> None:
         """Forget the loaded library (tests: try again under another environment)."""
         with self._lock:
-            self._loaded = False
+            self._loaded, self.target = False, None
 
     def load(self) -> dict[str, Any] | None:
         """{name: ctypes function}, or None when native code is off or cannot be built here."""
@@ -93,7 +133,7 @@ class NativeLibrary:
             log.info("no C compiler (%s) found; the %s use numpy/torch", cc, self.what)
             return None
         try:
-            lib = ctypes.CDLL(str(build(self.source, self.stem, cc)))
+            lib = ctypes.CDLL(str(self._build(cc)))
             fns = {}
             for name, (argtypes, restype) in self.functions.items():
                 fn = getattr(lib, name)
@@ -103,6 +143,20 @@ class NativeLibrary:
             log.warning("native %s kernel unavailable (%s); using numpy/torch", self.what, exc)
             return None
         return fns
+
+    def _build(self, cc: str) -> Path:
+        target = march()
+        try:
+            out = build(self.source, self.stem, cc, FLAGS + target_flags(target))
+        except Exception as exc:
+            if target != "native":  # a target asked for by name: its failure is the answer
+                raise
+            log.info("the %s kernel does not build with -march=native (%s); building for the baseline",
+                     self.what, exc)
+            target = "baseline"
+            out = build(self.source, self.stem, cc, FLAGS)
+        self.target = target
+        return out
 
 
 def warm(background: bool = True) -> threading.Thread | None:

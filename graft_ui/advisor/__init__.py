@@ -1,4 +1,4 @@
-"""The merge advisor (issue 15, item 1): which experts to fuse, with a predicted gain and its error.
+"""The merge advisor: which experts to fuse, with a predicted gain and its error.
 
     fit.py       ridge regression of the gain on standardised pair signals, leave-one-pair-out metrics
     source.py    where the fitted study comes from (explicit path, $GRAFT_ADVISOR_STUDY, the committed

@@ -10,20 +10,19 @@
  * Float32 partial sums over blocks of BLK elements (vectorised by `omp simd`, which
  * permits reordering the block's sum without -ffast-math), added up in double, so the
  * result is at least as accurate as a float32 BLAS dot. Counts stay exact: a block's
- * count is at most BLK < 2^24. target_clones picks AVX-512/AVX2 at load time and keeps
- * the library runnable on any x86-64.
+ * count is at most BLK < 2^24. graft_ui/native.py builds it for the CPU it runs on
+ * (-march=native), so `omp simd` uses that CPU's vector width.
+ *
+ * What it promises on any CPU: out[4], out[5] exact; each sum within (BLK + n / BLK) 2^-24
+ * times the sum of its terms' magnitudes of the exact sum (any order of the float32 block
+ * sums: the vector width picks it, so the sums differ between AVX2, AVX-512 and NEON builds
+ * and from numpy's by a few ulps).
  */
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
 
 #define BLK 2048
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CLONES
-#endif
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -54,6 +53,6 @@ static inline float bf16_to_f32(uint16_t h) {
 
 #define AS_F32(v) (v)
 
-CLONES void graft_stats_f32(const float *x, int64_t n, float thr, double *out, double module, double scale) { STATS_BODY(AS_F32) }
+void graft_stats_f32(const float *x, int64_t n, float thr, double *out, double module, double scale) { STATS_BODY(AS_F32) }
 
-CLONES void graft_stats_bf16(const uint16_t *x, int64_t n, float thr, double *out, double module, double scale) { STATS_BODY(bf16_to_f32) }
+void graft_stats_bf16(const uint16_t *x, int64_t n, float thr, double *out, double module, double scale) { STATS_BODY(bf16_to_f32) }

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from graft_ui.analysis.grid import grid
 from graft_ui.analysis.modules import parse_name
 
 FONT = dict(size=13)
@@ -68,8 +69,6 @@ def _heatmaps(panels: Sequence[tuple[str, str, str, dict[str, float], tuple[floa
               title: str) -> go.Figure:
     """One heatmap per panel side by side, each with its own colour bar beside it."""
     from plotly.subplots import make_subplots
-
-    from graft_ui.analysis.plots import grid
 
     n = len(panels)
     fig = make_subplots(rows=1, cols=n, subplot_titles=[p[1] for p in panels], horizontal_spacing=0.22 if n > 1 else 0.1)

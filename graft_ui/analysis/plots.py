@@ -21,7 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from graft_ui.analysis.modules import column_order, module_keys, row_order
+from graft_ui.analysis import gate_plots
+from graft_ui.analysis.grid import fmt as _fmt
+from graft_ui.analysis.grid import grid
 from graft_ui.analysis.modules import parse_name
 
 log = logging.getLogger(__name__)
@@ -38,38 +40,6 @@ def _modules_of(expert: Any) -> Mapping[str, Mapping[str, float]]:
     if isinstance(expert, Mapping) and "modules" in expert and isinstance(expert["modules"], Mapping):
         return expert["modules"]
     return expert
-
-
-def grid(modules: Mapping[str, Mapping[str, float] | float], value: str = "rho_n") -> tuple[list[str], list[str], np.ndarray, list[list[str]]]:
-    """(row labels, column labels, z (rows, cols) with NaN where no module, hover text)."""
-    if not modules:
-        raise ValueError("no modules to draw")
-    keys = module_keys(modules)
-    rows, cols = row_order(keys.values()), column_order(keys.values())
-    ri, ci = {r: i for i, r in enumerate(rows)}, {c: j for j, c in enumerate(cols)}
-    z = np.full((len(rows), len(cols)), np.nan)
-    hover = [["" for _ in cols] for _ in rows]
-    for name, vals in modules.items():
-        k = keys[name]
-        i, j = ri[k.row_label], ci[k.column_label]
-        if isinstance(vals, Mapping):
-            if value not in vals:
-                raise ValueError(f"module {name!r} has no value {value!r}; it has {sorted(vals)}")
-            z[i, j] = float(vals[value])
-            extra = "<br>".join(f"{kk} = {_fmt(vv)}" for kk, vv in vals.items() if isinstance(vv, (int, float)) and kk != value)
-        else:
-            z[i, j] = float(vals)
-            extra = ""
-        hover[i][j] = f"{name}<br><b>{value} = {_fmt(z[i, j])}</b>" + (f"<br>{extra}" if extra else "")
-    return rows, cols, z, hover
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
-    if x == 0 or (1e-3 <= abs(x) < 1e4):
-        return f"{x:.4f}"
-    return f"{x:.3e}"
 
 
 def _height(rows: int) -> int:
@@ -194,9 +164,7 @@ def load_gates(gates: str | Path | Mapping[str, Any]) -> dict[str, dict[str, flo
 def gate_maps(gates: str | Path | Mapping[str, Any], *, title: str = "Graft gates") -> go.Figure:
     """Two heatmaps side by side, each with its own colour bar: w_glob and mean w_b per module
     (rows = layers). Drawn by graft_ui.analysis.gate_plots."""
-    from graft_ui.analysis.gate_plots import gate_maps as draw
-
-    return draw(gates, title=title)
+    return gate_plots.gate_maps(gates, title=title)
 
 
 def _parsable(name: str) -> bool:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from graft_ui.arena.vote import COLUMNS, SCHEMA_VERSION, TABLE
+from graft_ui.arena.vote import COLUMNS, MARKS_TABLE, SCHEMA_VERSION, TABLE
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ class Backend:
         raise NotImplementedError
 
     def query(self, sql: str, params: Sequence = ()) -> list[dict]:
+        raise NotImplementedError
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        """One write statement in its own committed transaction."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -108,6 +112,20 @@ class SQLiteBackend(Backend):
     def query(self, sql, params=()):
         return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
 
+    def execute(self, sql, params=()):
+        def tx():
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute(sql, params)
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+
+        self._retry_locked(tx)
+
     def close(self):
         self.conn.close()
 
@@ -168,6 +186,13 @@ class PostgresBackend(Backend):
     def query(self, sql, params=()):
         return self._with_reconnect(lambda: [dict(r) for r in self.conn.execute(_pg(sql), params).fetchall()])
 
+    def execute(self, sql, params=()):
+        def tx():
+            with self.conn.transaction():
+                self.conn.execute(_pg(sql), params)
+
+        self._with_reconnect(tx)
+
     def close(self):
         self.conn.close()
 
@@ -187,6 +212,8 @@ def _create_schema(execute: Callable, dialect: str, fetchall: Callable) -> None:
     execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  {cols}\n)")
     execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_battle ON {TABLE} (battle_id)")
     execute("CREATE TABLE IF NOT EXISTS arena_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    execute(f"CREATE TABLE IF NOT EXISTS {MARKS_TABLE} (kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+            "updated_at TEXT NOT NULL, PRIMARY KEY (kind, key))")
     rows = fetchall("SELECT value FROM arena_meta WHERE key = 'schema_version'")
     if not rows:
         execute("INSERT INTO arena_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -194,3 +221,22 @@ def _create_schema(execute: Callable, dialect: str, fetchall: Callable) -> None:
     found = int(rows[0][0] if not isinstance(rows[0], Mapping) else rows[0]["value"])
     if found > SCHEMA_VERSION:
         raise ValueError(f"vote store schema_version={found} is newer than this code ({SCHEMA_VERSION}); upgrade graft_ui")
+    if found < SCHEMA_VERSION:
+        _migrate(execute, dialect, fetchall, found)
+
+
+def _migrate(execute: Callable, dialect: str, fetchall: Callable, found: int) -> None:
+    """Bring an older store up to SCHEMA_VERSION in the caller's transaction: later versions only add
+    nullable columns (and tables, created above), so every stored vote is kept as it was."""
+    if dialect == "sqlite":
+        have = {r[1] if not isinstance(r, Mapping) else r["name"] for r in fetchall(f"PRAGMA table_info({TABLE})")}
+    else:
+        rows = fetchall(f"SELECT column_name FROM information_schema.columns WHERE table_name = '{TABLE}' "
+                        "AND table_schema = current_schema()")
+        have = {r[0] if not isinstance(r, Mapping) else r["column_name"] for r in rows}
+    col = 0 if dialect == "sqlite" else 1
+    for name, types in COLUMNS.items():
+        if name not in have:
+            execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {types[col]}")
+    execute("UPDATE arena_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    log.info("vote store schema migrated from version %d to %d", found, SCHEMA_VERSION)

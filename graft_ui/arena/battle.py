@@ -118,9 +118,23 @@ class Battle:
         return f"Battle({self.battle_id}, {names}, turns={self.turns_started})"
 
 
-def start_battle(pool: Iterable[Any] | Mapping[str, Any], rng: random.Random | int | None = None) -> Battle:
-    """A new blind battle between two variants sampled from `pool`, sides randomised."""
-    a, b = sample_pair(pool, rng)
+def weighted_pair(pool: Iterable[Any] | Mapping[str, Any], weights: Mapping[tuple[str, str], float],
+                  rng: random.Random | int | None = None) -> tuple[Variant, Variant]:
+    """Two variants drawn by pair weight ({(id, id): weight}, e.g. arena.pairing.pair_weights), random sides;
+    pairs outside the pool are ignored."""
+    variants = {v.id: v for v in as_pool(pool)}
+    pairs = [(p, w) for p, w in weights.items() if p[0] in variants and p[1] in variants and w > 0]
+    if not pairs:
+        raise ValueError(f"no pair of the pool {sorted(variants)} has a positive pairing weight")
+    r = _rng(rng)
+    (i, j), = r.choices([p for p, _ in pairs], weights=[w for _, w in pairs], k=1)
+    return (variants[i], variants[j]) if r.random() < 0.5 else (variants[j], variants[i])
+
+
+def start_battle(pool: Iterable[Any] | Mapping[str, Any], rng: random.Random | int | None = None,
+                 weights: Mapping[tuple[str, str], float] | None = None) -> Battle:
+    """A new blind battle between two variants sampled from `pool` (uniformly, or by pair `weights`), sides randomised."""
+    a, b = sample_pair(pool, rng) if weights is None else weighted_pair(pool, weights, rng)
     battle = Battle(uuid.uuid4().hex, a, b, blind=True)
     log.debug("started blind battle %s", battle.battle_id)
     return battle
@@ -147,6 +161,8 @@ def record_battle_vote(
     expertise: str | None = None,
     domain: str | None = None,
     client_address: str | None = None,
+    voter_id: str | None = None,
+    read_s: float | None = None,
 ) -> Vote:
     """Commit the vote for one turn (ids, sides, recipes and blind flag from the battle).
 
@@ -175,6 +191,8 @@ def record_battle_vote(
         expertise=expertise,
         domain=domain,
         client_address=client_address,
+        voter_id=voter_id,
+        read_s=read_s,
     )
 
 

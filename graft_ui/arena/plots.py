@@ -119,3 +119,19 @@ def rating_figure(lb: Leaderboard) -> go.Figure:
         legend={"orientation": "h", "y": -0.2},
     )
     return fig
+
+
+def agreement_figure(rows: list[dict], rho: dict[str, float]) -> go.Figure:
+    """Arena rating against held-out accuracy, one marker series per domain (human vs automatic)."""
+    title = "People vs the benchmark: rating against held-out accuracy"
+    if not rows:
+        return _empty(title, "No variant has both blind votes and a held-out accuracy yet")
+    fig = go.Figure()
+    for domain in dict.fromkeys(r["domain"] for r in rows):
+        pts = [r for r in rows if r["domain"] == domain]
+        label = f"{domain} (ρ = {rho[domain]:+.2f})" if domain in rho else domain
+        fig.add_trace(go.Scatter(x=[r["accuracy"] for r in pts], y=[r["rating"] for r in pts], mode="markers+text",
+                                 text=[r["variant"] for r in pts], textposition="top center", name=label))
+    fig.update_layout(title=title, height=420, xaxis={"title": {"text": "held-out accuracy"}},
+                      yaxis={"title": {"text": "arena rating"}})
+    return fig

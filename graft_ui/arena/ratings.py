@@ -161,6 +161,15 @@ def fit_log_strengths(wins: np.ndarray, ridge: float = DEFAULT_RIDGE, theta0: np
     return theta - theta.mean()  # exact centring (the ridge optimum is already ~0-mean)
 
 
+def fisher_information(wins: np.ndarray, theta: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
+    """(K, K) observed information of the penalised fit at theta (un-normalised: per battle, not per mean);
+    its inverse is the ratings' approximate covariance in nats^2."""
+    games = wins + wins.T  # (K, K)
+    p = expit(theta[:, None] - theta[None, :])  # (K, K)
+    c = games * p * (1.0 - p)
+    return np.diag(c.sum(axis=1) + ridge) - c
+
+
 def to_rating(theta: np.ndarray) -> np.ndarray:
     return BASE_RATING + SCALE * np.asarray(theta)
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from graft_ui.arena.battle import Battle, Variant, named_battle, record_battle_vote, reveal, start_battle
 from graft_ui.arena.battle import Turn as BattleTurn
@@ -50,6 +51,7 @@ class ArenaState:
     errors: dict = field(default_factory=dict)  # side -> the real error (logged, never shown in blind mode)
     ui_votable: bool | None = None  # whether this session's vote buttons are shown enabled (None: unknown)
     epoch: int = 0  # bumped by reset(): a generation still running for the old battle stops writing here
+    answered_at: float | None = None  # time.monotonic() when both answers were complete (for read_s)
 
     def reset(self) -> None:
         """Forget the battle in place (New battle); the session keeps this object."""
@@ -139,9 +141,13 @@ def begin_turn(
     domain: str | None,
     settings: GenerationSettings,
     rng=None,
+    pair_weights: Callable[[list[str]], dict] | None = None,
+    admit_battle: Callable[[], None] | None = None,
 ) -> ArenaState:
     """Add a prompt: continue the current battle, or start a new one (new pair, cleared chat) when
-    the last blind turn was voted, the mode or the named pair changed, or the pool lost a side."""
+    the last blind turn was voted, the mode or the named pair changed, or the pool lost a side.
+    `pair_weights(pool)` gives the blind pair's draw weights (None: uniform); `admit_battle()` is called
+    before a new battle starts and raises to refuse it (the rate limit)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {list(MODES)}")
     domain = clean_label(domain, "prompt domain")
@@ -161,8 +167,11 @@ def begin_turn(
     chat = SideBySide() if fresh else state.chat
     chat.ask(text, image)  # validates the prompt before anything changes
     if fresh:
+        if admit_battle is not None:
+            admit_battle()
         if mode == BLIND:
-            battle = start_battle([variant_of(studio, n) for n in pool], rng)
+            weights = pair_weights(pool) if pair_weights is not None else None
+            battle = start_battle([variant_of(studio, n) for n in pool], rng, weights)
         else:
             battle = named_battle(variant_of(studio, named_a), variant_of(studio, named_b))
         state.battle, state.chat = battle, chat
@@ -208,6 +217,7 @@ def _finish_turn(state: ArenaState, last: StreamUpdate | None) -> None:
         turn = state.chat.turns[-1]
         turn.errors = {n: FAILED_BLIND for n in turn.errors}
     state.phase = "failed" if failed else "answered"
+    state.answered_at = None if failed else time.monotonic()
 
 
 def _gen_kwargs(settings: dict) -> dict:
@@ -223,8 +233,11 @@ def cast_vote(
     note: str | None = "",
     expertise: str | None = None,
     client_address: str | None = None,
+    voter_id: str | None = None,
 ):
     """Commit the vote of the current turn, then reveal. Returns (stored Vote, Reveal).
+    `voter_id` names the browser session (stored hashed); the time since both answers were
+    complete goes with the vote (`read_s`), so votes cast faster than one could read are marked.
 
     Idempotent: once the turn is voted, another call records nothing and returns the stored vote.
     """
@@ -246,7 +259,8 @@ def cast_vote(
         store, state.battle, state.turn, choice,
         prompt=last.text, answer_a=last.answers.get(a, ""), answer_b=last.answers.get(b, ""),
         image=last.image, settings=state.settings, note=note, expertise=expertise, domain=state.domain,
-        client_address=client_address,
+        client_address=client_address, voter_id=voter_id,
+        read_s=None if state.answered_at is None else round(time.monotonic() - state.answered_at, 3),
     )
     shown = reveal(store, state.battle, state.turn)  # raises unless the store holds the committed vote
     state.phase = "voted"

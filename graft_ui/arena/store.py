@@ -34,6 +34,7 @@ from typing import Any, Sequence
 from graft_ui.arena.backends import Backend, PostgresBackend, SQLiteBackend, is_url, redact_url
 from graft_ui.arena.files import load_or_create_salt, png_bytes
 from graft_ui.arena.vote import (
+    MARKS_TABLE,
     TABLE,
     VOTE_CHOICES,
     Vote,
@@ -195,12 +196,16 @@ class VoteStore:
         expertise: str | None = None,
         domain: str | None = None,
         client_address: str | None = None,
+        voter_id: str | None = None,
+        read_s: float | None = None,
         created_at: str | None = None,
     ) -> Vote:
         """Store one vote and return it as stored; durable (committed) when this returns.
 
         Idempotent on `turn_id`: a second submit for the same turn stores nothing and
         returns the first vote (with `.new == False`), whatever the second one said.
+        `voter_id` (the browser session) is stored as a salted hash like the client address;
+        `read_s` is the time the voter had from both answers complete to the vote.
         """
         for name, value in (("turn_id", turn_id), ("battle_id", battle_id), ("variant_a", variant_a), ("variant_b", variant_b)):
             if not isinstance(value, str) or not value.strip():
@@ -214,6 +219,8 @@ class VoteStore:
                 raise ValueError(f"{name} must be a string, got {type(value).__name__}")
         if isinstance(turn_index, bool) or not isinstance(turn_index, int) or turn_index < 0:
             raise ValueError(f"turn_index={turn_index!r} must be a non-negative integer")
+        if read_s is not None and (isinstance(read_s, bool) or not isinstance(read_s, (int, float)) or not read_s >= 0):
+            raise ValueError(f"read_s={read_s!r} must be a non-negative number of seconds or None")
         if image is not None and image_sha256 is not None:
             raise ValueError("give image or image_sha256, not both")
         if image_sha256 is not None:
@@ -241,6 +248,8 @@ class VoteStore:
             "expertise": opt_label(expertise, "expertise"),
             "domain": opt_label(domain, "domain"),
             "client_hash": self.hash_client(client_address),
+            "voter_hash": self.hash_client(voter_id),
+            "read_s": None if read_s is None else float(read_s),
         }
         names = list(record)
         sql = (
@@ -299,6 +308,28 @@ class VoteStore:
             raise ValueError(f"column={column!r} is not one of domain, expertise, variant, variant_a, variant_b")
         rows = self._query(f"SELECT DISTINCT {column} AS v FROM {TABLE} WHERE {column} IS NOT NULL")
         return sorted(r["v"] for r in rows)
+
+    # ---- marks: operator decisions kept beside the votes, never in them ----------------------
+
+    def set_mark(self, kind: str, key: str, value: str) -> None:
+        """Record (or replace) one decision, e.g. ("voter", <hash>, "restored") or ("fresh", <variant>, <time>)."""
+        for name, v in (("kind", kind), ("key", key), ("value", value)):
+            if not isinstance(v, str) or not v.strip():
+                raise ValueError(f"mark {name}={v!r} must be a non-empty string")
+        sql = (f"INSERT INTO {MARKS_TABLE} (kind, key, value, updated_at) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")
+        with self._lock:
+            self._backend.execute(sql, (kind, key, value, utc_now()))
+        log.info("mark %s %s = %s", kind, key[:16], value)
+
+    def clear_mark(self, kind: str, key: str) -> None:
+        with self._lock:
+            self._backend.execute(f"DELETE FROM {MARKS_TABLE} WHERE kind = ? AND key = ?", (kind, key))
+        log.info("mark %s %s cleared", kind, key[:16])
+
+    def marks(self, kind: str) -> dict[str, str]:
+        """{key: value} of one kind of mark."""
+        return {r["key"]: r["value"] for r in self._query(f"SELECT key, value FROM {MARKS_TABLE} WHERE kind = ?", (kind,))}
 
     def _query(self, sql: str, params: Sequence = ()) -> list[dict]:
         with self._lock:

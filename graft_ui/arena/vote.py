@@ -23,6 +23,12 @@ right as "Model B"):
     expertise     text null      -- voter's declared expertise (e.g. math, none)
     domain        text null      -- the prompt's domain
     client_hash   text null      -- HMAC-SHA256(salt, client address), hex
+    voter_hash    text null      -- HMAC-SHA256(salt, browser session id): one voter session (v2)
+    read_s        real null      -- seconds from both answers complete to the vote (v2)
+
+Version 2 added `voter_hash` and `read_s` (null in rows stored before) and the `arena_marks`
+table (operator decisions: restored voters, fresh-vote confirmations); opening an older store
+adds them in place (backends.py), every stored vote kept.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 VOTE_CHOICES = ("a", "b", "tie", "both_bad")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLE = "arena_votes"
+MARKS_TABLE = "arena_marks"  # (kind, key) -> value: operator decisions kept beside the votes
 
 # column name -> (sqlite type, postgresql type); order is the table's and the exports'
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -59,6 +66,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "expertise": ("TEXT", "TEXT"),
     "domain": ("TEXT", "TEXT"),
     "client_hash": ("TEXT", "TEXT"),
+    "voter_hash": ("TEXT", "TEXT"),
+    "read_s": ("REAL", "DOUBLE PRECISION"),
 }
 JSON_COLUMNS = ("settings", "recipe_a", "recipe_b")
 
@@ -90,10 +99,17 @@ class Vote:
     expertise: str | None = None
     domain: str | None = None
     client_hash: str | None = None
+    voter_hash: str | None = None
+    read_s: float | None = None
     id: int | None = None
     # False when record_vote found this turn already voted and returned the stored vote
     # (a double submit); not stored, not compared.
     new: bool = field(default=True, compare=False, repr=False)
+
+    @property
+    def voter(self) -> str | None:
+        """Who cast it, as far as the store can tell: the browser session, else the client address hash."""
+        return self.voter_hash or self.client_hash
 
     @property
     def winner(self) -> str | None:
@@ -124,8 +140,9 @@ class Vote:
         data["id"] = None if data["id"] in (None, "") else int(data["id"])
         for name in ("prompt", "answer_a", "answer_b", "note"):
             data[name] = "" if data[name] is None else str(data[name])
-        for name in ("image_sha256", "expertise", "domain", "client_hash"):
+        for name in ("image_sha256", "expertise", "domain", "client_hash", "voter_hash"):
             data[name] = data[name] or None
+        data["read_s"] = None if data["read_s"] in (None, "") else float(data["read_s"])
         if data["vote"] not in VOTE_CHOICES:
             raise ValueError(f"vote {data['turn_id']!r}: vote={data['vote']!r} is not one of {list(VOTE_CHOICES)}")
         return cls(**data)

@@ -12,7 +12,7 @@ import logging
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from qwen_vl_utils import process_vision_info
@@ -20,9 +20,6 @@ from qwen_vl_utils import process_vision_info
 from graft_ui.chat.settings import CHAT_MAX_PIXELS, GenerationSettings
 from graft_ui.chat.streaming import stream_generate
 from graft_ui.models.inputs import build_inputs, resolve_messages
-
-if TYPE_CHECKING:  # the pool imports this module
-    from graft_ui.chat.pool import ModelPool
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +125,7 @@ class BatchedGeneration:
                         stopping_criteria=criteria,
                     )
 
-        eos = model_eos_ids(self, tok)
+        eos = model_eos_ids(tok)
         yield from stream_generate(run, tok, len(names), stop, eos)
 
     def stream(
@@ -232,7 +229,7 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def model_eos_ids(pool: ModelPool, tok) -> list[int]:
+def model_eos_ids(tok) -> list[int]:
     """End-of-turn ids: the tokenizer's eos plus Qwen's <|im_end|> / <|endoftext|> when present."""
     ids = set()
     for t in (tok.eos_token_id, tok.pad_token_id):

@@ -1,9 +1,11 @@
 /* Graft's gate statistics of two LoRA deltas Tb = sb * Bb @ Ab and Tg = sg * Bg @ Ag, computed
- * tile by tile (2 rows x 64 columns in registers), never stored. Built on first use by
- * graft_ui/kernels/lora_gates.py through graft_ui/native.py.
+ * tile by tile (2 rows x 4 vectors of columns in registers), never stored. Built on first use by
+ * graft_ui/kernels/lora_gates.py through graft_ui/native.py, for the CPU it runs on
+ * (-march=native): the vectors are as wide as the target's (16 floats with AVX-512, 8 with
+ * AVX/AVX2, else 4: SSE, NEON), and a * b + c is one fused multiply-add where the target has it.
  *
- *   lora_gate_range: {min T, max T} of one delta, exact, from few of its entries: rows in order of
- *                    falling norm, and a 2 x 64 tile only where Cauchy-Schwarz,
+ *   lora_gate_range: {min T, max T} of one delta, from few of its entries: rows in order of
+ *                    falling norm, and a 2 x TC tile only where Cauchy-Schwarz,
  *                    |T[i,j]| <= |s| ||B[i]|| ||A[:,j]||, cannot rule out a value outside the
  *                    range found so far. Returns how many entries it computed.
  *   lora_gate_pass:  one pass over every entry of both deltas: rowl1[i] = sum_j |Tb[i,j] - Tg[i,j]|
@@ -11,32 +13,51 @@
  *                    over the given ranges, with torch.histc's rule: bin = (int)(((v - lo) * bins)
  *                    / (hi - lo)) in float32, the maximum folded into the last bin
  *                    (kernels/entropy.py `histc_bins`).
+ *   lora_gate_lanes, lora_gate_fma: the build's vector width in floats, and whether it fuses.
  *
- * That rule is monotone in v (each float operation rounds monotonically), so "bin >= k" is
- * "v >= t_k" for the smallest float t_k where it holds: found once per bin edge by bisection
- * over the floats in [lo, hi], then counted with one compare per edge, no arithmetic per entry.
- * Both functions compute an entry with the same code (same products, same order), so the
- * histogram bins exactly the values whose min/max the range pass found. A row's L1 sum is added
- * in float over one 1024-column block (<= 64 values per lane) and then in double. NaN/inf make
- * rowl1 non-finite (the caller checks). B is (M, r) and A (r, N), both row-major float32.
- * target_clones picks AVX-512/AVX2 at load time and keeps the library runnable on any x86-64.
+ * What it promises, on any CPU and vector width (u = 2^-24, e[i,j] = (r + 2) u |s| sum_k |B[i,k] A[k,j]|):
+ *   - an entry v' it computes is the float32 sum of the r products in some order, times s:
+ *     |v' - v| <= e[i,j] for the exact v = s B[i] A[:,j] (the classic dot-product bound; it
+ *     holds for every summation order, with or without fused multiply-adds). Which v' within
+ *     that bound depends on the order and the fusing, so it differs between AVX2, AVX-512 and
+ *     NEON builds and from torch's BLAS by an ulp or so: nothing here is bit-equal across CPUs;
+ *   - the range is the exact min/max of the entries it computes, and no entry it skips lies
+ *     outside it (the skip bound has room for e): lo lies in [min (v - e), min (v + e)], hi
+ *     likewise;
+ *   - the histogram counts are exact for its own entries and range: every entry, computed as
+ *     the range pass computed it (same code, same order), binned by histc's rule over [lo, hi];
+ *     so sum(counts) = M N, and an entry can only sit in another bin than its exact value's if
+ *     it lies within e of a bin edge. Entries that float32 holds exactly (small integers) bin
+ *     as torch.histc bins them on every CPU;
+ *   - rowl1[i] is within sum_j (eb[i,j] + eg[i,j]) + 2^-15 sum_j |Tb - Tg| of the exact row L1:
+ *     the float32 subtraction, then float32 sums whose longest chain of additions is a lane's
+ *     JB / LANES values plus the LANES lanes (<= 260, or a tail's < TC), then double:
+ *     (260 + 2) u < 2^-15.
+ * NaN/inf make rowl1 non-finite (the caller checks). B is (M, r) and A (r, N), both row-major float32.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+/* one vector register of the target: the compiler maps these types onto it, never splits them */
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
 #else
-#define CLONES
+#define LANES 4
+#endif
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__) || defined(__ARM_FEATURE_FMA)
+#define FUSED 1
+#else
+#define FUSED 0
 #endif
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
 
-#define LANES 16
-#define W 4                  /* vectors per tile row: 64 columns */
+#define W 4                  /* vectors per tile row: 2 x 4 accumulators + 4 loads fit 16 registers */
 #define TC (LANES * W)
 #define JB 1024              /* columns per block: the A slices stay in L2 */
 #define MAXV 16              /* bins counted with vector compares; more bins count per element */
@@ -47,13 +68,16 @@ static inline vf vmax(vf a, vf b) { vi m = a > b; return (vf)(((vi)a & m) | ((vi
 static inline vf vabs(vf a) { return (vf)((vi)a & 0x7fffffff); }
 static inline float hsum(vf a) { float s = 0; for (int l = 0; l < LANES; l++) s += a[l]; return s; }
 
-/* t[rho][w] = s * (B[rho] @ A)[j0 + 16 w ...] for the rows B0, B1 (r values each) */
+int64_t lora_gate_lanes(void) { return LANES; }
+int64_t lora_gate_fma(void) { return FUSED; }
+
+/* t[rho][w] = s * (B[rho] @ A)[j0 + LANES w ...] for the rows B0, B1 (r values each) */
 static inline void tile2(const float *B0, const float *B1, int64_t r, const float *A, int64_t N, int64_t j0,
                          float s, vf t[2][W]) {
     vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
     for (int64_t k = 0; k < r; k++) {
         const float *a = A + k * N + j0;
-        const vf x0 = ldu(a), x1 = ldu(a + 16), x2 = ldu(a + 32), x3 = ldu(a + 48);
+        const vf x0 = ldu(a), x1 = ldu(a + LANES), x2 = ldu(a + 2 * LANES), x3 = ldu(a + 3 * LANES);
         const float b0 = B0[k], b1 = B1[k];
         a0 += b0 * x0; a1 += b0 * x1; a2 += b0 * x2; a3 += b0 * x3;
         c0 += b1 * x0; c1 += b1 * x1; c2 += b1 * x2; c3 += b1 * x3;
@@ -62,7 +86,7 @@ static inline void tile2(const float *B0, const float *B1, int64_t r, const floa
     t[1][0] = c0 * s; t[1][1] = c1 * s; t[1][2] = c2 * s; t[1][3] = c3 * s;
 }
 
-/* one entry past the 64-column tiles (N % 64 tail), the same sum order as tile2 */
+/* one entry past the TC-column tiles (N % TC tail), the same sum order as tile2 */
 static inline float entry(const float *B, int64_t r, const float *A, int64_t N, int64_t j, float s) {
     float acc = 0;
     for (int64_t k = 0; k < r; k++) acc += B[k] * A[k * N + j];
@@ -78,8 +102,8 @@ static int by_falling_norm(const void *x, const void *y) {
     return a < b ? 1 : (a > b ? -1 : 0);
 }
 
-CLONES int64_t lora_gate_range(const float *B, const float *A, int64_t r, float s, int64_t M, int64_t N,
-                               float *range) {
+int64_t lora_gate_range(const float *B, const float *A, int64_t r, float s, int64_t M, int64_t N,
+                        float *range) {
     const int64_t nblk = (N + TC - 1) / TC;
     RowNorm *rows = malloc(sizeof *rows * (M > 0 ? M : 1));
     double *col = calloc(N > 0 ? N : 1, sizeof *col), *blk = malloc(sizeof *blk * (nblk > 0 ? nblk : 1));
@@ -178,9 +202,9 @@ static inline int64_t bin_of(float v, float lo, float fb, float span, int64_t bi
 
 typedef struct { const float *B, *A; int64_t r; float s; } Lora;
 
-CLONES void lora_gate_pass(const float *Bb, const float *Ab, int64_t rb, float sb,
-                           const float *Bg, const float *Ag, int64_t rg, float sg,
-                           int64_t M, int64_t N, double *rowl1, int64_t bins, const float *range, double *counts) {
+void lora_gate_pass(const float *Bb, const float *Ab, int64_t rb, float sb,
+                    const float *Bg, const float *Ag, int64_t rg, float sg,
+                    int64_t M, int64_t N, double *rowl1, int64_t bins, const float *range, double *counts) {
     const Lora L[2] = {{Bb, Ab, rb, sb}, {Bg, Ag, rg, sg}};
     const int64_t Nv = N - N % TC;
     const float fb = (float)bins;

@@ -1,4 +1,4 @@
-"""The fusion-quality study (issue 13, item 6): every method on every expert pair of a zoo.
+"""The fusion-quality study: every method on every expert pair of a zoo.
 
     python -m graft_ui study --zoo full --out docs/results/zoo-full
 

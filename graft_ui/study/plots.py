@@ -3,6 +3,10 @@
 Each figure is written as HTML and as PNG. PNG export uses kaleido when installed, else
 the system's headless Chromium (`$CHROMIUM` or /usr/bin/chromium) screenshotting the
 figure's own HTML page, so no extra package is needed; without either, HTML only.
+
+The pages load plotly.js from one copy in the folder above the study's (`../plotly.min.js`):
+studies written side by side (docs/results/<study>/) share it instead of holding 4.6 MB each,
+and the pages still work offline.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Mapping, Sequence
 import plotly.graph_objects as go
 
 from graft_ui.analysis.plots import kaleido_available
+from graft_ui.atomic import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,7 @@ PREDICTOR_LABELS = {
 }
 TARGET_LABELS = {"gain_graft": "Graft gain", "gain_best": "best method's gain"}
 SIZE = (900, 560)
+PLOTLY_JS = "plotly.min.js"
 
 
 def gain_scatter(rows: Sequence[Mapping], predictor: str, target: str = "gain_graft",
@@ -101,11 +107,25 @@ def chromium() -> str | None:
     return None
 
 
-def _png_chromium(fig: go.Figure, png: Path, browser: str) -> None:
+def shared_plotly_js(out: Path) -> str:
+    """The src from which the pages in `out` load plotly.js: one copy in `out`'s parent folder,
+    written when missing or from another plotly version; a copy of an older layout inside
+    `out` is removed."""
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs().encode()
+    dest = out.resolve().parent / PLOTLY_JS
+    if not dest.is_file() or dest.stat().st_size != len(js) or dest.read_bytes() != js:
+        write_bytes(dest, js, mode=0o644)
+    (out / PLOTLY_JS).unlink(missing_ok=True)
+    return f"../{PLOTLY_JS}"
+
+
+def _png_chromium(fig: go.Figure, png: Path, browser: str, js_src: str) -> None:
     width, height = int(fig.layout.width or SIZE[0]), int(fig.layout.height or SIZE[1])
     page = png.with_name(f".{png.stem}.screenshot.html")
     # static plot, no mode bar, no body margin: the screenshot is the figure only
-    body = fig.to_html(include_plotlyjs="plotly.min.js", full_html=False,
+    body = fig.to_html(include_plotlyjs=js_src, full_html=False,
                        config={"staticPlot": True, "displayModeBar": False})
     page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><style>body{{margin:0}}</style></head>"
                     f"<body>{body}</body></html>")
@@ -121,9 +141,10 @@ def _png_chromium(fig: go.Figure, png: Path, browser: str) -> None:
 
 
 def save(figs: Mapping[str, go.Figure], out_dir: str | Path, *, png: bool = True) -> list[Path]:
-    """HTML (+ plotly.min.js beside it, so pages work offline) and PNG for each figure."""
+    """HTML (loading the shared ../plotly.min.js, so pages work offline) and PNG for each figure."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    js_src = shared_plotly_js(out)
     written = []
     use_kaleido = png and kaleido_available()
     browser = chromium() if png and not use_kaleido else None
@@ -131,7 +152,7 @@ def save(figs: Mapping[str, go.Figure], out_dir: str | Path, *, png: bool = True
         log.warning("neither kaleido nor chromium found: figures written as HTML only")
     for stem, fig in figs.items():
         html = out / f"{stem}.html"
-        fig.write_html(html, include_plotlyjs="directory")
+        fig.write_html(html, include_plotlyjs=js_src)
         written.append(html)
         target = out / f"{stem}.png"
         if not png or not (use_kaleido or browser):
@@ -141,7 +162,7 @@ def save(figs: Mapping[str, go.Figure], out_dir: str | Path, *, png: bool = True
             if use_kaleido:
                 fig.write_image(target, scale=2)
             else:
-                _png_chromium(fig, target, browser)
+                _png_chromium(fig, target, browser, js_src)
             written.append(target)
         except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
             target.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Auto-tune (issue 15, item 2): search a method's parameters on a dev split, check the best on held-out data.
+"""Auto-tune: search a method's parameters on a dev split, check the best on held-out data.
 
     splits.py   the dev split of a domain (the manifest's datasets have none: carved from the train
                 split, deterministically) and the dev/eval disjointness check

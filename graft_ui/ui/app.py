@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from types import ModuleType
 
 import gradio as gr
 
+from graft_ui.arena.limits import RateLimiter
 from graft_ui.models.manifest import ServerConfig, check_endpoint, load_manifest
 from graft_ui.models.roots import AllowedRoots
 from graft_ui.studio import Studio
@@ -129,14 +131,16 @@ def make_context(
     zoo_manifest: str | None = None,
     allow_dirs: list[str | Path] | None = None,
     backend: str | None = None,
+    arena_rate: str | None = None,
     zoo_build=None,
 ) -> AppContext:
     """The app's state on `manifest`; server paths users give must lie under `allow_dirs` (see
     `allowed_roots`) and are otherwise refused with one generic message. `backend`: None or "local"
     (the manifest as written), or the URL of an OpenAI-compatible server that answers every LoRA
-    expert (the manifest's `server:` endpoint, replaced). `zoo_build` (a graft_ui.zoo.background.ZooBuild
-    whose zoo is not complete, with `manifest` None): start on a stand-in and take the zoo when it is
-    in (ui/zoo_wait.py)."""
+    expert (the manifest's `server:` endpoint, replaced). `arena_rate`: the Arena's per-client limits
+    (graft_ui.arena.limits spec; None: $GRAFT_ARENA_RATE, else the defaults). `zoo_build` (a
+    graft_ui.zoo.background.ZooBuild whose zoo is not complete, with `manifest` None): start on a
+    stand-in and take the zoo when it is in (ui/zoo_wait.py)."""
     pending = zoo_wait.PendingZoo(zoo_build) if zoo_build is not None and not zoo_build.ready() else None
     if zoo_build is not None and pending is None:
         manifest = zoo_build.manifest
@@ -151,6 +155,7 @@ def make_context(
     log.info("loadable folders: %s", ", ".join(str(r) for r in studio.roots.roots))
     examples = examples_for(studio.manifest.source)
     ctx = AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest, examples=examples, pending_zoo=pending)
+    ctx.limiter = RateLimiter(arena_rate if arena_rate is not None else os.environ.get("GRAFT_ARENA_RATE"))
     images = {str(Path(e["image"]).parent) for e in examples if e.get("image")}
     outside = sorted(p for p in images if not Path(p).is_relative_to(EXAMPLES_DIR))
     if outside:  # the zoo's showcase images: servable, and accepted back as chat inputs

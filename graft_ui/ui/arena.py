@@ -15,6 +15,12 @@ The battle (with the names) lives only in the server-side session state (`gr.Sta
 reaches the browser before the vote is the side labels and the answers. In blind mode a
 failing side shows a neutral message (a load error would name the model).
 
+Each client address may start only so many new battles and cast so many votes (ctx.limiter,
+`--arena-rate`; loopback exempt by default): over the limit the send or vote is refused with a
+sentence saying when to try again. A blind battle's pair is drawn by the adaptive pairing weights
+of the counted votes unless the operator chose "uniform" (Leaderboard tab, ctx.pairing). The vote
+carries the browser session (hashed in the store) and the time the voter had to read the answers.
+
 API (gradio_client): `/arena_send` (prompt dict {"text", "files"}, mode, pool, named A, named B,
 domain, max new tokens, temperature, greedy), `/arena_vote` (choice a|b|tie|both_bad, note,
 expertise; returns the receipt as its last output), `/arena_new`. State is per client session.
@@ -60,6 +66,11 @@ CHATBOT_HEIGHT = 340
 
 
 # ---- views -------------------------------------------------------------------------------
+
+
+def client_of(request) -> str | None:
+    return getattr(getattr(request, "client", None), "host", None) if request is not None else None
+
 
 
 def side_md(label: str) -> str:
@@ -203,7 +214,8 @@ def render(ctx: AppContext) -> None:
             text, image = prompt_of(value, ctx.check_image, per="prompt")
             settings = GenerationSettings(max_new_tokens=max_new_, temperature=temperature_, greedy=bool(greedy_))
             begin_turn(studio, st, text=text, image=image, mode=mode_, pool=pool_, named_a=a_, named_b=b_,
-                       domain=domain_, settings=settings)
+                       domain=domain_, settings=settings, pair_weights=_weights,
+                       admit_battle=lambda: _limit("battles", request))
         except Exception:
             ctx.finish(request, "arena")  # nothing runs: a later Stop has nothing to stop
             raise
@@ -212,6 +224,19 @@ def render(ctx: AppContext) -> None:
             yield from _stream(st, stop)
         finally:
             ctx.finish(request, "arena", stop)
+
+    def _weights(pool_):
+        from graft_ui.arena.board import counted_votes  # numpy/scipy load with the first blind battle
+        from graft_ui.arena.pairing import UNIFORM, pair_weights
+
+        if ctx.pairing == UNIFORM:
+            return None  # the plain uniform draw (battle.sample_pair)
+        store = ctx.vote_store()
+        return pair_weights(counted_votes(store.votes(blind=True), store.marks("voter")), pool_)
+
+    def _limit(kind: str, request) -> None:
+        if ctx.limiter is not None:
+            ctx.limiter.check(kind, client_of(request))
 
     def _stream(st, stop):
         t0 = time.perf_counter()
@@ -253,9 +278,10 @@ def render(ctx: AppContext) -> None:
     @friendly
     def vote(choice, note_, expertise_, st, request: gr.Request):
         st = st if isinstance(st, ArenaState) else ArenaState()
-        address = getattr(getattr(request, "client", None), "host", None) if request is not None else None
+        if st.phase == "answered":  # a repeated submit of a voted turn is answered, never counted again
+            _limit("votes", request)
         stored, _ = cast_vote(ctx.vote_store(), st, choice, note=note_, expertise=expertise_,
-                              client_address=address)
+                              client_address=client_of(request), voter_id=getattr(request, "session_hash", None))
         return ([st] + sides(st) + vote_buttons(st, False) +
                 [reveal_md(st, repeated=not stored.new), "", st.receipt])
 
@@ -271,7 +297,7 @@ def render(ctx: AppContext) -> None:
         # queue=False: a vote never waits behind generations in the queue (the store serialises writes)
         btn.click(vote_for(key), [note, expertise, state], vote_outputs, api_visibility="private", queue=False,
                   show_progress="minimal")
-    # queue=False like the buttons: an API vote is never refused for capacity (issue #16)
+    # queue=False like the buttons: an API vote is never refused for capacity
     api_vote_btn.click(vote, [api_choice, note, expertise, state], vote_outputs, api_name="arena_vote",
                        queue=False, show_progress="hidden")
 

@@ -128,6 +128,8 @@ class AppContext:
     handoff: Any = None  # gr.State: expert names ② Analyze's advisor sends to ③ Fuse (None without both tabs)
     pending_zoo: Any = None  # ui.zoo_wait.PendingZoo while the demo zoo builds in the background, else None
     _stops: dict[str, threading.Event] = field(default_factory=dict)
+    limiter: Any = None  # graft_ui.arena.limits.RateLimiter: votes and new battles per client (set by make_context)
+    pairing: str = "adaptive"  # how blind battles draw their pair (arena.pairing.PAIRINGS); the operator's choice
     _store: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

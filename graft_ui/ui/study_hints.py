@@ -1,4 +1,4 @@
-"""What the fusion-quality study tells the app (issue 13, item 7): gains in ② Analyze, warnings in ③ Fuse.
+"""What the fusion-quality study tells the app : gains in ② Analyze, warnings in ③ Fuse.
 
 The study of the loaded zoo is found by graft_ui.study.lookup (the zoo's own
 `study/study.json`, else the committed one when its build fingerprint matches). It is

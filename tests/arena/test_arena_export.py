@@ -106,3 +106,25 @@ def test_cli_module_entry_point(filled, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert read_csv(out) == filled.votes()
+
+
+def test_cli_style_control_prints_both_ratings_and_the_coefficients(tmp_path, capsys):
+    store = VoteStore.open(tmp_path / "style.sqlite")
+    for i in range(40):  # 'long' answers at length and wins; 'short' answers briefly
+        a, b = ("long", "short") if i % 2 else ("short", "long")
+        la, lb = (60, 5) if a == "long" else (5, 60)
+        store.record_vote(turn_id=f"s{i}", battle_id=f"s{i}", variant_a=a, variant_b=b,
+                          vote="a" if (a == "long") != (i % 5 == 0) else "b", prompt="p",
+                          answer_a="w " * la, answer_b="w " * lb, voter_id=f"v{i % 8}")
+    store.close()
+    db = str(tmp_path / "style.sqlite")
+    assert main(["votes", "leaderboard", "--db", db, "--bootstrap", "20", "--style-control"]) == 0
+    printed = capsys.readouterr().out
+    assert "style_rating" in printed and "rating" in printed and "vs_next" in printed
+    assert "style coefficients" in printed
+    for feature in ("length", "headers", "lists", "bold"):
+        assert feature in printed
+    assert main(["votes", "leaderboard", "--db", db, "--bootstrap", "20", "--style-control", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [c["feature"] for c in data["style_coefficients"]] == ["length", "headers", "lists", "bold"]
+    assert {"rating", "style_rating", "vs_next", "tuning", "fresh"} <= set(data["rows"][0])

@@ -33,6 +33,10 @@ def test_report_names_failed_and_timed_out_steps(tmp_path):
     (tmp_path / "steps.tsv").write_text("env\t0\t3.0\nmerge\t124\t250.0\nchat\t1\t12.5\nfirst\t0\t40.0\n")
     (tmp_path / "env.json").write_text(json.dumps({"device_name": "NVIDIA H100", "memory_gb": 79.2, "torch": "2.11.0",
                                                    "transformers": "5.17.0", "python": "3.12.3"}))
+    (tmp_path / "merge.json").write_text(json.dumps({"floor_gbps": [2.0], "runs": {
+        "floor (read 2 + write 1)": {"wall": 10.0, "gbps": 2.0},
+        "lora floor: dense deltas only": {"wall": 2.0, "gbps": 1.0},
+        "lora graft exact": {"wall": 2.5, "gbps": 0.8}}}))
     (tmp_path / "first.json").write_text(json.dumps({"zoo": "ci", "k": 16, "analysis_first_s": 4.2,
                                                      "analysis_second_s": 0.5, "fusion_first_s": 1.5,
                                                      "fusion_second_s": 0.2}))
@@ -42,4 +46,5 @@ def test_report_names_failed_and_timed_out_steps(tmp_path):
     assert "| merge | timed out | 250 |" in md and "| chat | failed (1) | 12 |" in md
     assert "first analysis (ci zoo, K=16; then another domain) | 4.20 s (then 0.50 s)" in md
     data = json.loads(out.with_suffix(".json").read_text())
-    assert data["merge"] is None and data["steps"]["first"]["status"] == "ok"
+    assert "| merge: lora graft exact / its dense-delta floor | 1.25x |" in md
+    assert data["chat_memory"] is None and data["steps"]["first"]["status"] == "ok"

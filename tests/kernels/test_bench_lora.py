@@ -1,5 +1,8 @@
-"""bench/bench_merge.py's LoRA runs on one Qwen2-VL-2B-shaped layer: they run, and the exactness
-check it prints (the merge's kernel path against merging/lora.py's dense reference) holds."""
+"""bench/bench_merge.py's LoRA runs on one Qwen2-VL-2B-shaped layer: they run, name the CPU and the
+kernel's build beside the ratio, and the exactness check it prints holds: the merge's kernel path
+within 1e-6 relative of merging/lora.py's dense reference (fused factors, gates) and the kernel's
+statistics within the bounds `_lora_gates.c` promises against float64 (true on any CPU, unlike
+bit-equality with torch's BLAS)."""
 
 import os
 import subprocess
@@ -15,7 +18,8 @@ def test_bench_merge_lora_runs_and_its_exact_check_holds(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
-    assert "exact LoRA Graft / dense-delta floor (same run, 1 layers)" in out
+    ratio = next(line for line in out.splitlines() if line.startswith("exact LoRA Graft / dense-delta floor (same run, 1 layers)"))
+    assert "CPU " in ratio and "kernel built for -march=" in ratio, ratio
     checks = [line for line in out.splitlines() if line.startswith("exact check ")]
-    assert len(checks) == 2 and all(line.endswith("(within 1e-6: yes)") for line in checks), out
+    assert len(checks) == 2 and all(line.endswith("(factors within 1e-6 and promise kept: yes)") for line in checks), out
     assert not (tmp_path / "work").exists()  # not kept without --keep

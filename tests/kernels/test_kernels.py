@@ -34,6 +34,8 @@ def test_entropy16_equals_reference(dtype, bins):
     for x in _cases():
         x = x.to(dtype)
         lo, hi = minmax(x, "x")
+        # bit-equal on any CPU: both bin by histc's float32 formula (single, correctly rounded
+        # operations: no sum whose order an ISA picks), the counts are integers, the last step shared
         assert entropy16(x, bins, lo, hi) == entropy(x, bins), (x.shape, bins)
 
 
@@ -104,7 +106,7 @@ def test_kth_largest_abs_equals_kthvalue(density):
 def test_entropy32_equals_reference(bins):
     for x in _cases():
         lo, hi = minmax(x, "x")
-        assert entropy32(x, bins, lo, hi) == entropy(x, bins), (x.shape, bins)
+        assert entropy32(x, bins, lo, hi) == entropy(x, bins), (x.shape, bins)  # as entropy16: any CPU
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -119,6 +121,8 @@ def test_ties_dense_equals_ties_merge(weights, lam, dtype):
     bufs = lambda r: pool.setdefault(r, torch.empty(n, dtype=torch.bool if r == "mask" else torch.float32))  # noqa: E731
     got, st = ties_dense(base, experts, weights, thr, lam, bufs)
     ref, st_ref = ties_merge(base, experts, weights, density=0.2, lam=lam, block_rows=7)
+    # bit-equal on any CPU: the same element-wise operations in the same order (thresholds are
+    # selected values, not sums), so no ISA-dependent summation order enters
     torch.testing.assert_close(got.to(dtype), ref, rtol=0, atol=0)
     assert st == st_ref
 
@@ -151,6 +155,7 @@ def test_lora_ties_equals_ties_merge_on_the_dense_deltas(tile):
         out, P = torch.empty(M, N), torch.randn(N, 5)
         Y, sumsq, st = lora_ties(factors, weights, lam=lam, out=out, density=density, sketch=P, tile_elems=tile)
         ref, st_ref = ties_merge(torch.zeros(M, N), deltas, weights, density=density, lam=lam)
+        # dyadic factors: every product and sum is exact, so tile order and BLAS do not matter on any CPU
         assert torch.equal(out, ref), (M, N, weights, density)
         assert st == st_ref
         torch.testing.assert_close(Y, ref @ P, rtol=1e-5, atol=1e-5)

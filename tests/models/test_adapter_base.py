@@ -37,7 +37,7 @@ def test_eval_cli_refuses_and_names_the_override(zoo, tmp_path, caplog):
 
 
 def test_the_app_refuses_it_too_unless_allow_a_different_base_is_ticked(zoo, tmp_path):
-    """Issue 16 item 7, app side: Experts' "add" checks the recorded base against the manifest's base
+    """App side: Experts' "add" checks the recorded base against the manifest's base
     (it used to accept it and fail later in chat, naming a CLI flag); the checkbox's override loads it
     in the chat pool, with a warning."""
     from graft_ui.models.manifest import Manifest, ModelEntry

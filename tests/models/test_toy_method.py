@@ -1,5 +1,5 @@
 """A merge method is one module: a toy method registered from a temporary file runs through
-the engine on the ci zoo, full and LoRA experts, with no edit anywhere else (issue 12)."""
+the engine on the ci zoo, full and LoRA experts, with no edit anywhere else."""
 
 import importlib.util
 import json

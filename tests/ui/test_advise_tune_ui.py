@@ -1,4 +1,4 @@
-"""The merge advisor on ② Analyze and tuning on ③ Fuse (issue 15): API and browser."""
+"""The merge advisor on ② Analyze and tuning on ③ Fuse: API and browser."""
 
 import itertools
 import json

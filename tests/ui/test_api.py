@@ -161,7 +161,7 @@ def test_bad_inputs_show_clear_messages_and_the_app_keeps_working(client, app_se
 
 
 def test_paths_outside_the_allowed_folders_get_one_answer(client, tmp_path):
-    """Issue 16 item 8 over the API: missing, a file, a folder without config.json: the same words."""
+    """Paths outside the allowed folders over the API: missing, a file, a folder without config.json: the same words."""
     (tmp_path / "f.yaml").write_text("x: 1\n")
     (tmp_path / "d").mkdir()
     refs = [str(tmp_path / "missing"), str(tmp_path / "f.yaml"), str(tmp_path / "d")]

@@ -1,4 +1,4 @@
-"""Issue 16 item 1: a generation refused for capacity says so in words, keeps the refused prompt and
+"""A generation refused for capacity says so in words, keeps the refused prompt and
 offers a Retry button (as Chat and Arena wire it with `wire_retry`), in a real browser; the retry then
 runs. A small Blocks with the app's admission stands in for the model runs (no model is loaded)."""
 

@@ -1,4 +1,4 @@
-"""Issue 16 item 8: server paths users give (manifest, base, expert, recipe paths, dataset file) must
+"""Server paths users give (manifest, base, expert, recipe paths, dataset file) must
 lie under the allowed folders (`--allow-dir`); anything else gets one generic refusal, the same whether
 it does not exist, is a file or is not a model folder. The page config shows no absolute server path."""
 

@@ -1,4 +1,4 @@
-"""The app uses the fusion study and the zoo's showcase (issue 13, item 7)."""
+"""The app uses the fusion study and the zoo's showcase."""
 
 import json
 import shutil

@@ -1,4 +1,4 @@
-"""Issue #14 (demo-ready UX) in chromium: one assertion per numbered item that failed before it.
+"""The demo-ready UX in chromium: one assertion per numbered item (ux-1 .. ux-10 below).
 
 One app (the session's `app_server`), one browser for the module, a page per viewport.
 Screenshots land in test-artifacts/ (gitignored): ux-1-after-reload.png, ux-2-phone-<tab>.png,

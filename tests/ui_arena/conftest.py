@@ -59,13 +59,14 @@ class App:
                 self.proc.wait(timeout=15)
 
 
-def start_app(manifest: str, folder: Path) -> App:
-    """`python app.py` on a free port with its vote store and work dir in `folder`; waits until it serves."""
+def start_app(manifest: str, folder: Path, env: dict | None = None) -> App:
+    """`python app.py` on a free port with its vote store and work dir in `folder`; waits until it serves.
+    `env`: extra environment (e.g. GRAFT_ARENA_RATE for the rate-limit test)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     votes = folder / "votes.sqlite"
     log = folder / "app.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **(env or {}))
     cmd = [sys.executable, str(ROOT / "app.py"), "--manifest", manifest, "--port", str(port), "--device", "cpu",
            "--votes", str(votes), "--work-dir", str(folder / "work")]
     with open(log, "wb") as out:
@@ -105,8 +106,8 @@ def launch_app(zoo_manifest_path, tmp_path_factory):
     """A factory for extra apps (each with its own store); all are stopped at the end."""
     apps: list[App] = []
 
-    def launch() -> App:
-        app = start_app(zoo_manifest_path, tmp_path_factory.mktemp("arena-app-extra"))
+    def launch(env: dict | None = None) -> App:
+        app = start_app(zoo_manifest_path, tmp_path_factory.mktemp("arena-app-extra"), env)
         apps.append(app)
         return app
 

@@ -199,7 +199,8 @@ def test_leaderboard_compute_filters_and_exports(store, tmp_path):
         store.record_vote(turn_id=f"t{i}", battle_id=f"b{i}", variant_a=a, variant_b=b,
                           vote=rng.choice(["a", "b", "tie", "both_bad"]), prompt="p", answer_a="x", answer_b="y",
                           blind=i % 10 != 0, domain="math" if i % 2 else "code", expertise="math" if i % 3 else None)
-    summary, df, *figs = L.compute(store, n_bootstrap=50)
+    summary, df, *rest = L.compute(store, n_bootstrap=50)
+    figs = rest[:3]  # then the style text, the flagged voters and their choices
     assert "**27** blind votes" in summary and "3 named-mode votes not counted" in summary
     assert list(df.columns) == L.COLUMNS and set(df["variant"]) == set(names)
     assert df["battles"].sum() == 2 * 27 and all(f.layout.height for f in figs)
@@ -234,3 +235,58 @@ def test_vote_exports_stay_in_the_work_dir_and_old_ones_are_removed(store, tmp_p
     second = Path(L.export_file(store, "jsonl", root))
     assert not first.parent.exists() and second.is_file()
     assert [p.name for p in root.iterdir()] == [second.parent.name]
+
+
+def test_weighted_pairing_rate_hook_voter_session_and_reading_time(studio, store):
+    from graft_ui.arena.limits import RateLimiter, RateLimitError
+
+    st = S.ArenaState()
+    only = {("math-lora", "code-lora"): 1.0, ("base", "math-lora"): 0.0}  # the weights decide the pair
+    S.begin_turn(studio, st, text="What is 3 + 3?", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
+                 domain=None, settings=FAST, rng=random.Random(0), pair_weights=lambda pool: only)
+    assert set(st.names) == {"math-lora", "code-lora"}
+    list(S.stream_turn(studio, st))
+    vote, _ = S.cast_vote(store, st, "b", voter_id="session-xyz")
+    assert vote.voter_hash == store.hash_client("session-xyz") and vote.voter == vote.voter_hash
+    assert vote.read_s is not None and 0 <= vote.read_s < 60
+
+    limiter = RateLimiter("battles=1/hour,loopback")
+    admit = lambda: limiter.check("battles", "127.0.0.1")  # noqa: E731
+    S.begin_turn(studio, st, text="Next?", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
+                 domain=None, settings=FAST, admit_battle=admit)
+    list(S.stream_turn(studio, st))
+    S.cast_vote(store, st, "a")
+    battle = st.battle
+    with pytest.raises(RateLimitError, match="Too many new battles"):
+        S.begin_turn(studio, st, text="One more?", image=None, mode=S.BLIND, pool=POOL, named_a=None, named_b=None,
+                     domain=None, settings=FAST, admit_battle=admit)
+    assert st.battle is battle and st.phase == "voted"  # a refused battle changes nothing
+
+
+def test_leaderboard_restore_voter_and_confirm_on_fresh_votes(store):
+    for i in range(30):
+        a, b = ("x", "y") if i % 2 else ("y", "x")
+        store.record_vote(turn_id=f"c{i}", battle_id=f"c{i}", variant_a=a, variant_b=b, vote="a" if a == "x" else "b",
+                          prompt="p", answer_a="one", answer_b="two", voter_id=f"crowd{i % 10}")
+    for i in range(6):
+        store.record_vote(turn_id=f"r{i}", battle_id=f"r{i}", variant_a="y", variant_b="x", vote="a", prompt="p",
+                          answer_a="one", answer_b="two", voter_id="rogue")
+    summary, df, *_, style, flags, choices = L.compute(store, n_bootstrap=20)
+    rogue = store.hash_client("rogue")
+    assert "**6** votes of flagged voters left out" in summary and choices[0][1] == rogue
+    assert list(flags["status"]) == ["flagged (left out)"] and style == ""
+    with pytest.raises(ValueError, match="choose a flagged voter"):
+        L.set_voter(store, None, True)
+    assert "restored" in L.set_voter(store, rogue, True)
+    summary, _, *_, flags, _ = L.compute(store, n_bootstrap=20)
+    assert "flagged voters left out" not in summary and list(flags["status"]) == ["restored (counted)"]
+    L.set_voter(store, rogue, False)
+    assert store.marks("voter") == {} and store.count() == 36
+
+    assert "confirmed on votes cast from now on" in L.confirm_fresh(store, "x")
+    _, df, *_ = L.compute(store, n_bootstrap=20)
+    assert df.set_index("variant").loc["x", "tuning"] == "no fresh votes yet"
+    store.record_vote(turn_id="late", battle_id="late", variant_a="x", variant_b="y", vote="a", prompt="p",
+                      answer_a="one", answer_b="two")
+    _, df, *_ = L.compute(store, n_bootstrap=20)
+    assert df.set_index("variant").loc["x", "tuning"].endswith("on 1 fresh vote")
