@@ -63,7 +63,9 @@ def main(argv=None):
                        zoo_manifest=zoo, allow_dirs=args.allow_dir, backend=args.backend,
                        arena_rate=args.arena_rate, zoo_build=build)
     warm = None
-    if not args.no_warm_up and ctx.pending_zoo is None:  # overlaps the UI build; done before the app reports ready (see warmup.py)
+    if ctx.pending_zoo is not None:  # the zoo is warmed up when it is taken, unless told not to
+        ctx.pending_zoo.warm_up = not args.no_warm_up
+    elif not args.no_warm_up:  # overlaps the UI build; done before the app reports ready (see warmup.py)
         from graft_ui.warmup import start_warm_up
 
         warm = start_warm_up(ctx.studio)

@@ -48,6 +48,7 @@ class PendingZoo:
     placeholder: Manifest = None
     banner: Any = None
     parts: list = field(default_factory=list)  # (tab id, note, body)
+    warm_up: bool = True  # warm the zoo's models up once it is taken (app.py --no-warm-up: not)
 
     def __post_init__(self):
         if self.placeholder is None:  # the zoo's future base (not there yet), no experts, no datasets
@@ -65,7 +66,8 @@ def adopt_if_ready(ctx: AppContext) -> None:
     with _adopting:
         if waiting(ctx) and ctx.pending_zoo.build.ready():
             ctx.studio.set_manifest(load_manifest(ctx.pending_zoo.build.manifest))
-            start_warm_up(ctx.studio)
+            if ctx.pending_zoo.warm_up:
+                start_warm_up(ctx.studio)
 
 
 def banner_html(status: dict, pending: bool) -> str:
