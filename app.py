@@ -1,5 +1,7 @@
 """Graft Studio: `python app.py [--manifest PATH] [--zoo-profile full|ci] [--host 127.0.0.1] [--port 7860]
-[--auth user:pass] [--device auto] [--allow-dir DIR ...] [--backend local|URL]`. Without --manifest, the offline demo zoo is used (built on first run)."""
+[--auth user:pass] [--device auto] [--allow-dir DIR ...] [--backend local|URL]`. Without --manifest, the offline demo zoo is used:
+when it is not built yet, the page opens at once and the zoo is built by a background process
+(graft_ui/zoo/background.py), its progress shown in the app, which takes it when it is ready."""
 
 import argparse
 import logging
@@ -29,6 +31,8 @@ def parse_args(argv=None):
                         "always allowed; any other server path is refused")
     p.add_argument("--no-warm-up", action="store_true",
                    help="do not load the base, experts and kernels at startup (graft_ui/warmup.py)")
+    p.add_argument("--wait-for-zoo", action="store_true",
+                   help="build the demo zoo before serving (the former behaviour) instead of in the background")
     p.add_argument("--backend", default="local",
                    help="local (default), or an OpenAI-compatible server URL (e.g. vLLM http://host:8000/v1) "
                         "that answers every LoRA expert (sets the manifest's server: endpoint)")
@@ -40,19 +44,28 @@ def main(argv=None):
     from graft_ui.logs import setup_logging
 
     setup_logging(logging.INFO)  # user values in log lines are shortened
-    from graft_ui.zoo import ensure_zoo
-
-    zoo = str(ensure_zoo(args.zoo_profile) / "manifest.yaml") if not args.manifest else None
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     if args.auth and (len(auth) != 2 or not all(auth)):
         raise SystemExit("--auth must be user:password")
+    build = zoo = None
+    if not args.manifest:
+        from graft_ui.zoo import ensure_zoo
+        from graft_ui.zoo.background import ZooBuild
+
+        if args.wait_for_zoo:
+            ensure_zoo(args.zoo_profile)
+        build = ZooBuild(args.zoo_profile)
+        build.start()  # first, before the heavy imports: the page comes up while it trains
+        zoo = str(build.manifest)
     from graft_ui.ui.app import build_app, launch_kwargs, make_context
 
-    ctx = make_context(args.manifest or zoo, device=args.device, work_dir=args.work_dir, votes=args.votes,
+    ctx = make_context(args.manifest, device=args.device, work_dir=args.work_dir, votes=args.votes,
                        zoo_manifest=zoo, allow_dirs=args.allow_dir, backend=args.backend,
-                       arena_rate=args.arena_rate)
+                       arena_rate=args.arena_rate, zoo_build=build)
     warm = None
-    if not args.no_warm_up:  # overlaps the UI build; done before the app reports ready (see warmup.py)
+    if ctx.pending_zoo is not None:  # the zoo is warmed up when it is taken, unless told not to
+        ctx.pending_zoo.warm_up = not args.no_warm_up
+    elif not args.no_warm_up:  # overlaps the UI build; done before the app reports ready (see warmup.py)
         from graft_ui.warmup import start_warm_up
 
         warm = start_warm_up(ctx.studio)

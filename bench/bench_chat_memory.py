@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default=None, help="default: bfloat16 for qwen2vl-2b, float32 for the zoo")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments and imports (no gradio), then stop")
     # internal: one measurement in this process
     p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
@@ -185,6 +186,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args)))
+        return 0
+    if args.dry_run:
+        import graft_ui.chat.pool  # noqa: F401  what the measurements import
+        import graft_ui.models.merge  # noqa: F401
+
+        assert "gradio" not in sys.modules, "the chat pool imports gradio (not on the GPU machine)"
+        log(f"dry run: arguments and imports fine (model {args.model}, device {args.device})")
         return 0
     dtype = args.dtype or ("bfloat16" if args.model == "qwen2vl-2b" else "float32")
     work = Path(args.workdir)

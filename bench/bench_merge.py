@@ -85,6 +85,8 @@ def parse_args(argv):
     ap.add_argument("--targets", default=os.environ.get("GRAFT_NATIVE_MARCH") or "native",
                     help="build targets of the C kernels for the LoRA floor/exact Graft runs and the exact check, "
                          "e.g. native,x86-64-v3 (default: $GRAFT_NATIVE_MARCH, else native)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check the arguments and that the merge modules import (no gradio), then stop")
     return ap.parse_args(argv)
 
 
@@ -228,6 +230,13 @@ def lora_labels(target: str, targets: list[str]) -> tuple[str, str]:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.dry_run:
+        import graft_ui.kernels.graft  # noqa: F401  what the timed children import
+        import graft_ui.models.merge  # noqa: F401
+
+        assert "gradio" not in sys.modules, "the merge path imports gradio (not on the GPU machine)"
+        log(f"dry run: arguments and imports fine ({a.layers} layers, device {a.device})")
+        return 0
     b = Bench(a)
     b.work.mkdir(parents=True, exist_ok=True)
     try:

@@ -61,6 +61,7 @@ class Studio:
         votes: str | None = None,
         max_full: int = 2,
         roots: AllowedRoots | None = None,
+        check: bool = True,
     ):
         self.device = resolve_device(device)
         self.device_label = device_label(self.device)
@@ -75,7 +76,7 @@ class Studio:
         self._manifest: Manifest | None = None
         self.pool: ModelPool | None = None
         self.analysis_cache = AnalysisCache()  # processor, encoded inputs, finished statistics
-        self.set_manifest(manifest)
+        self.set_manifest(manifest, check=check)
 
     @classmethod
     def from_manifest(cls, path: str | Path, **kwargs) -> "Studio":
@@ -87,9 +88,11 @@ class Studio:
     def manifest(self) -> Manifest:
         return self._manifest
 
-    def set_manifest(self, manifest: Manifest) -> None:
-        """Switch to another base/experts set. Fused variants of the old base are dropped from chat."""
-        validate_entry(manifest.base)
+    def set_manifest(self, manifest: Manifest, *, check: bool = True) -> None:
+        """Switch to another base/experts set. Fused variants of the old base are dropped from chat.
+        `check=False` accepts a base that is not there yet (the demo zoo while it is built)."""
+        if check:
+            validate_entry(manifest.base)
         with self.lock:
             if self.pool is not None:
                 self.pool.close()

@@ -22,6 +22,7 @@ from graft_ui.models.roots import AllowedRoots
 from graft_ui.studio import Studio
 from graft_ui.ui import analyze, arena, chat, experts, fuse, leaderboard
 from graft_ui.ui import theme as T
+from graft_ui.ui import zoo_wait
 from graft_ui.ui.admission import limit_gpu_queue
 from graft_ui.ui.context import EXAMPLES_DIR, AppContext, examples_for
 
@@ -51,14 +52,16 @@ def build_app(ctx: AppContext, *, tabs=TABS) -> gr.Blocks:
     """Build the Blocks (not launched). Each tab's `render(ctx)` runs inside its own gr.Tab."""
     with gr.Blocks(title="Graft Studio", analytics_enabled=False, delete_cache=UPLOAD_CACHE) as app:
         head = gr.HTML(header(ctx), elem_id="gs-header-box", padding=False)
+        zoo_wait.banner(ctx)  # the demo zoo's build progress, while it builds
         ctx.models_changed = gr.State(ctx.studio.version)
         ctx.handoff = gr.State(None)
         with gr.Tabs(elem_id="gs-tabs") as ctx.tabs:
             for name, module in tabs:
-                with gr.Tab(module.TITLE, id=name, elem_id=f"gs-tab-{name}"):
+                with gr.Tab(module.TITLE, id=name, elem_id=f"gs-tab-{name}"), zoo_wait.tab_body(ctx, name):
                     module.render(ctx)
         ctx.on_models_changed(lambda: header(ctx), [head])
         ctx.wire_refreshers(app)
+        zoo_wait.wire(ctx, app)
         app.load(lambda: header(ctx), None, head, api_visibility="private", queue=False)
     # gradio's max_size would count votes against the same cap as generations: only model runs are capped
     app.queue(max_size=None, default_concurrency_limit=4)
@@ -120,7 +123,7 @@ def allowed_roots(studio: Studio, allow_dirs: list[str | Path] | None = None) ->
 
 
 def make_context(
-    manifest: str | Path,
+    manifest: str | Path | None,
     *,
     device: str = "auto",
     work_dir: str | Path | None = None,
@@ -129,21 +132,29 @@ def make_context(
     allow_dirs: list[str | Path] | None = None,
     backend: str | None = None,
     arena_rate: str | None = None,
+    zoo_build=None,
 ) -> AppContext:
     """The app's state on `manifest`; server paths users give must lie under `allow_dirs` (see
     `allowed_roots`) and are otherwise refused with one generic message. `backend`: None or "local"
     (the manifest as written), or the URL of an OpenAI-compatible server that answers every LoRA
     expert (the manifest's `server:` endpoint, replaced). `arena_rate`: the Arena's per-client limits
-    (graft_ui.arena.limits spec; None: $GRAFT_ARENA_RATE, else the defaults)."""
-    m = load_manifest(manifest)
+    (graft_ui.arena.limits spec; None: $GRAFT_ARENA_RATE, else the defaults). `zoo_build` (a
+    graft_ui.zoo.background.ZooBuild whose zoo is not complete, with `manifest` None): start on a
+    stand-in and take the zoo when it is in (ui/zoo_wait.py)."""
+    pending = zoo_wait.PendingZoo(zoo_build) if zoo_build is not None and not zoo_build.ready() else None
+    if zoo_build is not None and pending is None:
+        manifest = zoo_build.manifest
+    m = pending.placeholder if pending else load_manifest(manifest)
     if backend and backend != "local":
         m = dataclasses.replace(m, server=dataclasses.replace(m.server, endpoint=check_endpoint(backend, "--backend"))
                                 if m.server else ServerConfig(endpoint=backend))
-    studio = Studio(m, device=device, work_dir=work_dir, votes=votes)
+    studio = Studio(m, device=device, work_dir=work_dir, votes=votes, check=pending is None)
     studio.roots = allowed_roots(studio, allow_dirs)
+    if pending:  # the zoo's folder, as its manifest's folders would be had it been there at start
+        studio.roots = AllowedRoots([*studio.roots.roots, zoo_build.path])
     log.info("loadable folders: %s", ", ".join(str(r) for r in studio.roots.roots))
     examples = examples_for(studio.manifest.source)
-    ctx = AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest, examples=examples)
+    ctx = AppContext(studio=studio, votes=votes, zoo_manifest=zoo_manifest, examples=examples, pending_zoo=pending)
     ctx.limiter = RateLimiter(arena_rate if arena_rate is not None else os.environ.get("GRAFT_ARENA_RATE"))
     images = {str(Path(e["image"]).parent) for e in examples if e.get("image")}
     outside = sorted(p for p in images if not Path(p).is_relative_to(EXAMPLES_DIR))

@@ -18,6 +18,7 @@
     ctx.check_image(path) an uploaded image path, checked to be an image inside the upload area
     ctx.remote_routes     {api_name: fn(raw input values) -> bool}: a GPU event whose request needs no
                           local model (every column remote) skips the GPU line (ui/admission.py)
+    ctx.pending_zoo       ui.zoo_wait.PendingZoo when the app started before its demo zoo was built, else None
     ctx.examples          example prompts: list of {"text", "image" (path or None), "domain", "label"};
                           from the zoo's showcase.json when it has one (load_showcase), else examples/
 """
@@ -125,6 +126,7 @@ class AppContext:
     zoo_manifest: str | None = None  # the demo zoo's manifest, for 'back to the zoo'
     tabs: Any = None  # the gr.Tabs (created in build_app): an output selects a tab with gr.Tabs(selected=id)
     handoff: Any = None  # gr.State: expert names ② Analyze's advisor sends to ③ Fuse (None without both tabs)
+    pending_zoo: Any = None  # ui.zoo_wait.PendingZoo while the demo zoo builds in the background, else None
     _stops: dict[str, threading.Event] = field(default_factory=dict)
     limiter: Any = None  # graft_ui.arena.limits.RateLimiter: votes and new battles per client (set by make_context)
     pairing: str = "adaptive"  # how blind battles draw their pair (arena.pairing.PAIRINGS); the operator's choice

@@ -351,18 +351,19 @@ def render(ctx: AppContext) -> None:
     report_btn.click(export_report, chosen, [export_file, summary], api_name="export_report", **ctx.gpu)
     remove_btn.click(remove, chosen, [variants_df, chosen, ctx.models_changed, summary], api_name="remove_variant")
 
-    def refresh(current_experts):
+    def refresh(current_experts, lo, hi):
         names = studio.expert_names()
         default = (studio.expert_names("lora") or names)[:2]
+        top = max(0, studio.num_layers() - 1)  # a shallower base: the range shrinks into it
         return (choices_update(names, value=default, keep=current_experts),
-                gr.update(maximum=max(0, studio.num_layers() - 1)),
-                gr.update(maximum=max(0, studio.num_layers() - 1)),
+                gr.update(maximum=top, value=min(int(lo or 0), top)),
+                gr.update(maximum=top, value=min(int(top if hi is None else hi), top)),
                 choices_update(["auto"] + studio.dataset_names(), value="auto"),
                 variants_table(), gr.update(choices=list(studio.variants)),
                 gr.update(value=device_md(studio)))
 
     ctx.on_models_changed(refresh, [experts, first_layer, last_layer, cal_dataset, variants_df, chosen, device],
-                          inputs=[experts])
+                          inputs=[experts, first_layer, last_layer])
     tune_ui.render(ctx, recipe_from_form, form, run_outputs, lambda v: shown(v, ok("Tuned.")))
 
 

@@ -101,8 +101,11 @@ def _cpu_seconds() -> float:
 
 
 def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bool = False,
-              progress: bool = True) -> Path:
-    """Build the zoo into `out_dir` (replaced only when `force`); returns `out_dir`."""
+              progress: bool = True, report=None) -> Path:
+    """Build the zoo into `out_dir` (replaced only when `force`); returns `out_dir`.
+
+    `report(snapshot)`, when given, receives the build's progress (graft_ui/zoo/progress.py).
+    """
     from tqdm.auto import tqdm
 
     prof = get_profile(profile) if isinstance(profile, str) else profile
@@ -121,6 +124,10 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     total_steps = prof.base_steps + prof.instruct_steps + len(KINDS) * sum(e.steps for e in prof.experts)
     bar = tqdm(total=total_steps, desc=f"zoo build ({prof.name})", unit="step", disable=not progress,
                dynamic_ncols=True)
+    if report is not None:
+        from graft_ui.zoo.progress import ProgressBar
+
+        bar = ProgressBar(bar, [e.steps for e in prof.experts], len(KINDS), report, profile=prof.name)
     try:
         with torch_threads(prof.threads):
             # 1. data

@@ -239,20 +239,34 @@ def train_expert_pair(task: dict, report=None) -> dict:
     return result
 
 
+def _design_report(bar, design: int):
+    """`report(n)` for one expert design: `bar` counts the steps, and per design when it can
+    (graft_ui/zoo/progress.py's ProgressBar, for "expert k of n")."""
+    per_design = getattr(bar, "task_steps", None)
+
+    def report(n: int) -> None:
+        if per_design is not None:
+            per_design(design, n)
+        bar.update(n)
+
+    return report
+
+
 def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[int, dict]:
     """Run the per-design tasks inline (workers <= 1) or in `workers` worker processes, feeding `bar`."""
     if workers <= 1:
-        return {t["spec"]: train_expert_pair(t, bar.update) for t in tasks}
+        return {t["spec"]: train_expert_pair(t, _design_report(bar, t["spec"])) for t in tasks}
     import threading
 
     results: dict[str, dict] = {}
     lock = threading.Lock()
 
     def pump(proc, key):
+        report = _design_report(bar, key)
         for line in proc.stdout:
             if line.startswith("progress "):
                 with lock:
-                    bar.update(int(line.split()[1]))
+                    report(int(line.split()[1]))
             elif line.startswith("result "):
                 results[key] = json.loads(line[len("result "):])
 
