@@ -37,14 +37,15 @@ def _dropper(generator, p):
 
 
 def _dare_gta(base, experts, weights, *, p, lam, generator, rescale, normalize, consensus, method):
-    out, stats = gta_merge(base, experts, weights, sparsify="random", consensus=consensus, density=1.0 - p,
-                           normalize=normalize, rescale=rescale == "l1", lam=lam, generator=generator, method=method)
+    density = [1.0 - x for x in p] if isinstance(p, (list, tuple)) else 1.0 - p
+    out, stats = gta_merge(base, experts, weights, sparsify="random", consensus=consensus, density=density,
+                           normalize=normalize, rescale=rescale, lam=lam, generator=generator, method=method)
     return out, dict(stats, p=p)
 
 
 def dare_linear(base, experts, weights=None, *, p: float = 0.5, lam: float = 1.0,
                 generator: torch.Generator | None = None, block_rows: int | None = None, rescale: str = "inverse"):
-    if rescale != "inverse":
+    if rescale != "inverse" or isinstance(p, (list, tuple)):  # mergekit's forms, or one p per expert
         return _dare_gta(base, experts, weights, p=p, lam=lam, generator=generator, rescale=rescale,
                          normalize=False, consensus=False, method="dare_linear")
     w = check_inputs(base, experts, weights, needs_base=True, method="dare_linear")
@@ -64,7 +65,7 @@ def dare_linear(base, experts, weights=None, *, p: float = 0.5, lam: float = 1.0
 def dare_ties(base, experts, weights=None, *, p: float = 0.5, lam: float = 1.0,
               generator: torch.Generator | None = None, block_rows: int | None = None, rescale: str = "inverse",
               normalize: bool = True):
-    if rescale != "inverse":
+    if rescale != "inverse" or isinstance(p, (list, tuple)):
         return _dare_gta(base, experts, weights, p=p, lam=lam, generator=generator, rescale=rescale,
                          normalize=normalize, consensus=True, method="dare_ties")
     out, stats = ties_merge(base, experts, weights, lam=lam, block_rows=block_rows,
@@ -86,6 +87,7 @@ register(
         params=(P, LAM, RESCALE),
         paper="https://arxiv.org/abs/2311.03099",
         summary="random drop p + rescale 1/(1-p), then task arithmetic",
+        expert_params=("p",),
     )
 )
 register(
@@ -99,5 +101,6 @@ register(
         summary="random drop p + rescale 1/(1-p), then TIES sign election and disjoint mean",
         kernels={"lora_tiled": "graft_ui.kernels.ties_lora:lora_tiled_dare"},
         kernel_params={"rescale": "inverse", "normalize": True},
+        expert_params=("p",),
     )
 )

@@ -33,13 +33,15 @@ def gta_merge(
     gamma=0.0,
     epsilon=0.0,
     normalize: bool = False,
-    rescale: bool = False,
+    rescale: bool | str = False,
     lam: float = 1.0,
     generator: torch.Generator | None = None,
     method: str = "gta",
     block_rows: int | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """One tensor: (merged, stats). density / gamma / epsilon: a value or one per expert."""
+    """One tensor: (merged, stats). density / gamma / epsilon: a value or one per expert.
+    rescale: True / "l1" (back to the L1 norm), "inverse" (x 1/density, DARE's), False / "none"."""
+    rescale = {True: "l1", False: "none"}.get(rescale, rescale)
     w = check_inputs(base, experts, weights, needs_base=True, method=method)
     k = len(experts)
     sparsifiers = []
@@ -56,7 +58,9 @@ def gta_merge(
         return taus
 
     scale = [1.0] * k
-    if sparsifiers and rescale:
+    if sparsifiers and rescale == "inverse":
+        scale = [1.0 / s.density if 0 < s.density < 1 else 1.0 for s in sparsifiers]
+    elif sparsifiers and rescale == "l1":
         before, after = [0.0] * k, [0.0] * k
         for _, _, taus in task_vector_blocks(base, experts, **rows):
             for i in range(k):
@@ -87,7 +91,7 @@ def gta_merge(
 
     out = blockwise(base, experts, block, **rows)
     stats = {"kept": kept.fractions(), "nonzero": nonzero.fractions()[0], "lam": lam}
-    if sparsifiers and rescale:
+    if sparsifiers and rescale != "none":
         stats["rescale"] = [round(s, 6) for s in scale]
     return out, stats
 

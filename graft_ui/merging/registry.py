@@ -146,6 +146,8 @@ class Method:
             return None
         if params and any(params.get(k, v) != v for k, v in self.kernel_params.items()):
             return None
+        if params and any(isinstance(params.get(k), (list, tuple)) for k in self.expert_params):
+            return None  # kernels take one value for all experts
         module, _, attr = ref.partition(":")
         fn = getattr(importlib.import_module(module), attr, None) if attr else None
         if fn is None:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .registry import Method, Param, register, validate_params
+from .registry import Method, Param, per_expert, register, validate_params
 from .steps import KTHVALUE_LIMIT, Counter, blockwise, check_inputs, disjoint_mean, elect_sign, expert_threshold, trim_
 from .task_arithmetic import LAM
 
@@ -24,7 +24,7 @@ def ties_merge(
     experts,
     weights=None,
     *,
-    density: float = 0.2,
+    density: float | list[float] = 0.2,
     lam: float = 1.0,
     block_rows: int | None = None,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -41,9 +41,10 @@ def ties_merge(
     """
     w = check_inputs(base, experts, weights, needs_base=True, method=method)
     if prepare is None:
-        small = density < 1 and base.numel() <= KTHVALUE_LIMIT
+        dens = per_expert(density, len(experts), f"{method}: density")
+        small = min(dens) < 1 and base.numel() <= KTHVALUE_LIMIT
         buf = torch.empty(base.numel(), dtype=torch.float32, device=base.device) if small else None
-        thresholds = [expert_threshold(e, base, density, buf) for e in experts]
+        thresholds = [expert_threshold(e, base, d, buf) for e, d in zip(experts, dens)]
         del buf
         prepare = lambda taus: trim_(taus, thresholds)  # noqa: E731
     kept, agree = Counter(len(experts), base.numel()), Counter(1, base.numel())
@@ -82,5 +83,6 @@ register(
         kernels={"fuse_tensor": "graft_ui.kernels.ties:fuse_tensor",
                  "lora_tiled": "graft_ui.kernels.ties_lora:lora_tiled_ties"},
         kernel_params={"normalize": True},
+        expert_params=("density",),
     )
 )
