@@ -37,7 +37,8 @@ METHOD_OUT = {"average": "linear"}
 # mergekit parameter -> ours (per method family); the rest keep their names
 PARAM_IN = {"lambda": "lam", "nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}
 PARAM_OUT = {v: k for k, v in PARAM_IN.items()}
-IGNORED_IN = {"int8_mask"}  # memory layout only: the result does not change
+IGNORED_IN = {"int8_mask"}
+NO_RESCALE = ("task_arithmetic", "ties")  # mergekit's rescale: false default, ours have no such switch  # memory layout only: the result does not change
 DARE = ("dare_linear", "dare_ties")
 # mergekit's defaults where ours differ: set on import unless the config sets them
 DEFAULTS_IN = {"ties": {"density": 1.0}, "dare_linear": {"p": 0.0, "rescale": "l1"},
@@ -86,6 +87,11 @@ def _params_in(method: str, params: Mapping[str, Any] | None, where: str) -> dic
     out = {}
     for k, v in (params or {}).items():
         if k in IGNORED_IN:
+            continue
+        if k == "rescale" and method in NO_RESCALE:
+            if v is True and method != "task_arithmetic":  # task arithmetic sparsifies nothing: no-op there
+                raise ValueError(f"mergekit {where}: rescale: true for {method!r} is not supported (DARE and DELLA "
+                                 "rescale; use one of them)")
             continue
         name = PARAM_IN.get(k, k)
         if method in DARE and k == "density":
@@ -246,7 +252,7 @@ def to_mergekit(recipe: Recipe) -> dict[str, Any]:
         params.setdefault("normalize", False)
     if recipe.method in DARE:
         params.setdefault("normalize", False)
-    if recipe.method in ("task_arithmetic", "ties") or recipe.method in DARE:
+    if recipe.method in NO_RESCALE:
         params.setdefault("rescale", False)
     uses_base = m.uses_base(recipe.params) or m.max_experts == 1
     if uses_base and not recipe.base:
