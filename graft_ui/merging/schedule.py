@@ -105,3 +105,29 @@ def resolve_params(params: Mapping[str, Any], defaults: Mapping[str, Any], tenso
         else:
             out[name] = shared
     return out
+
+
+def parse_knots(text: str) -> list[float]:
+    """"0.2, 0.5, 0.8" -> [0.2, 0.5, 0.8] (commas or spaces); ValueError naming a bad entry."""
+    out = []
+    for tok in str(text or "").replace(",", " ").split():
+        try:
+            out.append(float(tok))
+        except ValueError:
+            raise ValueError(f"curve knot {tok!r} is not a number (write e.g. 0.2, 0.5, 0.8)") from None
+    return out
+
+
+def curve_setting(knots: Sequence[float], tensor_filter: str = "", otherwise: Any = None) -> Any:
+    """A gradient over the layers, or, with a filter, that gradient on the matching tensors and
+    `otherwise` (the parameter's plain value) on the rest."""
+    knots = [float(k) for k in knots]
+    if not tensor_filter:
+        return knots
+    return [{"filter": tensor_filter, "value": knots}] + ([{"value": otherwise}] if otherwise is not None else [])
+
+
+def per_layer(setting: Any, first: int, last: int, tensor: str = "") -> list[tuple[int, Any]]:
+    """(layer, value) over the fused layers, as a tensor named `tensor` of each layer sees it."""
+    return [(layer, resolve(setting, tensor.replace("{layer}", str(layer)), layer_t(layer, first, last)))
+            for layer in range(first, last + 1)]
