@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import yaml
 
 from graft_ui.checks import number
-from graft_ui.merging.registry import Param, get_method
-from graft_ui.merging.schedule import check_setting
+from graft_ui.merging.registry import Param, get_method, validate_params
+from graft_ui.merging.schedule import check_setting, varies
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
@@ -115,7 +115,10 @@ class Calibrate:
 
 
 def validate_settings(method_name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Like registry.validate_params, but a value may be a gradient or a filter list."""
+    """Like registry.validate_params (which checks plain values), but a value may also be a
+    gradient or a filter list."""
+    if not any(varies(v) for v in (params or {}).values()):
+        return validate_params(method_name, params)
     method = get_method(method_name)
     known = {p.name: p for p in method.params}
     params = dict(params or {})
@@ -279,8 +282,6 @@ class Recipe:
     @property
     def varies(self) -> bool:
         """Whether some parameter is a gradient or filters (merging/schedule.py)."""
-        from graft_ui.merging.schedule import varies
-
         return any(varies(v) for v in self.params.values()) or any(
             varies(v) for e in self.experts for v in e.params.values())
 

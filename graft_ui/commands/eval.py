@@ -57,7 +57,7 @@ def fuse_with_methods(manifest, experts: list[str], out_dir: Path, methods: list
     if len(entries) < 2:
         raise ValueError(f"--methods fuses two or more experts; got {experts}")
     get_method(methods[0] if methods else "graft")  # importing graft_ui.merging registers every method
-    names = methods or sorted(METHODS)
+    names = methods or sorted(n for n, m in METHODS.items() if m.in_defaults)  # mergekit's family: when named
     unknown = sorted(set(names) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown merge method(s) {unknown}; known: {sorted(METHODS)}")
