@@ -19,10 +19,17 @@ def _merge(base, experts, weights, params, generator=None):
     return average(experts, w, normalize=p["normalize"]), {"weights": w, "normalize": p["normalize"]}
 
 
+def _lora_check(params, weights) -> str:
+    if params.get("normalize", True) is False and weights and abs(sum(weights) - 1) > 1e-9:
+        return (f"normalize: false scales the base by the weights' sum ({sum(weights):g}), which LoRA deltas "
+                "cannot express; use weights summing to 1 or normalize: true")
+    return ""
+
+
 register(Method(
     name="linear", merge=_merge,
     params=(Param("normalize", True, "bool", help="divide by the sum of the weights"),),
     paper="https://arxiv.org/abs/2203.05482",
     summary="weighted sum of the experts' weights, divided by the weights' sum (normalize)",
-    needs_base=False, linear=True, in_defaults=False,
+    needs_base=False, linear=True, in_defaults=False, lora_check=_lora_check,
 ))

@@ -110,6 +110,8 @@ class Method:
     weight_space: str = ""
     kernel_params: Mapping[str, Any] = field(default_factory=dict)
     in_defaults: bool = True
+    # (params, weights) -> why LoRA experts cannot be merged exactly with these settings, or ""
+    lora_check: Callable[[Mapping[str, Any], Sequence[float]], str] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
@@ -125,7 +127,7 @@ class Method:
         """Whether merging with `params` takes the backbone tensor (`needs_base` or a base parameter)."""
         return self.needs_base or bool(self.base_params(params))
 
-    def lora_refusal(self, params: Mapping[str, Any] | None) -> str:
+    def lora_refusal(self, params: Mapping[str, Any] | None, weights: Sequence[float] = ()) -> str:
         """Why LoRA experts cannot be merged exactly with `params` ("" when they can): the method
         needs the full weights (`weight_space`), or it reads no base and is not linear, so it
         would treat the deltas as weights."""
@@ -136,7 +138,7 @@ class Method:
                                        if p.needs_base_unless is not None})
             hint = f" (set {', '.join(unless)} and give the base)" if unless else ""
             return f"without the base it works on the full weights, not on task vectors{hint}"
-        return ""
+        return self.lora_check(params or {}, weights) if self.lora_check is not None else ""
 
     def kernel(self, hook: str, params: Mapping[str, Any] | None = None) -> Callable | None:
         """The fast path registered for `hook`, or None (the engine then uses `merge`): also

@@ -42,7 +42,7 @@ def sce(base, experts, *, select_topk: float = 1.0):
 
     def select_(taus):
         if thr is not None:
-            taus.mul_(_variance(taus).ge_(thr).logical_and_(_variance(taus) > 0))
+            taus.mul_(_variance(taus).ge_(thr))  # thr > 0: zero variances never pass
         return taus
 
     sq = [0.0] * k

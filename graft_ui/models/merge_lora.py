@@ -70,7 +70,7 @@ class LoraJob:
         self.recipe, self.method, self.folders = recipe, method, list(folders)
         self.labels = [str(f) for f in folders]
         self.notes: list[str] = []
-        refusal = method.lora_refusal(recipe.params)
+        refusal = method.lora_refusal(recipe.params, [e.weight for e in recipe.experts])
         if refusal:
             raise ValueError(f"method {method.name!r} cannot merge LoRA experts: {refusal}; merge full checkpoints "
                              "instead (fold each adapter into its base first)")

@@ -158,6 +158,9 @@ def test_linear_normalize_switch():
     x, y = T([1.0, 2.0]), T([3.0, 6.0])
     assert merge("linear", None, [x, y], [1.0, 3.0])[0].tolist() == [2.5, 5.0]
     assert merge("linear", None, [x, y], [1.0, 3.0], normalize=False)[0].tolist() == [10.0, 20.0]
+    m = get_method("linear")
+    assert "weights' sum (4)" in m.lora_refusal({"normalize": False}, [1.0, 3.0])
+    assert m.lora_refusal({"normalize": False}, [0.25, 0.75]) == m.lora_refusal({"normalize": True}, [1.0, 3.0]) == ""
 
 
 def test_gradients_and_filters_resolve_as_mergekit():
