@@ -31,9 +31,10 @@ from graft_ui.recipe import DTYPES, ExpertRef, Output, Recipe, Scope
 log = logging.getLogger(__name__)
 
 NO_EQUIVALENT = {"graft": "Graft", "consensus": "TALL (consensus)", "mmer": "MMER"}
-# mergekit name -> ours, for methods whose names differ
-METHOD_IN = {"task_arithmetic": "task_arithmetic"}
+# our name -> mergekit's where they differ (every mergekit name is ours too)
 METHOD_OUT = {"average": "linear"}
+# methods that take no per-model weight in mergekit: none is written for them
+NO_WEIGHT = {"slerp", "nearswap", "arcee_fusion", "karcher", "model_stock", "sce", "ram", "ramplus_tl"}
 # mergekit parameter -> ours (per method family); the rest keep their names
 PARAM_IN = {"lambda": "lam", "nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}
 PARAM_OUT = {v: k for k, v in PARAM_IN.items()}
@@ -154,7 +155,7 @@ def from_mergekit(data: Mapping[str, Any], root: Path | None = None) -> Recipe:
     mk_method = data["merge_method"]
     if mk_method == "passthrough":
         raise ValueError("mergekit's passthrough copies one model's layers; it does not merge: not supported")
-    method = METHOD_IN.get(mk_method, mk_method)
+    method = mk_method
     known = {"models", "slices", "modules", "merge_method", "base_model", "dtype", "out_dtype", "parameters",
              "tokenizer_source", "tokenizer", "chat_template", "name"}
     unknown = sorted(set(data) - known)
@@ -269,10 +270,11 @@ def to_mergekit(recipe: Recipe) -> dict[str, Any]:
         ref = f"{lora_base}+{e.path}" if lora_base else e.path
         p = {PARAM_OUT.get(k, k): (_map_setting(v, _flip) if recipe.method in DARE and k == "p" else v)
              for k, v in e.params.items()}
-        p.setdefault("weight", e.weight)
+        if recipe.method not in NO_WEIGHT:
+            p.setdefault("weight", e.weight)
         if recipe.method in DARE and "p" in e.params:
             p["density"] = p.pop("p")
-        models.append({"model": ref, "parameters": p})
+        models.append({"model": ref, **({"parameters": p} if p else {})})
     out: dict[str, Any] = {"merge_method": method}
     if recipe.name:
         out["name"] = recipe.name
