@@ -31,34 +31,36 @@ def _view(t: torch.Tensor, per: str) -> torch.Tensor:
     return as_one_row(t)
 
 
-def _blocks(xs: Sequence[torch.Tensor], base: torch.Tensor | None, per: str, dtype):
-    """Yield (rows, stacked (k, r, K) inputs minus base) in `dtype`."""
+def _blocks(xs: Sequence[torch.Tensor], base: torch.Tensor | None, per: str):
+    """Yield (rows, stacked (k, r, K) float32 inputs minus base)."""
     views = [_view(x, per) for x in xs]
     b2 = _view(base, per) if base is not None else None
     rows, ncols = views[0].shape
     for sl in row_slices(rows, auto_block_rows(ncols * len(xs))):
-        X = torch.stack([v[sl].to(dtype) for v in views])
+        X = torch.stack([v[sl].float() for v in views])
         if b2 is not None:
-            X.sub_(b2[sl].to(dtype))
+            X.sub_(b2[sl].float())
         yield sl, X
 
 
 def gram(xs: Sequence[torch.Tensor], base: torch.Tensor | None = None, per: str = "tensor") -> torch.Tensor:
     """Inner products of d_i = x_i - base (or x_i): (k, k) for "tensor", (R, k, k) per row,
-    (C, k, k) per column; float64."""
+    (C, k, k) per column. Float32 products within a block (one BLAS call, as mergekit computes
+    in float32), summed over blocks in float64."""
     k = len(xs)
     shape = _view(xs[0], per).shape
     if per == "tensor":
         G = torch.zeros(k, k, dtype=torch.float64, device=xs[0].device)
     else:
         G = torch.zeros(shape[0] if per == "row" else shape[1], k, k, dtype=torch.float64, device=xs[0].device)
-    for sl, X in _blocks(xs, base, per, torch.float64):
+    for sl, X in _blocks(xs, base, per):
         if per == "tensor":
-            G += torch.einsum("irk,jrk->ij", X, X)
+            flat = X.reshape(k, -1)
+            G += (flat @ flat.T).double()
         elif per == "row":
-            G[sl] = torch.einsum("irk,jrk->rij", X, X)
+            G[sl] = torch.einsum("irk,jrk->rij", X, X).double()
         else:
-            G += torch.einsum("irk,jrk->kij", X, X)
+            G += torch.einsum("irk,jrk->kij", X, X).double()
     return G
 
 
@@ -66,23 +68,37 @@ def combine(
     xs: Sequence[torch.Tensor], coef: torch.Tensor, base: torch.Tensor | None = None, per: str = "tensor",
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """base + sum_i c_i (x_i - base) (or sum_i c_i x_i without a base); coef (k,) or (R|C, k)."""
+    """base + sum_i c_i (x_i - base) (or sum_i c_i x_i without a base); coef (k,) or (R|C, k).
+    Written as (1 - sum_i c_i) base + sum_i c_i x_i, one fused multiply-add per input."""
     out = torch.empty(xs[0].shape, dtype=out_dtype or xs[0].dtype, device=xs[0].device)
     out2 = _view(out, per)
-    c = coef.to(torch.float32)
+    views = [_view(x, per) for x in xs]
+    c = coef.to(torch.float64)
     b2 = _view(base, per) if base is not None else None
-    for sl, X in _blocks(xs, base, per, torch.float32):
-        if per == "tensor":
-            cb = c.reshape(-1, 1, 1)
-        elif per == "row":
-            cb = c[sl].T.unsqueeze(-1)  # (k, r, 1)
-        else:
-            cb = c.T.unsqueeze(1)  # (k, 1, C)
-        acc = (X * cb).sum(0)
+    rest = 1 - c.sum(-1)  # the base's coefficient
+    rows, ncols = out2.shape
+    for sl in row_slices(rows, auto_block_rows(ncols)):
+        acc = torch.zeros(out2[sl].shape, dtype=torch.float32, device=out.device)
+        for i, v in enumerate(views):
+            _fma_(acc, v[sl], _coef(c[..., i], per, sl))
         if b2 is not None:
-            acc.add_(b2[sl].float())
+            _fma_(acc, b2[sl], _coef(rest, per, sl))
         out2[sl].copy_(acc)
     return out
+
+
+def _coef(c: torch.Tensor, per: str, sl: slice):
+    """A scalar (tensor), a column (r, 1) per row, or a row (1, C) per column."""
+    if per == "tensor":
+        return float(c)
+    return c[sl].float().unsqueeze(-1) if per == "row" else c.float().unsqueeze(0)
+
+
+def _fma_(acc: torch.Tensor, x: torch.Tensor, c) -> None:
+    if isinstance(c, float):
+        acc.add_(x.float(), alpha=c)
+    else:
+        acc.addcmul_(x.float(), c)
 
 
 def norms(G: torch.Tensor) -> torch.Tensor:
