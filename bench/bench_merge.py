@@ -72,6 +72,8 @@ def parse_args(argv):
                     help="also time peft's add_weighted_adapter(ties_svd) on the first N layers (0: skip)")
     ap.add_argument("--mergekit-python", default=None,
                     help="python of a separate env with mergekit installed: also time mergekit linear/ties")
+    ap.add_argument("--mergekit-baselines", default="linear,ties",
+                    help="with --mergekit-python: mergekit's linear/ties runs compared with graft/ties ('' skips them)")
     ap.add_argument("--mergekit-methods", default="slerp,model_stock,della",
                     help="with --mergekit-python: mergekit methods run by both (same config, every tensor merged)")
     ap.add_argument("--json", default=None, help="write all results to this JSON file")
@@ -142,7 +144,8 @@ class Bench:
             return
         import yaml
 
-        for method, params in (("linear", {"weight": 0.5}), ("ties", {"weight": 0.5, "density": 0.2})):
+        baselines = (("linear", {"weight": 0.5}), ("ties", {"weight": 0.5, "density": 0.2}))
+        for method, params in [b for b in baselines if b[0] in a.mergekit_baselines.split(",")]:
             cfg = {"merge_method": method, "dtype": "bfloat16",
                    "models": [{"model": e, "parameters": params} for e in two]}
             if method == "ties":
