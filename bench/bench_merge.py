@@ -33,7 +33,10 @@ Reported per run: wall seconds, peak RSS (VmHWM), peak anonymous memory (sampled
 RssAnon), effective GB/s = (bytes read + bytes written) / wall, and GB/s relative to the
 floor measured in the same invocation. `--mergekit-python PATH` (a separate environment
 with mergekit installed; never a dependency of this project) also runs mergekit's linear
-and ties on the same files and prints the time ratios.
+and ties on the same files and prints the time ratios, and `--mergekit-methods` (slerp,
+model_stock, della) runs one mergekit config per method through mergekit and through us
+(every tensor merged by both) and prints ours / mergekit for wall time and peak RSS. The
+floor fsyncs its output, as the merge does before publishing it.
 
 The inputs are written by bench/qwen2vl_inputs.py and each timed run is a child process of
 bench/merge_children.py. Numbers depend on the machine and its page cache (the inputs were
@@ -75,6 +78,10 @@ def parse_args(argv):
                     help="also time peft's add_weighted_adapter(ties_svd) on the first N layers (0: skip)")
     ap.add_argument("--mergekit-python", default=None,
                     help="python of a separate env with mergekit installed: also time mergekit linear/ties")
+    ap.add_argument("--mergekit-baselines", default="linear,ties",
+                    help="with --mergekit-python: mergekit's linear/ties runs compared with graft/ties ('' skips them)")
+    ap.add_argument("--mergekit-methods", default="slerp,model_stock,della",
+                    help="with --mergekit-python: mergekit methods run by both (same config, every tensor merged)")
     ap.add_argument("--json", default=None, help="write all results to this JSON file")
     ap.add_argument("--cpus", default=None, help="pin the timed runs to these CPUs, e.g. 0,1 (emulate a 2-core machine)")
     ap.add_argument("--repeat", type=int, default=1,
@@ -149,7 +156,8 @@ class Bench:
             return
         import yaml
 
-        for method, params in (("linear", {"weight": 0.5}), ("ties", {"weight": 0.5, "density": 0.2})):
+        baselines = (("linear", {"weight": 0.5}), ("ties", {"weight": 0.5, "density": 0.2}))
+        for method, params in [b for b in baselines if b[0] in a.mergekit_baselines.split(",")]:
             cfg = {"merge_method": method, "dtype": "bfloat16",
                    "models": [{"model": e, "parameters": params} for e in two]}
             if method == "ties":
@@ -161,6 +169,37 @@ class Bench:
                    "--lazy-unpickle", "--copy-tokenizer"]
             self.measure(f"mergekit {method}", "mergekit", {"cmd": cmd}, (3 if method == "ties" else 2) * in_bytes,
                          mk_out)
+        self.mergekit_family(base, experts, in_bytes)
+
+    def mergekit_family(self, base: Path, experts: list[Path], in_bytes: int) -> None:
+        """--mergekit-methods: one mergekit config per method, run by mergekit and by us (converted
+        by graft_ui.mergekit_config, so both merge every tensor), each in its own process."""
+        import yaml
+
+        from graft_ui.mergekit_config import from_mergekit
+
+        a, outs = self.a, self.outs
+        two = [str(e) for e in experts[:2]]
+        settings = {"slerp": ([two[0]], {"t": 0.5}, {}), "model_stock": (two, {}, {}),
+                    "della": (two, {"density": 0.5, "epsilon": 0.1}, {"weight": 0.5}),
+                    "ties": (two, {"density": 0.2}, {"weight": 0.5}), "linear": (two, {}, {"weight": 0.5})}
+        for method in [m for m in a.mergekit_methods.split(",") if m]:
+            models, params, per_model = settings[method]
+            cfg = {"merge_method": method, "dtype": "bfloat16", "base_model": str(base), "parameters": params,
+                   "models": [{"model": str(base)}] * (method == "slerp")
+                   + [{"model": m, **({"parameters": per_model} if per_model else {})} for m in models]}
+            cfg_path = self.work / f"mergekit-family-{method}.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg))
+            n_in = (len(models) + 1) * in_bytes
+            recipe = from_mergekit(cfg).replace(device=a.device, seed=0).to_dict()
+            ours = self.measure(f"{method} (all tensors)", "merge", {"recipe": recipe, "out": str(outs / method)},
+                                n_in, outs / method)
+            mk_out = outs / f"mergekit-{method}"
+            cmd = [a.mergekit_python, str(ROOT / "bench" / "mergekit_run.py"), str(cfg_path), str(mk_out),
+                   "--lazy-unpickle", "--no-copy-tokenizer", "--random-seed", "0"]
+            theirs = self.measure(f"mergekit {method} (family)", "mergekit", {"cmd": cmd}, n_in, mk_out)
+            self.results.setdefault("vs_mergekit", {})[method] = {
+                "time": ours["wall"] / theirs["wall"], "peak_rss": ours["peak_rss"] / theirs["peak_rss"]}
 
     def graft_vs_floor(self, adapters: list[str], ad_bytes: int, device: str, target: str) -> None:
         """The dense-delta floor and exact Graft, alternated --repeat times (so both see the same
@@ -276,6 +315,7 @@ def print_table(results: dict) -> None:
             mine = next((r for k, r in runs.items() if k.startswith(ours + " ")), None)
             if mine:
                 print(f"{ours} / {mk} wall: {mine['wall'] / runs[mk]['wall']:.2f}")
+    print_vs_mergekit(results)
     for label, r in runs.items():
         if "lowrank_rel_err_mean" in r:
             print(f"{label}: SVD rel err mean {r['lowrank_rel_err_mean']:.4f}, max {r['lowrank_rel_err_max']:.4f}")
@@ -326,6 +366,14 @@ def print_table(results: dict) -> None:
                   f"{peft['peft_ties_svd_s'] / ours['merge_s']:.1f}x (run_recipe)")
             print("  per-layer cost is the same in every layer, so the run_recipe ratio carries over to 28 layers; "
                   "the process ratio does not (its ~3 s start, mostly importing torch, is paid once)")
+
+
+def print_vs_mergekit(results: dict) -> None:
+    """--mergekit-methods: ours / mergekit per method (targets: time <= 0.5x, peak RSS <= 0.2x)."""
+    for method, r in results.get("vs_mergekit", {}).items():
+        met = r["time"] <= 0.5 and r["peak_rss"] <= 0.2
+        print(f"{method} / mergekit {method} (same config, every tensor): wall {r['time']:.2f}x, peak RSS "
+              f"{r['peak_rss']:.2f}x (targets <= 0.5x, <= 0.2x: {'met' if met else 'NOT met'})")
 
 
 if __name__ == "__main__":

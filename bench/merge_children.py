@@ -50,7 +50,8 @@ class MemWatch:
 
 
 def child_floor(experts: list[str], out: str) -> dict:
-    """Read every tensor of both experts (really read: pread backend) and save_file one output in ~1 GB shards."""
+    """Read every tensor of both experts (really read: pread backend), save_file one output in ~1 GB
+    shards and fsync it (the merge fsyncs its output too)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -78,7 +79,16 @@ def child_floor(experts: list[str], out: str) -> dict:
                 shard, size = {}, 0
     if shard:
         save_file(shard, str(Path(out, f"model-{k + 1:05d}.safetensors")), metadata={"format": "pt"})
+    fsync_output(out)
     return {}
+
+
+def fsync_output(out: str) -> None:
+    """fsync every file and the folder, as the merge does before it publishes (graft_ui/atomic.py),
+    so the floor pays the same write-back the merge pays."""
+    from graft_ui.atomic import fsync_tree
+
+    fsync_tree(out)
 
 
 def child_merge(recipe: dict, out: str) -> dict:

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 import yaml
 
 from graft_ui.checks import number
-from graft_ui.merging.registry import get_method, validate_params
+from graft_ui.merging.registry import Param, get_method, validate_params
+from graft_ui.merging.schedule import check_setting, varies
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
@@ -34,16 +35,24 @@ def _fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+WEIGHT = Param("weight", 1.0, "float", help="the expert's weight")
+
+
 @dataclass(frozen=True)
 class ExpertRef:
     path: str
     weight: float = 1.0
     name: str | None = None
+    # per-expert settings of the method's per-expert parameters and of `weight` (a gradient or
+    # filters: merging/schedule.py); they take precedence over the recipe's `params`
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not str(self.path).strip():
             raise ValueError("recipe expert has an empty path")
         number(f"expert {self.path!r} weight", self.weight)
+        if not isinstance(self.params, Mapping):
+            raise ValueError(f"expert {self.path!r} params={self.params!r} must be a mapping")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class Scope:
     modules: tuple[str, ...] = ALL_MODULES
     layers: str | tuple[int, int] = "all"  # "all" or (first, last), inclusive
     vision: bool = False
+    # fuse every tensor the experts share (embeddings, norms, biases, lm_head), as mergekit
+    # does, instead of the linear modules above only (full checkpoints; layers still apply)
+    all_tensors: bool = False
 
     def __post_init__(self):
         bad = sorted(set(self.modules) - set(ALL_MODULES))
@@ -62,6 +74,8 @@ class Scope:
                 raise ValueError(f"scope.layers={list(self.layers)!r} must be 'all' or [first, last] with 0 <= first <= last")
         if not isinstance(self.vision, bool):
             raise ValueError(f"scope.vision={self.vision!r} must be true or false")
+        if not isinstance(self.all_tensors, bool):
+            raise ValueError(f"scope.all_tensors={self.all_tensors!r} must be true or false")
 
     def layer_in_scope(self, layer: int) -> bool:
         return self.layers == "all" or self.layers[0] <= layer <= self.layers[1]
@@ -100,6 +114,20 @@ class Calibrate:
             raise ValueError(f"calibrate.lr={self.lr!r} must be a positive number")
 
 
+def validate_settings(method_name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Like registry.validate_params (which checks plain values), but a value may also be a
+    gradient or a filter list."""
+    if not any(varies(v) for v in (params or {}).values()):
+        return validate_params(method_name, params)
+    method = get_method(method_name)
+    known = {p.name: p for p in method.params}
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for method {method_name!r}; allowed: {sorted(known)}")
+    return {n: check_setting(p, params[n]) if n in params else p.default for n, p in known.items()}
+
+
 @dataclass(frozen=True)
 class Recipe:
     method: str
@@ -117,10 +145,22 @@ class Recipe:
 
     def __post_init__(self):
         # validated params with defaults filled in, so a saved recipe is fully resolved
-        object.__setattr__(self, "params", validate_params(self.method, self.params))
-        least = get_method(self.method).min_experts
+        object.__setattr__(self, "params", validate_settings(self.method, self.params))
+        method = get_method(self.method)
+        least, most = method.min_experts, method.max_experts
         if len(self.experts) < least:
             raise ValueError(f"method {self.method!r} fuses {least} or more experts; recipe lists {len(self.experts)}")
+        if most is not None and len(self.experts) > most:
+            raise ValueError(f"method {self.method!r} takes at most {most} expert(s) besides the base; recipe lists "
+                             f"{len(self.experts)}")
+        known = {p.name: p for p in method.params if p.name in method.expert_params}
+        known["weight"] = WEIGHT
+        for e in self.experts:
+            bad = sorted(set(e.params) - set(known))
+            if bad:
+                raise ValueError(f"expert {e.path!r}: parameter(s) {bad} cannot be set per expert for {self.method!r}; "
+                                 f"allowed: {sorted(known)}")
+            object.__setattr__(e, "params", {n: check_setting(known[n], v, f"{e.path}: ") for n, v in e.params.items()})
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device={self.device!r} is not one of {list(DEVICES)} or 'cuda:N'")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -178,13 +218,16 @@ class Recipe:
             d["name"] = self.name
         d["method"] = self.method
         d["base"] = self.base
-        d["experts"] = [{k: v for k, v in dataclasses.asdict(e).items() if v is not None} for e in self.experts]
+        d["experts"] = [{k: (dict(v) if k == "params" else v) for k, v in dataclasses.asdict(e).items()
+                         if v is not None and v != {}} for e in self.experts]
         d["params"] = dict(self.params)
         d["scope"] = {
             "modules": list(self.scope.modules),
             "layers": self.scope.layers if self.scope.layers == "all" else list(self.scope.layers),
             "vision": self.scope.vision,
         }
+        if self.scope.all_tensors:
+            d["scope"]["all_tensors"] = True
         d["output"] = dataclasses.asdict(self.output)
         d["seed"] = self.seed
         d["device"] = self.device
@@ -235,6 +278,12 @@ class Recipe:
         )
         base = manifest.base.path if self.base in (None, manifest.base.name) else self.base
         return dataclasses.replace(self, experts=experts, base=base)
+
+    @property
+    def varies(self) -> bool:
+        """Whether some parameter is a gradient or filters (merging/schedule.py)."""
+        return any(varies(v) for v in self.params.values()) or any(
+            varies(v) for e in self.experts for v in e.params.values())
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)

@@ -35,6 +35,7 @@ from graft_ui.chat.pool import APP_OVERRIDE, ModelPool
 from graft_ui.chat.serving import publish_adapter
 from graft_ui.checks import number
 from graft_ui.fusion import fuse_recipe, merge_summary
+from graft_ui.mergekit_config import parse_any
 from graft_ui.models.loading import adapter_config, check_reference, device_label, is_adapter, resolve_device
 from graft_ui.models.manifest import Manifest, ModelEntry, load_manifest, looks_like_hub_id
 from graft_ui.models.roots import AllowedRoots
@@ -317,10 +318,10 @@ class Studio:
         return Recipe.from_dict(data)
 
     def parse_recipe(self, text: str) -> Recipe:
-        """A pasted recipe (YAML). Relative paths and expert names resolve against the current manifest."""
+        """A pasted recipe or mergekit config (YAML). Relative paths and expert names resolve against the current manifest."""
         if not (text or "").strip():
             raise ValueError("the recipe is empty: paste a recipe YAML")
-        recipe = Recipe.from_yaml(text)
+        recipe = parse_any(text)  # a recipe, or a mergekit config (told apart by its keys)
         if self.manifest.source:
             recipe = recipe.resolve_paths(Path(self.manifest.source).parent)
         return self.allowed_recipe(recipe.resolve_names(self.manifest))

@@ -162,6 +162,39 @@ def method_stats(gates: str | Path | Mapping[str, Any], experts: Sequence[str] =
     return fig, "\n".join([head] + lines)
 
 
+def used_md(gates: str | Path | Mapping[str, Any]) -> str:
+    """The per-layer value of each gradient or filtered parameter, as the merge used it
+    (gates.json `used`): one line per parameter, the range over a layer's tensors."""
+    from graft_ui.models.keys import language_layer
+
+    _, mods = _modules(gates)
+    table: dict[str, dict[int, list[float]]] = {}
+    for name, st in mods.items():
+        layer = language_layer(name)
+        for key, v in (st.get("used") or {}).items():
+            vals = [x for x in (v if isinstance(v, list) else [v]) if isinstance(x, (int, float))]
+            if layer is not None and vals:
+                table.setdefault(key, {}).setdefault(layer, []).extend(vals)
+    lines = []
+    for key, by_layer in table.items():
+        cells = []
+        for layer in sorted(by_layer):
+            lo, hi = min(by_layer[layer]), max(by_layer[layer])
+            cells.append(f"{layer}: {lo:.3g}" + (f"–{hi:.3g}" if hi - lo > 1e-12 else ""))
+        lines.append(f"- **{key}** used per layer: " + ", ".join(cells))
+    return "\n".join(lines)
+
+
+def curve_figure(points: Sequence[tuple[int, Any]], param: str) -> go.Figure:
+    """A small line plot of a per-layer curve (the Fuse form's preview)."""
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers", name=param))
+    fig.update_layout(height=220, margin=dict(l=40, r=10, t=30, b=30), title=f"{param} per layer",
+                      xaxis_title="layer", yaxis_title=param)
+    return fig
+
+
 def fusion_view(gates_path: str | Path | None, method: str, experts: Sequence[str] = (),
                 title: str = "") -> tuple[go.Figure | None, str]:
     """What to show for a fused variant: (Graft's gate maps, their reading guide) or, for the
@@ -170,7 +203,10 @@ def fusion_view(gates_path: str | Path | None, method: str, experts: Sequence[st
         return None, "This fusion left no gates.json: nothing to draw."
     try:
         if method == "graft":
-            return gate_maps(gates_path, title=title or "Graft gates"), gate_guide(experts)
-        return method_stats(gates_path, experts)
+            fig, guide = gate_maps(gates_path, title=title or "Graft gates"), gate_guide(experts)
+        else:
+            fig, guide = method_stats(gates_path, experts)
+        used = used_md(gates_path)
+        return fig, guide + ("\n\n" + used if used else "")
     except ValueError as exc:  # e.g. no module of a known layout in gates.json
         return None, f"Nothing to draw: {exc}."

@@ -23,6 +23,7 @@ from graft_ui.logs import setup_logging
 COMMANDS: dict[str, str] = {
     "merge": "graft_ui.commands.merge",
     "methods": "graft_ui.commands.methods",
+    "recipe": "graft_ui.commands.recipe",
     "zoo": "graft_ui.commands.zoo",
     "eval": "graft_ui.commands.eval",
     "analyze": "graft_ui.commands.analyze",

@@ -57,9 +57,9 @@ def add_parser(subparsers) -> None:
 
 
 def method_names(methods: list[str] | None) -> list[str]:
-    """The registered methods asked for (all when None); an unknown one is named."""
+    """The methods asked for (None: the defaults; mergekit's family only when named); an unknown one is named."""
     get_method(methods[0] if methods else "graft")  # importing graft_ui.merging registers every method
-    names = methods or sorted(METHODS)
+    names = methods or sorted(n for n, m in METHODS.items() if m.in_defaults)
     unknown = sorted(set(names) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown merge method(s) {unknown}; known: {sorted(METHODS)}")

@@ -8,7 +8,7 @@ import logging
 
 from graft_ui.commands.common import add_manifest_args, load_manifest_arg
 from graft_ui.fusion import fuse_recipe
-from graft_ui.recipe import Recipe
+from graft_ui.mergekit_config import load_any
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +17,11 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "merge",
         help="fuse the experts of a recipe into a model or adapter folder",
-        description="Fuse the experts named in RECIPE.yaml. Writes the fused model/adapter, "
+        description="Fuse the experts named in RECIPE.yaml (a Graft Studio recipe or a mergekit config, told "
+        "apart by its merge_method key). Writes the fused model/adapter, "
         "DIR/recipe.yaml (resolved, with the device used) and DIR/gates.json (per-module stats).",
     )
-    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("recipe", help="recipe YAML file, or a mergekit config")
     p.add_argument("--out", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--dry-run", action="store_true", help="list what would be fused; write nothing")
@@ -32,7 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = Recipe.load(args.recipe)
+    recipe = load_any(args.recipe)
     manifest = load_manifest_arg(args)
     if manifest is not None:
         recipe = recipe.resolve_names(manifest)

@@ -1,10 +1,15 @@
 """Pure-tensor merge maths (torch only). Importing the package registers every method.
 
 Methods: graft (the paper), average, task_arithmetic, ties, dare_linear, dare_ties,
-consensus (TALL masks), mmer. Each merges ONE tensor: see `registry.Method`.
+consensus (TALL masks), mmer, and mergekit's family: linear, slerp, nuslerp, multislerp,
+karcher, model_stock, breadcrumbs(_ties), della(_linear), sce, nearswap, arcee_fusion, ram,
+ramplus_tl. Each merges ONE tensor: see `registry.Method`.
 """
 
-from . import average, dare, graft, mmer, tall, task_arithmetic, ties  # noqa: F401  (register)
+from . import (  # noqa: F401  (register)
+    arcee_fusion, average, breadcrumbs, dare, della, graft, karcher, linear, mmer, model_stock, multislerp,
+    nearswap, nuslerp, ram, sce, slerp, tall, task_arithmetic, ties,
+)
 from .average import average as average_merge
 from .dare import dare_linear, dare_ties
 from .graft import (

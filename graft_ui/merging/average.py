@@ -11,9 +11,10 @@ from .registry import Method, register, validate_params
 from .steps import as_rows, auto_block_rows, check_inputs, row_slices
 
 
-def average(experts, weights=None, *, block_rows: int | None = None) -> torch.Tensor:
+def average(experts, weights=None, *, block_rows: int | None = None, normalize: bool = True) -> torch.Tensor:
+    """sum_i w_i E_i / sum_i w_i (`normalize=False`: the plain weighted sum)."""
     w = check_inputs(None, experts, weights, needs_base=False, method="average")
-    total = sum(w)
+    total = sum(w) if normalize else 1.0
     if total == 0:
         raise ValueError(f"average: weights={w} sum to 0")
     out = torch.empty_like(experts[0])

@@ -81,7 +81,18 @@ class Method:
       package stays torch-only while a kernel may use numpy.
     - `module_params`: parameters a recipe's `phi` table may set per module (and that phi
       calibration learns; the app offers calibration for methods that have them).
-    - `min_experts`: the fewest experts a recipe may list (Graft fuses pairs: 2).
+    - `min_experts` / `max_experts`: how many experts a recipe may list (Graft fuses pairs:
+      at least 2; SLERP interpolates the base and one expert: exactly 1; None = no limit).
+    - `expert_params`: parameters a recipe may also set per expert (mergekit's per-model
+      `density`, `gamma`, `epsilon`); `merge` then receives a list, one value per expert.
+    - `weight_space`: why the method needs the full weights and not only the deltas (its
+      result is not base + f(deltas): SLERP between base and expert, ...); LoRA experts are
+      refused with this reason. Empty: the method reads task vectors only, so LoRA experts
+      run on their dense deltas (or stay factors when `linear`).
+    - `kernel_params`: the parameter values the kernels were written for; other values go
+      through `merge` (e.g. TIES without normalisation).
+    - `in_defaults`: part of "every method" in studies and `eval --methods` (the mergekit
+      family runs when named).
     """
 
     name: str
@@ -94,6 +105,13 @@ class Method:
     kernels: Mapping[str, str] = field(default_factory=dict)
     module_params: tuple[str, ...] = ()
     min_experts: int = 1
+    max_experts: int | None = None
+    expert_params: tuple[str, ...] = ()
+    weight_space: str = ""
+    kernel_params: Mapping[str, Any] = field(default_factory=dict)
+    in_defaults: bool = True
+    # (params, weights) -> why LoRA experts cannot be merged exactly with these settings, or ""
+    lora_check: Callable[[Mapping[str, Any], Sequence[float]], str] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
@@ -109,11 +127,29 @@ class Method:
         """Whether merging with `params` takes the backbone tensor (`needs_base` or a base parameter)."""
         return self.needs_base or bool(self.base_params(params))
 
-    def kernel(self, hook: str) -> Callable | None:
-        """The fast path registered for `hook`, or None (the engine then uses `merge`)."""
+    def lora_refusal(self, params: Mapping[str, Any] | None, weights: Sequence[float] = ()) -> str:
+        """Why LoRA experts cannot be merged exactly with `params` ("" when they can): the method
+        needs the full weights (`weight_space`), or it reads no base and is not linear, so it
+        would treat the deltas as weights."""
+        if self.weight_space:
+            return self.weight_space
+        if not self.linear and "lora_factors" not in self.kernels and not self.uses_base(params):
+            unless = self.base_params({p.name: not p.needs_base_unless for p in self.params
+                                       if p.needs_base_unless is not None})
+            hint = f" (set {', '.join(unless)} and give the base)" if unless else ""
+            return f"without the base it works on the full weights, not on task vectors{hint}"
+        return self.lora_check(params or {}, weights) if self.lora_check is not None else ""
+
+    def kernel(self, hook: str, params: Mapping[str, Any] | None = None) -> Callable | None:
+        """The fast path registered for `hook`, or None (the engine then uses `merge`): also
+        None when `params` set a `kernel_params` entry to another value."""
         ref = self.kernels.get(hook)
         if ref is None:
             return None
+        if params and any(params.get(k, v) != v for k, v in self.kernel_params.items()):
+            return None
+        if params and any(isinstance(params.get(k), (list, tuple)) for k in self.expert_params):
+            return None  # kernels take one value for all experts
         module, _, attr = ref.partition(":")
         fn = getattr(importlib.import_module(module), attr, None) if attr else None
         if fn is None:
@@ -141,14 +177,29 @@ def get_method(name: str) -> Method:
 
 
 def validate_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Fill defaults and check ranges; unknown keys are rejected by name."""
+    """Fill defaults and check ranges; unknown keys are rejected by name. An `expert_params`
+    entry may be a list (one value per expert), each value checked."""
     method = get_method(name)
     known = {p.name: p for p in method.params}
     params = dict(params or {})
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for method {name!r}; allowed: {sorted(known)}")
-    return {n: p.check(params.get(n, p.default)) for n, p in known.items()}
+    out = {}
+    for n, p in known.items():
+        v = params.get(n, p.default)
+        per_expert = n in method.expert_params and isinstance(v, (list, tuple))
+        out[n] = [p.check(x) for x in v] if per_expert else p.check(v)
+    return out
+
+
+def per_expert(value: Any, k: int, name: str = "parameter") -> list:
+    """`value` as one entry per expert: a scalar repeats, a list must have k entries."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != k:
+            raise ValueError(f"{name}={list(value)!r} has {len(value)} entries for {k} experts")
+        return list(value)
+    return [value] * k
 
 
 def describe(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -165,6 +216,9 @@ def describe(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "needs_base": m.needs_base,
                 "module_params": list(m.module_params),
                 "min_experts": m.min_experts,
+                "max_experts": m.max_experts,
+                "expert_params": list(m.expert_params),
+                "lora": "refused: " + m.weight_space if m.weight_space else ("exact" if m.linear else "dense deltas"),
                 "params": [
                     {k: v for k, v in vars(p).items() if v not in ((), None, "")} for p in m.params
                 ],

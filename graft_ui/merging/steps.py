@@ -73,16 +73,35 @@ def check_inputs(
     return weights
 
 
+def as_one_row(t: torch.Tensor) -> torch.Tensor:
+    """View `t` as (M, K) rows like `as_rows`, except that a vector is one row (1, n): the
+    view for steps that work along the last axis (DELLA's ranks, per-row norms)."""
+    return t.reshape(1, -1) if t.dim() < 2 else as_rows(t)
+
+
 def load_task_vectors_(
-    buf: torch.Tensor, base: torch.Tensor, experts: Sequence[torch.Tensor], rows: slice
+    buf: torch.Tensor, base: torch.Tensor, experts: Sequence[torch.Tensor], rows: slice, view=as_rows
 ) -> torch.Tensor:
     """Fill buf (k, r, K) with tau_i = expert_i - base on `rows`, in float32, no new allocation."""
-    b = as_rows(base)[rows]
+    b = view(base)[rows]
     taus = buf[:, : b.shape[0]]  # (k, r, K)
     for i, e in enumerate(experts):
-        taus[i].copy_(as_rows(e)[rows])
+        taus[i].copy_(view(e)[rows])
         taus[i].sub_(b)
     return taus
+
+
+def task_vector_blocks(
+    base: torch.Tensor, experts: Sequence[torch.Tensor], *, block_rows: int | None = None, view=as_rows
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Yield (rows, base_rows (r, K) f32, taus (k, r, K) f32) top to bottom; the taus live in
+    one reused buffer, so a consumer must finish with a block before asking for the next."""
+    base2 = view(base)
+    rows, ncols = base2.shape
+    step = block_rows or auto_block_rows(ncols)
+    buf = torch.empty((len(experts), min(step, rows), ncols), dtype=torch.float32, device=base.device)
+    for sl in row_slices(rows, step):
+        yield sl, base2[sl].float(), load_task_vectors_(buf, base, experts, sl, view)
 
 
 def magnitude_threshold(tau: torch.Tensor, density: float) -> float:
@@ -227,19 +246,23 @@ def elect_sign(taus: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
     return weighted_sum(taus, weights).ge_(0).bool()
 
 
-def disjoint_mean(taus: torch.Tensor, weights: Sequence[float], positive: torch.Tensor) -> torch.Tensor:
+def disjoint_mean(
+    taus: torch.Tensor, weights: Sequence[float], positive: torch.Tensor, normalize: bool = True
+) -> torch.Tensor:
     """TIES disjoint mean: sum_i w_i tau_i over agreeing experts / sum_i w_i over them.
 
     An expert agrees where its (non-zero) tau has the elected sign; entries with no
     agreeing expert are 0. With unit weights this is the plain mean of the agreeing taus.
+    `normalize=False` keeps the sum (mergekit's dare_ties and breadcrumbs_ties).
     """
     num = torch.zeros_like(taus[0])
-    den = torch.zeros_like(taus[0])
+    den = torch.zeros_like(taus[0]) if normalize else None
     for i, w in enumerate(weights):
         agree = torch.where(positive, taus[i] > 0, taus[i] < 0)
         num.add_(taus[i] * agree, alpha=w)
-        den.add_(agree.to(den.dtype), alpha=w)
-    return num.div_(torch.where(den == 0, torch.ones_like(den), den))
+        if den is not None:
+            den.add_(agree.to(den.dtype), alpha=w)
+    return num if den is None else num.div_(torch.where(den == 0, torch.ones_like(den), den))
 
 
 def blockwise(
@@ -249,21 +272,17 @@ def blockwise(
     *,
     out_dtype: torch.dtype | None = None,
     block_rows: int | None = None,
+    view=as_rows,
 ) -> torch.Tensor:
     """Run `block_fn(base_rows (r, K) f32, taus (k, r, K) f32, rows) -> merged (r, K)` per row block.
 
     The k task-vector blocks live in one reused buffer; the result is written straight
     into the output tensor (stored dtype), so peak memory is the output plus a few blocks.
     """
-    shape = experts[0].shape
-    out = torch.empty(shape, dtype=out_dtype or experts[0].dtype, device=experts[0].device)
-    out2, base2 = as_rows(out), as_rows(base)
-    rows, ncols = out2.shape
-    step = block_rows or auto_block_rows(ncols)
-    buf = torch.empty((len(experts), min(step, rows), ncols), dtype=torch.float32, device=out.device)
-    for sl in row_slices(rows, step):
-        taus = load_task_vectors_(buf, base, experts, sl)
-        out2[sl].copy_(block_fn(base2[sl].float(), taus, sl))
+    out = torch.empty(experts[0].shape, dtype=out_dtype or experts[0].dtype, device=experts[0].device)
+    out2 = view(out)
+    for sl, b, taus in task_vector_blocks(base, experts, block_rows=block_rows, view=view):
+        out2[sl].copy_(block_fn(b, taus, sl))
     return out
 
 

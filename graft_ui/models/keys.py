@@ -123,6 +123,17 @@ def parse_adapter_key(name: str) -> tuple[str, str] | None:
     return m["path"], m["part"]
 
 
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_VISION_RE = re.compile(r"(?:^|\.)(?:visual|vision_tower|vision_model)\.")
+
+
+def language_layer(name: str) -> int | None:
+    """The language-model layer a tensor or module name belongs to (`...layers.3....`), or None
+    (embeddings, final norm, lm_head, the vision tower): gradients take t = 0 there."""
+    m = _LAYER_RE.search(name)
+    return None if m is None or _VISION_RE.search(name) else int(m.group(1))
+
+
 def canonical_name(path: str) -> str:
     """Canonical module name for any spelling; unknown paths come back without the peft prefix."""
     key = parse_module(path)

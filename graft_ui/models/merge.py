@@ -184,7 +184,7 @@ def run_recipe(
         for note in job.notes:
             log.info("note: %s", note)
         tmp = temp_folder(out)
-        ctx = MergeContext(recipe, job.method, device, job.total, progress)
+        ctx = MergeContext(recipe, job.method, device, job.total, progress, layers=job.layer_count)
         try:
             stats, files = job.execute(tmp, ctx)
             result.seconds = time.perf_counter() - t0

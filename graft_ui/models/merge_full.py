@@ -4,6 +4,9 @@ Every tensor of the first expert is streamed to a sharded output; 2-D linear wei
 scope are fused (each bias taking its weight's per-row gates when the method fuses whole
 modules, `fuse_rows`), the rest copied from the first expert. Task-vector methods read
 `recipe.base`. More than two experts fuse left to right in recipe order (DESIGN.md §2).
+With `scope.all_tensors` every floating tensor the experts share is merged on its own
+(embeddings, norms, biases and lm_head too, as mergekit does; `scope.layers` still limits
+the language layers), so any Hugging Face decoder checkpoint merges, not only Qwen2-VL.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 
 from graft_ui.merging.registry import Method
 from graft_ui.models.checkpoint import Checkpoint, ShardedWriter, check_finite, copy_tensor
-from graft_ui.models.keys import ModuleKey, parse_param
+from graft_ui.models.keys import ModuleKey, language_layer, parse_param
 from graft_ui.models.loading import is_adapter, local_folder
 from graft_ui.models.merge_job import MergeContext, write_through
 from graft_ui.models.scope import describe_scope, in_scope
@@ -58,10 +61,19 @@ class FullJob:
                         f"shape mismatch for tensor {n!r}: {list(first.info(n).shape)} in {self.labels[0]!r} "
                         f"but {list(ck.info(n).shape)} in {self.labels[i]!r}"
                     )
+        layers = [language_layer(n) for n in first.names]
+        self.layer_count = max((x for x in layers if x is not None), default=-1) + 1
         # fused modules, keyed by their weight tensor
         self.modules: dict[str, _FullModule] = {}
+        self.tensors: list[str] = []  # scope.all_tensors: each merged on its own
         biases: dict[ModuleKey, str] = {}
-        for n in first.names:
+        if recipe.scope.all_tensors:
+            if method.kernel("fuse_rows") is not None:
+                raise ValueError(f"method {method.name!r} fuses whole modules (per-row gates); scope.all_tensors "
+                                 "needs a method that merges tensor by tensor")
+            self.tensors = [n for n, layer in zip(first.names, layers) if first.info(n).dtype.is_floating_point
+                            and (layer is None or recipe.scope.layer_in_scope(layer))]
+        for n in first.names if not self.tensors else ():
             key, leaf = parse_param(n)
             if not in_scope(key, recipe.scope):
                 continue
@@ -76,7 +88,8 @@ class FullJob:
             m.bias = biases.get(m.key)
             if m.bias is not None and first.info(m.bias).shape[0] != first.info(m.weight).shape[0]:
                 raise ValueError(f"bias {m.bias!r} does not match the rows of {m.weight!r}")
-        self.fused_tensors = {m.weight for m in self.modules.values()} | {m.bias for m in self.modules.values() if m.bias}
+        self.fused_tensors = ({m.weight for m in self.modules.values()} | {m.bias for m in self.modules.values() if m.bias}
+                              | set(self.tensors))
         self.base: Checkpoint | None = None
         self.base_folder: Path | None = None
         if method.uses_base(recipe.params):
@@ -101,9 +114,9 @@ class FullJob:
                     )
         elif recipe.base is not None:
             log.info("method %s does not use the base %s", method.name, recipe.base)
-        if not self.modules:
+        if not self.modules and not self.tensors:
             self.notes.append(f"no module matches the scope ({describe_scope(recipe.scope)}): output = first expert")
-        self.fused = [m.key.name for m in self.modules.values()]
+        self.fused = [m.key.name for m in self.modules.values()] + self.tensors
         self.copied = [n for n in first.names if n not in self.fused_tensors]
 
     @property
@@ -115,7 +128,7 @@ class FullJob:
         return [
             {"module": m.key.name, "weight": m.weight, "bias": m.bias, "shape": list(first.info(m.weight).shape)}
             for m in self.modules.values()
-        ]
+        ] + [{"module": n, "weight": n, "bias": None, "shape": list(first.info(n).shape)} for n in self.tensors]
 
     def _read(self, ck: Checkpoint, name: str, role: str, ctx: MergeContext, who: str, check: bool = True) -> torch.Tensor:
         info = ck.info(name)
@@ -136,6 +149,9 @@ class FullJob:
                     m = self.modules[n]
                     stats[m.key.name] = self._fuse(m, writer, ctx)
                     ctx.step(2 if m.bias else 1, m.key.name)
+                elif n in self.fused_tensors and self.tensors:
+                    stats[n] = self._fuse_tensor(n, writer, ctx)
+                    ctx.step(1, n)
                 elif n not in self.fused_tensors:
                     copy_tensor(first, n, writer, ctx.pool, what=f" of {self.labels[0]!r}")
                     ctx.step(1, n)
@@ -155,8 +171,10 @@ class FullJob:
                 base_who = f"base {self.recipe.base!r}"
                 base = (self._read(self.base, m.weight, "base", ctx, base_who),
                         self._read(self.base, m.bias, "base_b", ctx, base_who) if m.bias else None)
-            fw, fb, stats = fuse_rows(ws, bs, ctx.params(m.key.name), ctx, [f"tensor {m.weight!r} of {w}" for w in who],
-                                      base=base)
+            params = ctx.params(m.key.name, m.weight)
+            fw, fb, stats = fuse_rows(ws, bs, params, ctx, [f"tensor {m.weight!r} of {w}" for w in who], base=base)
+            if self.recipe.varies:
+                stats = dict(stats, used={k: v for k, v in params.items() if k in self._varying})
         else:
             fw, fb, stats = self._per_tensor(m, ws, bs, ctx)
         writer.write(m.weight, fw)
@@ -167,21 +185,41 @@ class FullJob:
     def _per_tensor(self, m: _FullModule, ws, bs, ctx: MergeContext):
         """The weight and the bias merged each on its own (`fuse_tensor` kernel or `Method.merge`)."""
         rec = self.recipe
-        weights = [e.weight for e in rec.experts]
         base_w = self._read(self.base, m.weight, "base", ctx, f"base {rec.base!r}") if self.base else None
-        fw, stats = self._merge_one(m.key.name, base_w, ws, weights, ctx)
+        fw, stats = self._merge_one(m.key.name, m.weight, base_w, ws, ctx)
         fb = None
         if bs:
             base_b = self._read(self.base, m.bias, "base_b", ctx, f"base {rec.base!r}") if self.base else None
-            fb, bstats = self._merge_one(m.key.name, base_b, bs, weights, ctx)
+            fb, bstats = self._merge_one(m.key.name, m.bias, base_b, bs, ctx)
             stats = dict(stats, bias=bstats)
         return fw, fb, stats
 
-    def _merge_one(self, name: str, base, experts, weights, ctx: MergeContext):
-        fast = self.method.kernel("fuse_tensor")
-        done = fast(base, experts, weights, ctx.params(name), ctx) if fast is not None else None
-        out, stats = done if done is not None else self.method.merge(base, experts, weights, self.recipe.params, ctx.generator)
+    def _fuse_tensor(self, n: str, writer: ShardedWriter, ctx: MergeContext) -> dict:
+        """One tensor of `scope.all_tensors`, merged on its own."""
+        who = [f"{self.labels[i]!r}" for i in range(len(self.ckpts))]
+        ts = [self._read(ck, n, f"e{i}", ctx, who[i]) for i, ck in enumerate(self.ckpts)]
+        base = self._read(self.base, n, "base", ctx, f"base {self.recipe.base!r}") if self.base else None
+        out, stats = self._merge_one(n, n, base, ts, ctx)
+        writer.write(n, out)
+        return dict(stats, shape=list(ts[0].shape))
+
+    def _merge_one(self, module: str, tensor: str, base, experts, ctx: MergeContext):
+        """One tensor through the `fuse_tensor` kernel or `Method.merge`, with the parameters and
+        weights of its layer and name (gradients, filters) recorded in its stats."""
+        params, weights = ctx.params(module, tensor), ctx.weights(tensor)
+        fast = self.method.kernel("fuse_tensor", params)
+        done = fast(base, experts, weights, params, ctx) if fast is not None else None
+        out, stats = done if done is not None else self.method.merge(base, experts, weights, params, ctx.generator)
+        if self.recipe.varies:
+            stats = dict(stats, used={**{k: v for k, v in params.items() if k in self._varying}, "weights": weights})
         return out.to(ctx.out_dtype), stats
+
+    @property
+    def _varying(self) -> set[str]:
+        from graft_ui.merging.schedule import varies
+
+        rec = self.recipe
+        return {k for k, v in rec.params.items() if varies(v)} | {k for e in rec.experts for k in e.params}
 
     def close(self) -> None:
         for ck in self.ckpts + ([self.base] if self.base else []):

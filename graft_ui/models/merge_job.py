@@ -16,8 +16,9 @@ import torch
 from tqdm import tqdm
 
 from graft_ui.merging.registry import Method
+from graft_ui.merging.schedule import layer_t, resolve, resolve_params
 from graft_ui.models.checkpoint import BufferPool, copy_sidecar_files
-from graft_ui.models.keys import canonical_name
+from graft_ui.models.keys import canonical_name, language_layer
 from graft_ui.recipe import Recipe
 
 Progress = Callable[[int, int, str], None]
@@ -61,8 +62,13 @@ class SingleThreaded:
 class MergeContext:
     """Per-run state shared by the jobs: device, generator, buffers, progress, parameters."""
 
-    def __init__(self, recipe: Recipe, method: Method, device: torch.device, total: int, progress: Progress | None):
+    def __init__(self, recipe: Recipe, method: Method, device: torch.device, total: int, progress: Progress | None,
+                 layers: int | None = None):
         self.recipe = recipe
+        self.method = method
+        # gradients run over the fused language layers: scope.layers, else all `layers`
+        scope = recipe.scope.layers
+        self.span = tuple(scope) if scope != "all" else (0, max(0, (layers or 1) - 1))
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(recipe.seed)
         self.pool = BufferPool()
@@ -77,9 +83,33 @@ class MergeContext:
         self.callback = progress
         self._threads = None
 
-    def params(self, module: str) -> dict[str, Any]:
-        """The recipe's parameters for one module, with that module's overrides."""
-        return dict(self.recipe.params, **self._module_params.get(module, {}))
+    def t(self, name: str) -> float:
+        """Gradient position of a tensor or module name (merging/schedule.py)."""
+        return layer_t(language_layer(name), *self.span)
+
+    def params(self, module: str, tensor: str | None = None) -> dict[str, Any]:
+        """The recipe's parameters for one module (or one tensor of it: filters match `tensor`),
+        gradients taken at its layer, per-expert settings as lists, then the module's phi."""
+        rec = self.recipe
+        if rec.varies:
+            name = tensor or module
+            own = self.method.defaults()
+            values = resolve_params(rec.params, own, name, self.t(name), [e.params for e in rec.experts],
+                                    self.method.expert_params)
+        else:
+            values = dict(rec.params)
+            for p in self.method.expert_params:
+                if any(p in e.params for e in rec.experts):
+                    values[p] = [e.params.get(p, values[p]) for e in rec.experts]
+        return dict(values, **self._module_params.get(module, {}))
+
+    def weights(self, name: str) -> list[float]:
+        """Each expert's weight for a tensor or module (its per-expert `weight` setting, else `weight`)."""
+        out = []
+        for e in self.recipe.experts:
+            w = resolve(e.params["weight"], name, self.t(name)) if "weight" in e.params else None
+            out.append(float(e.weight if w is None else w))
+        return out
 
     @property
     def module_threads(self) -> SingleThreaded | None:

@@ -70,6 +70,10 @@ class LoraJob:
         self.recipe, self.method, self.folders = recipe, method, list(folders)
         self.labels = [str(f) for f in folders]
         self.notes: list[str] = []
+        refusal = method.lora_refusal(recipe.params, [e.weight for e in recipe.experts])
+        if refusal:
+            raise ValueError(f"method {method.name!r} cannot merge LoRA experts: {refusal}; merge full checkpoints "
+                             "instead (fold each adapter into its base first)")
         self.adapters = [LoraAdapter(f, label=lbl) for f, lbl in zip(folders, self.labels)]
         self.base_ref = check_bases(self.adapters, recipe.base)
         self.output_kind = recipe.output.kind
@@ -123,6 +127,8 @@ class LoraJob:
         if not any(p.fuse for p in self.plans):
             self.notes.append(f"no adapted module matches the scope ({describe_scope(recipe.scope)}): output = first expert")
         self.fused = [p.name for p in self.plans if p.fuse]
+        keys = [p.ident for p in self.plans if isinstance(p.ident, ModuleKey) and p.ident.tower == "language"]
+        self.layer_count = max((k.layer for k in keys), default=-1) + 1
         self.copied = [p.name for p in self.plans if not p.fuse]
         self.base: Checkpoint | None = None
         self.base_folder: Path | None = None
@@ -135,7 +141,7 @@ class LoraJob:
         coefficients), the method's name (its `lora_factors` kernel) or None (dense deltas)."""
         if self.method.linear:
             return "linear"
-        return self.method.name if self.method.kernel("lora_factors") is not None else None
+        return self.method.name if self.method.kernel("lora_factors", self.recipe.params) is not None else None
 
     def _open_base(self) -> None:
         self.base_folder = local_folder(self.base_ref)
@@ -204,12 +210,12 @@ class LoraJob:
         missing = [self.labels[i] for i, m in p.members if m is None]
         if missing:
             stats["missing_in"] = missing
-        tiled = self.method.kernel("lora_tiled") if p.fuse and ctx.device.type == "cpu" else None
+        params, weights = ctx.params(p.name), ctx.weights(p.name)
+        tiled = self.method.kernel("lora_tiled", params) if p.fuse and ctx.device.type == "cpu" else None
         if tiled is not None:
             return self._tiled_job(tiled, p, ctx, stats, sketch_rank)
-        factors = self.method.kernel("lora_factors") if p.fuse else None
+        factors = self.method.kernel("lora_factors", params) if p.fuse else None
         if factors is not None:
-            params = ctx.params(p.name)
 
             def job():  # reads use pread and the kernel keeps no shared state: modules run concurrently
                 B, A, st = factors(self._read(p, ctx), params, ctx)
@@ -224,12 +230,11 @@ class LoraJob:
         if self.method.linear:
             k = len(read)
             onehot = [torch.eye(k)[i] for i in range(k)]
-            coef, st = self.method.merge(torch.zeros(k), onehot, [e.weight for e in rec.experts], rec.params, ctx.generator)
+            coef, st = self.method.merge(torch.zeros(k), onehot, weights, params, ctx.generator)
             B, A = concat_lora([b for b, _, _ in read], [a for _, a, _ in read],
                                [s * float(c) for (_, _, s), c in zip(read, coef)], [1.0] * k)
             return done("factors", B, A, dict(stats, **st, coefficients=[float(c) for c in coef]))
         M, N = p.out_features, p.in_features
-        weights = [e.weight for e in rec.experts]
         P = None
         if sketch_rank is not None:
             # drawn before the merge, as on the tiled path (DARE draws from the same generator)
@@ -238,7 +243,7 @@ class LoraJob:
             P = sketch_basis(N, pad[0], None, start, pad=pad[1], device=ctx.device)
         deltas = [(B @ A).mul_(s) if B.shape[1] else torch.zeros(M, N, device=ctx.device) for B, A, s in read]
         base = torch.zeros_like(deltas[0]) if self.method.uses_base(rec.params) else None
-        merged, st = self.method.merge(base, deltas, weights, rec.params, ctx.generator)
+        merged, st = self.method.merge(base, deltas, weights, params, ctx.generator)
         del deltas
         sketch = None
         if P is not None:
@@ -260,7 +265,7 @@ class LoraJob:
         the method's values on the dense deltas, which never exist whole. Reading, the sketch
         basis and the merge all run in the job (main-thread torch ops would compete with the
         workers); only the generator's draws happen here, in plan order."""
-        weights = [e.weight for e in self.recipe.experts]
+        weights = ctx.weights(p.name)
         M, N = p.out_features, p.in_features
         pad = self._sketch_padding(p, sketch_rank, ctx) if sketch_rank is not None else None
         run = tiled((M, N), len(p.members), ctx.params(p.name), ctx.generator)

@@ -145,9 +145,10 @@ def _coerce(raw: str) -> Any:
 
 
 def default_variants(methods: Sequence[str] | None = None, *, ablations: bool = True) -> list[Variant]:
-    """Every registered method (or `methods`) at its defaults, then Graft's ablations when graft is in."""
+    """Every registered method (or `methods`) at its defaults, then Graft's ablations when graft is in.
+    mergekit's family (`Method.in_defaults` false) runs when named."""
     get_method("graft")  # importing the package registers every method
-    variants = [parse_variant(m) for m in methods] if methods else [Variant(m) for m in sorted(METHODS)]
+    variants = [parse_variant(m) for m in methods] if methods else [Variant(m) for m in sorted(METHODS) if METHODS[m].in_defaults]
     if ablations and any(v.method == "graft" and not v.params for v in variants):
         have = {v.label for v in variants}
         variants += [v for v in (Variant("graft", dict(p)) for p in GRAFT_ABLATIONS) if v.label not in have]

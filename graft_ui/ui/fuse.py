@@ -11,6 +11,8 @@ import gradio as gr
 from graft_ui.merging.registry import base_unless, describe
 from graft_ui.checks import number
 from graft_ui.recipe import ALL_MODULES
+from graft_ui.merging.schedule import varies
+from graft_ui.ui import fuse_curve
 from graft_ui.ui import tune as tune_ui
 from graft_ui.ui.common import choices_update, guarded, hint, ok, section, table
 from graft_ui.ui.context import AppContext
@@ -168,6 +170,7 @@ def render(ctx: AppContext) -> None:
                         cal_samples = gr.Slider(1, 64, value=16, step=1, label="samples")
                         cal_dataset = gr.Dropdown(["auto"] + studio.dataset_names(), allow_custom_value=True,
                                                   value="auto", label="data", info="auto: expert 1's domain")
+            curve_param, curve_knots, curve_filter, curve_plot = fuse_curve.render(by_name[default_method])
             with gr.Accordion("Scope and output", open=False):
                 modules = gr.CheckboxGroup(list(ALL_MODULES), value=list(ALL_MODULES), label="Module types",
                                            info="attention q, k, v, o · MLP gate, up, down")
@@ -206,16 +209,17 @@ def render(ctx: AppContext) -> None:
 
     flat_params = [c for _, _, c in param_inputs]
     form = [method, experts, modules, first_layer, last_layer, vision, rank, seed,
-            calibrate, cal_steps, cal_samples, cal_dataset] + flat_params
+            calibrate, cal_steps, cal_samples, cal_dataset, curve_param, curve_knots, curve_filter] + flat_params
 
     # ---------------------------------------------------------------- callbacks
-    def on_method(m, current_name):
+    def on_method(m, current_name, curve):
         auto = not current_name or any(current_name.startswith(f"{x}-") for x in by_name)
         return ([gr.update(visible=(k == m)) for k in param_boxes]
                 + [gr.update(visible=bool(by_name[m]["module_params"])), method_md(by_name[m]),
-                   gr.update(value=studio.next_variant_name(m)) if auto else gr.update()])
+                   gr.update(value=studio.next_variant_name(m)) if auto else gr.update(),
+                   fuse_curve.choices_for(by_name[m], curve)])
 
-    method.change(on_method, [method, name], list(param_boxes.values()) + [cal_box, method_info, name],
+    method.change(on_method, [method, name, curve_param], list(param_boxes.values()) + [cal_box, method_info, name, curve_param],
                   api_visibility="private", queue=False, show_progress="hidden")
     experts.change(order_md, experts, order, api_visibility="private", queue=False, show_progress="hidden")
     # the study's verdict on the chosen pair, before anyone spends a fusion on it
@@ -227,11 +231,12 @@ def render(ctx: AppContext) -> None:
                            ctx.handoff, [experts, method],
                            api_visibility="private", queue=False, show_progress="hidden")
 
-    def recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, *values):
+    def recipe_from_form(m, exps, mods, lo, hi, vis, rk, sd, cal, steps, samples, cal_ds, cp, ck, cf, *values):
         params = {pn: v for (mn, pn, _), v in zip(param_inputs, values) if mn == m}
         params = {k: (int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() and _is_int(by_name[m], k)
                       else v)
                   for k, v in params.items()}
+        params = fuse_curve.apply(params, cp, ck, cf)
         lo = number("from layer", lo, integer=True, low=0)
         hi = number("to layer", hi, integer=True, low=0)
         if lo > hi:
@@ -303,12 +308,16 @@ def render(ctx: AppContext) -> None:
         updates = [recipe.method, names, list(recipe.scope.modules), lo, hi, recipe.scope.vision,
                    recipe.output.rank or 0, recipe.seed, cal is not None,
                    cal.steps if cal else gr.update(), cal.samples if cal else gr.update(),
-                   (cal.dataset or "auto") if cal else gr.update()]
+                   (cal.dataset or "auto") if cal else gr.update()] + fuse_curve.from_recipe(recipe.params)
         for mn, pn, _ in param_inputs:
-            updates.append(recipe.params[pn] if mn == recipe.method else gr.update())
+            plain = mn == recipe.method and not varies(recipe.params[pn])
+            updates.append(recipe.params[pn] if plain else gr.update())
         return updates + [ok(f"Loaded a **{recipe.method}** recipe over {len(names)} experts into the form.")]
 
     load_btn.click(load_form, recipe_code, form + [summary], api_name="load_recipe", queue=False)
+    for c in (curve_param, curve_knots, curve_filter):
+        c.change(guarded(1)(fuse_curve.preview), [curve_param, curve_knots, curve_filter, first_layer, last_layer],
+                 curve_plot, api_visibility="private", queue=False, show_progress="hidden")
 
     @guarded(4, status=0)
     def show(variant):

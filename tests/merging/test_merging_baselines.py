@@ -137,11 +137,12 @@ def test_every_method_deterministic_blockwise_and_keeps_dtype():
     E = [base + 0.1 * torch.randn(13, 7, generator=gen(s)) for s in (21, 22, 23)]
     for name, m in METHODS.items():
         b = base if m.needs_base else None
-        a, st = m.merge(b, E, [1.0, 0.5, 2.0], {}, gen(5))
-        a2, st2 = m.merge(b, E, [1.0, 0.5, 2.0], {}, gen(5))
+        k = min(3, m.max_experts or 3)  # SLERP and the other one-expert methods take one
+        a, st = m.merge(b, E[:k], [1.0, 0.5, 2.0][:k], {}, gen(5))
+        a2, st2 = m.merge(b, E[:k], [1.0, 0.5, 2.0][:k], {}, gen(5))
         assert torch.equal(a, a2) and st == st2, name
         assert a.shape == base.shape and a.dtype == torch.float32, name
-        lo, _ = m.merge(b.bfloat16() if b is not None else None, [e.bfloat16() for e in E], None, {}, gen(5))
+        lo, _ = m.merge(b.bfloat16() if b is not None else None, [e.bfloat16() for e in E[:k]], None, {}, gen(5))
         assert lo.dtype == torch.bfloat16, name
     # row blocks do not change deterministic results
     assert torch.equal(ties_merge(base, E, block_rows=1)[0], ties_merge(base, E)[0])

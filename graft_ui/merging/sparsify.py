@@ -1,0 +1,140 @@
+"""Task-vector sparsifiers of the generalized task-arithmetic family (mergekit's `sparsify.py`).
+
+Each works on one expert's task vector tau = expert - base, one row block at a time:
+
+- magnitude: keep the top `density` fraction of |tau| (TIES; k = max(1, int(density n)));
+- outliers: drop the top `gamma` fraction, then keep the next `density` fraction (Breadcrumbs);
+- random: keep each entry with probability `density` (DARE);
+- della: keep entry j of a row with probability density - eps + 2 eps rank_j / (K - 1), rank
+  by |tau| within the row (DELLA's MagPrune);
+- then, with `rescale`, multiply by ||tau||_1 / ||kept||_1 over the whole tensor (mergekit's
+  L1 rescale; both norms must be >= 1e-7, else no rescale).
+
+Thresholds are exact (kthvalue, or the streamed histogram for big tensors) and entries tied
+with them are all kept, where mergekit's argsort keeps an arbitrary k of them. Random masks
+come from the run's seeded generator, so they match mergekit's statistics (kept fraction,
+rescale), never its draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .steps import KTHVALUE_LIMIT, _kth_largest, as_rows, kth_largest_abs, row_slices
+
+KINDS = ("magnitude", "outliers", "random", "della")
+
+
+@dataclass(frozen=True)
+class Band:
+    """Keep lo <= |tau| <= hi (lo = inf keeps nothing)."""
+
+    lo: float
+    hi: float
+
+
+def _kth_largest_tau(expert: torch.Tensor, base: torch.Tensor, k: int) -> float:
+    n = expert.numel()
+    if k <= 0:
+        return math.inf
+    if k >= n:
+        return 0.0
+    if n > KTHVALUE_LIMIT:
+        E2, B2 = as_rows(expert), as_rows(base)
+        slices = lambda: row_slices(E2.shape[0], None, E2.shape[1])  # noqa: E731
+        return kth_largest_abs(lambda: (E2[sl].float() - B2[sl].float() for sl in slices()), k)
+    return _kth_largest((expert.float() - base.float()).reshape(-1).abs_(), k)
+
+
+def magnitude_band(expert: torch.Tensor, base: torch.Tensor, density: float, gamma: float = 0.0) -> Band | None:
+    """The |tau| band that `magnitude` (gamma 0) or `outliers` keeps; None keeps everything."""
+    if density >= 1:
+        return None
+    n = expert.numel()
+    if density <= 0 or n == 0:
+        return Band(math.inf, math.inf)
+    if gamma == 0.0:
+        return Band(_kth_largest_tau(expert, base, max(1, int(density * n))), math.inf)
+    keep, top = int(density * n), int(gamma * n)
+    if keep == 0:
+        return Band(math.inf, math.inf)
+    bottom = max(0, n - keep - top)  # mergekit gives back outliers when keep + top > n
+    skip = n - bottom - keep  # ranks from the top that are dropped
+    hi = math.inf if skip == 0 else _kth_largest_tau(expert, base, skip + 1)
+    return Band(_kth_largest_tau(expert, base, skip + keep), hi)
+
+
+def apply_band_(tau: torch.Tensor, band: Band | None) -> torch.Tensor:
+    if band is not None:
+        a = tau.abs()
+        tau.masked_fill_((a < band.lo) | (a > band.hi), 0.0)
+    return tau
+
+
+def random_keep(shape, density: float, generator: torch.Generator, device) -> torch.Tensor:
+    """Bernoulli(density) keep mask (DARE), drawn from `generator`."""
+    draw = torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return draw.lt_(density).to(device)
+
+
+def della_keep(tau: torch.Tensor, density: float, epsilon: float, generator: torch.Generator) -> torch.Tensor:
+    """MagPrune keep mask for rows (r, K): probability density - eps + 2 eps (rank - 1) / (K - 1)."""
+    K = tau.shape[-1]
+    ranks = tau.abs().argsort(dim=-1).argsort(dim=-1).to(torch.float32)  # 0 = smallest
+    probs = ranks.div_(max(1, K - 1)).mul_(2 * epsilon).add_(density - epsilon)
+    draw = torch.rand(tau.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return draw.to(tau.device).lt_(probs)
+
+
+def check_della(density: float, epsilon: float) -> None:
+    if density < 1 and (density + epsilon >= 1 or density - epsilon <= 0):
+        raise ValueError(f"della: epsilon={epsilon} with density={density} must keep density +/- epsilon in (0, 1)")
+
+
+@dataclass
+class Sparsifier:
+    """One expert's sparsification on one tensor: bands are fixed up front, masks drawn per block."""
+
+    kind: str
+    density: float
+    gamma: float = 0.0
+    epsilon: float = 0.0
+    band: Band | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"sparsification {self.kind!r} is not one of {list(KINDS)}")
+        if self.kind == "della":
+            check_della(self.density, self.epsilon)
+
+    @property
+    def random(self) -> bool:
+        return self.kind in ("random", "della") and self.density < 1
+
+    def prepare(self, expert: torch.Tensor, base: torch.Tensor) -> "Sparsifier":
+        if self.kind in ("magnitude", "outliers"):
+            self.band = magnitude_band(expert, base, self.density, self.gamma if self.kind == "outliers" else 0.0)
+        return self
+
+    def apply_(self, tau: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Zero the dropped entries of the row block `tau` (r, K) in place."""
+        if self.kind in ("magnitude", "outliers"):
+            return apply_band_(tau, self.band)
+        if self.density >= 1:
+            return tau
+        if generator is None:
+            raise ValueError(f"{self.kind} sparsification needs a seeded torch.Generator; got generator=None")
+        if self.density <= 0:
+            return tau.zero_()
+        keep = (random_keep(tau.shape, self.density, generator, tau.device) if self.kind == "random"
+                else della_keep(tau, self.density, self.epsilon, generator))
+        return tau.mul_(keep)
+
+
+def l1_rescale_factors(before: Sequence[float], after: Sequence[float], eps: float = 1e-7) -> list[float]:
+    """||tau||_1 / ||kept||_1 per expert, 1 where either norm is below eps (as mergekit)."""
+    return [1.0 if b < eps or a < eps else b / a for b, a in zip(before, after)]
