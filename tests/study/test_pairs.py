@@ -64,7 +64,7 @@ def test_variants_defaults_and_ablations():
 
 
 def test_graft_scale_variant_parses_and_builds_a_recipe_with_the_base():
-    from graft_ui.study.worker import _recipe
+    from graft_ui.study.worker import pair_recipe
 
     v = parse_variant("graft[scale=2]")
     assert v.params == {"scale": 2} and v.label == "graft[scale=2]" and v.is_ablation
@@ -72,5 +72,5 @@ def test_graft_scale_variant_parses_and_builds_a_recipe_with_the_base():
     with pytest.raises(ValueError, match="scale"):
         parse_variant("graft[scale=0]")
     m = _manifest()
-    r = _recipe(m, m.experts[4], m.experts[5], v.label, 0, "cpu")  # what the study fuses for a full pair
+    r = pair_recipe(m, m.experts[4], m.experts[5], v.label, 0, "cpu")  # what the study fuses for a full pair
     assert r.params["scale"] == 2.0 and r.base == "x/b" and r.output.kind == "full"
