@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 MANIFEST = "manifest.yaml"
-FORMAT_VERSION = 8  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base; 8: block charts)
+FORMAT_VERSION = 9  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base; 8: block charts;
+# 9: margins on every regime target, 150 held-out items, weights_hash)
 
 
 @contextmanager
@@ -100,9 +101,78 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def weights_hash(zoo_dir: str | Path) -> str:
+    """sha256 (16 hex) of every weight file of the zoo (base and experts, in path order).
+
+    The build is seeded, but training amplifies float rounding, so the same settings give other
+    weights on another CPU: a study or self-check belongs to these bytes, not to the settings.
+    """
+    import hashlib
+
+    zoo_dir = Path(zoo_dir)
+    h = hashlib.sha256()
+    for f in sorted([*zoo_dir.glob("base/*.safetensors"), *zoo_dir.glob("experts/*/*.safetensors")]):
+        h.update(f.relative_to(zoo_dir).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _work_folder(out_dir: Path, prof: Profile) -> Path:
+    """Where the zoo is built before it is published: a fresh temp folder, or for a resumable
+    profile `.<name>.partial`, kept when the build fails so a rerun goes on from its finished stages
+    (emptied first when it was started with other settings)."""
+    if not prof.resumable:
+        return temp_folder(out_dir, "building", hidden=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial"
+    stamp = json.dumps(prof.to_dict(), sort_keys=True)
+    if (tmp / ".settings.json").is_file() and (tmp / ".settings.json").read_text() != stamp:
+        log.info("the partial build in %s has other settings; starting over", tmp)
+        shutil.rmtree(tmp)
+    if tmp.is_dir():
+        log.info("resuming the build in %s", tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / ".settings.json").write_text(stamp)
+    return tmp
+
+
+def _reuse_base(prof: Profile, tmp: Path, source: Path | None) -> dict:
+    """Copy the built base of `prof.base_from` into `tmp/base` after checking it is this profile's
+    base: equal base settings (profiles.BASE_SETTINGS) and byte-equal train splits. Returns the
+    source's folder and build info."""
+    from graft_ui.zoo import ensure_zoo, is_built
+
+    if source is None:
+        source = ensure_zoo(prof.base_from)  # built first when missing (the full zoo: minutes)
+    source = Path(source).expanduser().resolve()
+    if not is_built(source):
+        raise FileNotFoundError(f"base_from zoo {str(source)!r} is not a built zoo of format {FORMAT_VERSION}")
+    src_info = json.loads((source / BUILD_INFO).read_text())
+    theirs = {k: (src_info.get("settings") or {}).get(k) for k in prof.base_settings()}
+    diff = sorted(k for k, v in prof.base_settings().items() if theirs[k] != v)
+    if diff:
+        raise ValueError(f"the zoo at {str(source)!r} was built with other base settings {diff}; "
+                         f"the {prof.name} profile cannot reuse its base")
+    for d in (*DOMAINS, "general"):
+        ours, src = tmp / "data" / d / "train.jsonl", source / "data" / d / "train.jsonl"
+        if ours.read_bytes() != src.read_bytes():
+            raise ValueError(f"the {d} train split of {str(source)!r} differs from this build's; "
+                             "its base was trained on other data")
+    if not (tmp / "base" / ".copied").is_file():
+        shutil.rmtree(tmp / "base", ignore_errors=True)
+        shutil.copytree(source / "base", tmp / "base")
+        (tmp / "base" / ".copied").write_text(str(source))
+    return source, src_info
+
+
 def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bool = False,
-              progress: bool = True) -> Path:
-    """Build the zoo into `out_dir` (replaced only when `force`); returns `out_dir`."""
+              progress: bool = True, base_from: str | Path | None = None) -> Path:
+    """Build the zoo into `out_dir` (replaced only when `force`); returns `out_dir`.
+
+    `base_from`: the built zoo whose base a profile with `base_from` reuses (default: that
+    profile's zoo folder, built first when missing).
+    """
     from tqdm.auto import tqdm
 
     prof = get_profile(profile) if isinstance(profile, str) else profile
@@ -112,13 +182,14 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         raise FileExistsError(f"zoo {str(out_dir)!r} already exists; pass force=True (--force) to rebuild")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _quiet_transformers()
-    tmp = temp_folder(out_dir, "building", hidden=True)
+    tmp = _work_folder(out_dir, prof)
     t_start = time.time()
     stages: dict[str, float] = {}
     cpu: dict[str, float] = {}  # CPU seconds per stage (workers included): the cost on an idle machine
     info: dict = {"format": FORMAT_VERSION, "profile": prof.name, "seed": prof.seed, "settings": prof.to_dict(),
                   "versions": _versions(), "host": {"cpus": os.cpu_count(), "threads": prof.threads}}
-    total_steps = prof.base_steps + prof.instruct_steps + len(KINDS) * sum(e.steps for e in prof.experts)
+    base_steps = 0 if prof.base_from else prof.base_steps + prof.instruct_steps
+    total_steps = base_steps + len(KINDS) * sum(e.steps for e in prof.experts)
     bar = tqdm(total=total_steps, desc=f"zoo build ({prof.name})", unit="step", disable=not progress,
                dynamic_ncols=True)
     try:
@@ -128,59 +199,86 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             c = _cpu_seconds()
             bar.set_postfix_str("data")
             data_root = tmp / "data"
-            for d in DOMAINS:
-                D.build_domain(d, data_root, prof.domain_train, prof.domain_eval, prof.seed)
-            D.build_domain("general", data_root, prof.general_train, 0, prof.seed)
+            if not (data_root / ".done").is_file():  # a resumed build keeps its data
+                for d in DOMAINS:
+                    D.build_domain(d, data_root, prof.domain_train, prof.domain_eval, prof.seed)
+                D.build_domain("general", data_root, prof.general_train, 0, prof.seed)
+                (data_root / ".done").write_text("")
             splits = {d: D.read_jsonl(data_root / d / "train.jsonl") for d in (*DOMAINS, "general")}
             stages["data"] = time.time() - t
             cpu["data"] = _cpu_seconds() - c
 
-            # 2. tokenizer + processor
-            t = time.time()
-            c = _cpu_seconds()
-            bar.set_postfix_str("tokenizer")
-            from graft_ui.zoo.tokenizer import build_processor, build_tokenizer
+            if prof.base_from:
+                # 2-3. the base (with its tokenizer and processor) of another built zoo
+                t = time.time()
+                c = _cpu_seconds()
+                bar.set_postfix_str("base (reused)")
+                source, src_info = _reuse_base(prof, tmp, base_from)
+                info["base_from"] = {"profile": prof.base_from, "path": str(source),
+                                     "built_at": src_info.get("built_at"), "weights_hash": src_info.get("weights_hash")}
+                info["parameters"] = src_info.get("parameters")
+                info["loss"] = {k: v for k, v in (src_info.get("loss") or {}).items() if k.startswith("base")}
+                stages["base"] = time.time() - t
+                cpu["base"] = _cpu_seconds() - c
+            else:
+                # 2. tokenizer + processor
+                t = time.time()
+                c = _cpu_seconds()
+                bar.set_postfix_str("tokenizer")
+                from graft_ui.zoo.tokenizer import build_processor, build_tokenizer
 
-            corpus = [x for d in splits for x in _corpus(splits[d])]
-            tokenizer = build_tokenizer(corpus, prof.model.vocab_size)
-            processor = build_processor(tokenizer)
-            stages["tokenizer"] = time.time() - t
-            cpu["tokenizer"] = _cpu_seconds() - c
+                corpus = [x for d in splits for x in _corpus(splits[d])]
+                tokenizer = build_tokenizer(corpus, prof.model.vocab_size)
+                processor = build_processor(tokenizer)
+                stages["tokenizer"] = time.time() - t
+                cpu["tokenizer"] = _cpu_seconds() - c
 
-            # 3. encode once, then train the base on the general mix
-            from graft_ui.zoo.train import encode_samples
+                # 3. encode once, then train the base on the general mix
+                from graft_ui.zoo.train import encode_samples
 
-            t = time.time()
-            bar.set_postfix_str("encode")
-            c = _cpu_seconds()
-            encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
-            instruct = encode_parts(processor, _instruct_samples(tmp, prof), data_root)
-            stages["encode"] = time.time() - t
-            cpu["encode"] = _cpu_seconds() - c
+                t = time.time()
+                bar.set_postfix_str("encode")
+                c = _cpu_seconds()
+                encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
+                instruct = encode_parts(processor, _instruct_samples(tmp, prof), data_root)
+                stages["encode"] = time.time() - t
+                cpu["encode"] = _cpu_seconds() - c
 
-            t = time.time()
-            c = _cpu_seconds()
-            bar.set_postfix_str("base")
-            base_dir = tmp / "base"
-            processor.save_pretrained(base_dir)  # the worker ranks load the tokenizer from here
-            task = dict(zoo=str(tmp), settings=prof.to_dict(), world=prof.base_procs,
-                        rendezvous=str(tmp / f".rendezvous-{os.getpid()}"))
-            losses = _train_base_parallel(task, processor, encoded["general"], instruct, bar)
-            Path(task["rendezvous"]).unlink(missing_ok=True)
-            info["parameters"] = _parameters(base_dir)
-            info["loss"] = {f"base ({stage})": _loss_summary(curve) for stage, curve in losses.items()}
-            stages["base"] = time.time() - t
-            cpu["base"] = _cpu_seconds() - c
+                t = time.time()
+                c = _cpu_seconds()
+                bar.set_postfix_str("base")
+                base_dir = tmp / "base"
+                processor.save_pretrained(base_dir)  # the worker ranks load the tokenizer from here
+                task = dict(zoo=str(tmp), settings=prof.to_dict(), world=prof.base_procs,
+                            rendezvous=str(tmp / f".rendezvous-{os.getpid()}"))
+                losses = _train_base_parallel(task, processor, encoded["general"], instruct, bar)
+                Path(task["rendezvous"]).unlink(missing_ok=True)
+                info["parameters"] = _parameters(base_dir)
+                info["loss"] = {f"base ({stage})": _loss_summary(curve) for stage, curve in losses.items()}
+                stages["base"] = time.time() - t
+                cpu["base"] = _cpu_seconds() - c
+                del encoded, instruct
 
             # 4. experts: one task per design (LoRA + full), in parallel single-threaded workers,
-            # longest first so the two workers finish together
+            # longest first so the two workers finish together; a resumed build skips finished designs
             t = time.time()
             c = _cpu_seconds()
             bar.set_postfix_str("experts")
-            tasks = [dict(zoo=str(tmp), spec=i, label=spec.name("*"),
-                          profile=prof.name, settings=prof.to_dict()) for i, spec in enumerate(prof.experts)]
+            done_file = lambda i: tmp / "experts" / f".design-{i}.json"  # noqa: E731
+            done: dict[int, dict] = {}
+            for i, spec in enumerate(prof.experts):
+                if prof.resumable and done_file(i).is_file():
+                    done[i] = json.loads(done_file(i).read_text())
+                    bar.update(len(KINDS) * spec.steps)
+            tasks = [dict(zoo=str(tmp), spec=i, label=spec.name("*"), profile=prof.name, settings=prof.to_dict())
+                     for i, spec in enumerate(prof.experts) if i not in done]
             tasks.sort(key=lambda t: -prof.experts[t["spec"]].steps)
-            done = _run_expert_tasks(tasks, prof.workers, bar)
+
+            def finished(i: int, result: dict) -> None:
+                if prof.resumable:
+                    done_file(i).write_text(json.dumps(result))
+
+            done.update(_run_expert_tasks(tasks, prof.workers, bar, on_done=finished))
             experts, expert_times = [], {}
             for i, spec in enumerate(prof.experts):
                 for kind in KINDS:
@@ -195,7 +293,6 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                                                  "rank": spec.lora_rank if kind == "lora" else None,
                                                  "note": spec.note}
                                for spec in prof.experts for kind in KINDS}
-            del encoded, instruct
 
             # 5. manifest (+ self-check)
             from graft_ui.models.manifest import DatasetEntry, Manifest, ModelEntry
@@ -207,11 +304,12 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 datasets={d: DatasetEntry(eval=f"data/{d}/eval.jsonl", train=f"data/{d}/train.jsonl") for d in DOMAINS},
             )
             manifest.save(tmp / MANIFEST)
+            info["weights_hash"] = weights_hash(tmp)
             if prof.self_check:
                 t = time.time()
                 c = _cpu_seconds()
                 bar.set_postfix_str("self-check")
-                info["self_check"] = check = self_check(tmp)
+                info["self_check"] = check = self_check(tmp, fusions=prof.self_check_fusions, workers=prof.workers)
                 stages["self_check"] = time.time() - t
                 cpu["self_check"] = _cpu_seconds() - c
                 if check["missed_targets"] and prof.strict:
@@ -224,7 +322,8 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         bar.set_postfix_str("done")
     except BaseException:
         bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not prof.resumable:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     bar.close()
     stages = {k: round(v, 1) for k, v in stages.items()}
@@ -233,6 +332,9 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     for e in experts:  # adapters name the base where it will live, not the temp folder
         if e["kind"] == "lora":
             _fix_adapter_base(tmp / e["path"], str(out_dir / "base"))
+    for marker in (tmp / ".settings.json", tmp / "data" / ".done", tmp / "base" / ".copied",
+                   *(tmp / "experts").glob(".design-*.json")):
+        marker.unlink(missing_ok=True)  # resume bookkeeping, not part of the zoo
     info["seconds"] = round(time.time() - t_start, 1)
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))

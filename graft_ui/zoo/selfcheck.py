@@ -142,16 +142,17 @@ def kept_fraction(fused: dict, experts: list[str], models: dict, manifest) -> di
     return kept
 
 
-def self_check(zoo_dir: str | Path, limit: int | None = None, fusions: bool = True) -> dict:
-    """Score the zoo (see the module doc); writes self_check.md and showcase.json into it."""
+def self_check(zoo_dir: str | Path, limit: int | None = None, fusions: bool = True, workers: int = 1) -> dict:
+    """Score the zoo (see the module doc); writes self_check.md and showcase.json into it.
+    `workers` > 1 splits the models' evaluation over that many worker processes."""
     from graft_ui.models.manifest import load_manifest
-    from graft_ui.zoo.evaluate import evaluate_specs
+    from graft_ui.zoo.stages import evaluate_in_workers
 
     zoo_dir = Path(zoo_dir)
     manifest = load_manifest(zoo_dir / "manifest.yaml")
     datasets = {d: manifest.dataset(d).eval for d in manifest.datasets}
     names = ["base", *[e.name for e in manifest.experts]]
-    models = evaluate_specs(names, manifest, limit=limit, keep_outputs=True)["models"]
+    models = evaluate_in_workers(names, zoo_dir / "manifest.yaml", workers, limit=limit, keep_outputs=True)
     report: dict = {"domains": list(datasets), "models": {}, "fusions": {}}
     report["missed_targets"] = check_targets(models, list(manifest.experts))
     report["gain_over_base"] = {e.name: round(models[e.name]["domains"][e.domain]["accuracy"]
