@@ -28,7 +28,7 @@ import torch
 
 from graft_ui.atomic import publish_folder, recover_folder, temp_folder
 from graft_ui.zoo import domains as D
-from graft_ui.zoo.profiles import DOMAINS, KINDS, Profile, get_profile
+from graft_ui.zoo.profiles import DOMAINS, EXPERT_SETTINGS, KINDS, Profile, get_profile
 from graft_ui.zoo.stages import (_fix_adapter_base, _instruct_samples, _loss_summary, _quiet_transformers,
                                   _run_expert_tasks, _train_base_parallel, encode_parts)
 from graft_ui.zoo.selfcheck import self_check, self_check_markdown
@@ -166,6 +166,32 @@ def _reuse_base(prof: Profile, tmp: Path, source: Path | None) -> dict:
     return source, src_info
 
 
+def _reuse_experts(prof: Profile, tmp: Path, source: Path, src_info: dict) -> dict[int, dict]:
+    """Copy from the base_from zoo every expert design this profile trains identically (same index,
+    same design, same expert settings, same base and data: training is seeded by these), returning
+    their {"loss", "seconds"} as a trained design would."""
+    from dataclasses import asdict
+
+    theirs = src_info.get("settings") or {}
+    if any(theirs.get(k) != getattr(prof, k) for k in EXPERT_SETTINGS):
+        return {}
+    reused = {}
+    for i, spec in enumerate(prof.experts):
+        src = (theirs.get("experts") or [])[i:i + 1]
+        names = [spec.name(kind) for kind in KINDS]
+        if not src or src[0] != json.loads(json.dumps(asdict(spec))) or \
+                not all((source / "experts" / n).is_dir() for n in names):
+            continue
+        for kind, n in zip(KINDS, names):
+            shutil.rmtree(tmp / "experts" / n, ignore_errors=True)
+            shutil.copytree(source / "experts" / n, tmp / "experts" / n)
+            if kind == "lora":  # it names the source's base; the copy is this build's (see build_zoo's end)
+                _fix_adapter_base(tmp / "experts" / n, str(tmp / "base"))
+        reused[i] = {"loss": {n: src_info["loss"][n] for n in names},
+                     "seconds": {n: src_info["expert_seconds"][n] for n in names}, "reused_from": str(source)}
+    return reused
+
+
 def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bool = False,
               progress: bool = True, base_from: str | Path | None = None) -> Path:
     """Build the zoo into `out_dir` (replaced only when `force`); returns `out_dir`.
@@ -270,6 +296,11 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 if prof.resumable and done_file(i).is_file():
                     done[i] = json.loads(done_file(i).read_text())
                     bar.update(len(KINDS) * spec.steps)
+            if prof.base_from:  # designs the base_from zoo already trained the same way: copied
+                for i, result in _reuse_experts(prof, tmp, source, src_info).items():
+                    if i not in done:
+                        done[i] = result
+                        bar.update(len(KINDS) * prof.experts[i].steps)
             tasks = [dict(zoo=str(tmp), spec=i, label=spec.name("*"), profile=prof.name, settings=prof.to_dict())
                      for i, spec in enumerate(prof.experts) if i not in done]
             tasks.sort(key=lambda t: -prof.experts[t["spec"]].steps)
@@ -291,8 +322,10 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             info["expert_seconds"] = expert_times
             info["experts"] = {spec.name(kind): {"domain": spec.domain, "kind": kind, "steps": spec.steps,
                                                  "rank": spec.lora_rank if kind == "lora" else None,
-                                                 "note": spec.note}
-                               for spec in prof.experts for kind in KINDS}
+                                                 "note": spec.note,
+                                                 **({"reused_from": done[i]["reused_from"]}
+                                                    if "reused_from" in done[i] else {})}
+                               for i, spec in enumerate(prof.experts) for kind in KINDS}
 
             # 5. manifest (+ self-check)
             from graft_ui.models.manifest import DatasetEntry, Manifest, ModelEntry
@@ -309,7 +342,9 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 t = time.time()
                 c = _cpu_seconds()
                 bar.set_postfix_str("self-check")
-                info["self_check"] = check = self_check(tmp, fusions=prof.self_check_fusions, workers=prof.workers)
+                check = self_check(tmp, limit=prof.self_check_limit, fusions=prof.self_check_fusions,
+                                   workers=prof.workers)
+                info["self_check"] = check
                 stages["self_check"] = time.time() - t
                 cpu["self_check"] = _cpu_seconds() - c
                 if check["missed_targets"] and prof.strict:
