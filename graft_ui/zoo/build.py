@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 MANIFEST = "manifest.yaml"
+STAMP = ".settings.json"  # resumable builds: the settings the partial folder's data and base were made with
+BASE_DONE = ".trained.json"  # in base/ of a partial build: the base finished training (parameters, losses)
 FORMAT_VERSION = 9  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base; 8: block charts;
 # 9: margins on every regime target, 150 held-out items, weights_hash)
 
@@ -121,20 +123,30 @@ def weights_hash(zoo_dir: str | Path) -> str:
 
 def _work_folder(out_dir: Path, prof: Profile) -> Path:
     """Where the zoo is built before it is published: a fresh temp folder, or for a resumable
-    profile `.<name>.partial`, kept when the build fails so a rerun goes on from its finished stages
-    (emptied first when it was started with other settings)."""
+    profile `.<name>.partial`, kept when the build fails so a rerun goes on from its finished stages:
+    its data and base when the settings they depend on are unchanged (else it is emptied), each
+    expert design whose design and expert settings are unchanged."""
     if not prof.resumable:
         return temp_folder(out_dir, "building", hidden=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial"
-    stamp = json.dumps(prof.to_dict(), sort_keys=True)
-    if (tmp / ".settings.json").is_file() and (tmp / ".settings.json").read_text() != stamp:
-        log.info("the partial build in %s has other settings; starting over", tmp)
+    stamp = json.dumps({"format": FORMAT_VERSION, "domain_eval": prof.domain_eval, "base_from": prof.base_from,
+                        **prof.base_settings()}, sort_keys=True)
+    if (tmp / STAMP).is_file() and (tmp / STAMP).read_text() != stamp:
+        log.info("the partial build in %s has other data or base settings; starting over", tmp)
         shutil.rmtree(tmp)
     if tmp.is_dir():
         log.info("resuming the build in %s", tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / ".settings.json").write_text(stamp)
+    (tmp / STAMP).write_text(stamp)
     return tmp
+
+
+def _design_key(prof: Profile, i: int) -> dict:
+    """What an expert design's training depends on besides the base and data (see _work_folder)."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps({"index": i, "spec": asdict(prof.experts[i]),
+                                  **{k: getattr(prof, k) for k in EXPERT_SETTINGS}}))
 
 
 def _reuse_base(prof: Profile, tmp: Path, source: Path | None) -> dict:
@@ -225,7 +237,10 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             c = _cpu_seconds()
             bar.set_postfix_str("data")
             data_root = tmp / "data"
-            if not (data_root / ".done").is_file():  # a resumed build keeps its data
+            resumed: list[str] = []  # stages and designs a resumed build took from its partial folder
+            if (data_root / ".done").is_file():
+                resumed.append("data")
+            else:
                 for d in DOMAINS:
                     D.build_domain(d, data_root, prof.domain_train, prof.domain_eval, prof.seed)
                 D.build_domain("general", data_root, prof.general_train, 0, prof.seed)
@@ -246,6 +261,11 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 info["loss"] = {k: v for k, v in (src_info.get("loss") or {}).items() if k.startswith("base")}
                 stages["base"] = time.time() - t
                 cpu["base"] = _cpu_seconds() - c
+            elif prof.resumable and (tmp / "base" / BASE_DONE).is_file():
+                done_base = json.loads((tmp / "base" / BASE_DONE).read_text())
+                info["parameters"], info["loss"] = done_base["parameters"], done_base["loss"]
+                resumed.append("base")
+                bar.update(base_steps)
             else:
                 # 2. tokenizer + processor
                 t = time.time()
@@ -281,6 +301,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 Path(task["rendezvous"]).unlink(missing_ok=True)
                 info["parameters"] = _parameters(base_dir)
                 info["loss"] = {f"base ({stage})": _loss_summary(curve) for stage, curve in losses.items()}
+                (base_dir / BASE_DONE).write_text(json.dumps({"parameters": info["parameters"], "loss": info["loss"]}))
                 stages["base"] = time.time() - t
                 cpu["base"] = _cpu_seconds() - c
                 del encoded, instruct
@@ -293,8 +314,10 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             done_file = lambda i: tmp / "experts" / f".design-{i}.json"  # noqa: E731
             done: dict[int, dict] = {}
             for i, spec in enumerate(prof.experts):
-                if prof.resumable and done_file(i).is_file():
-                    done[i] = json.loads(done_file(i).read_text())
+                mark = json.loads(done_file(i).read_text()) if prof.resumable and done_file(i).is_file() else {}
+                if mark.get("key") == _design_key(prof, i):
+                    done[i] = mark["result"]
+                    resumed.append(spec.name("*"))
                     bar.update(len(KINDS) * spec.steps)
             if prof.base_from:  # designs the base_from zoo already trained the same way: copied
                 for i, result in _reuse_experts(prof, tmp, source, src_info).items():
@@ -307,7 +330,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
 
             def finished(i: int, result: dict) -> None:
                 if prof.resumable:
-                    done_file(i).write_text(json.dumps(result))
+                    done_file(i).write_text(json.dumps({"key": _design_key(prof, i), "result": result}))
 
             done.update(_run_expert_tasks(tasks, prof.workers, bar, on_done=finished))
             experts, expert_times = [], {}
@@ -319,6 +342,8 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                     expert_times[name] = done[i]["seconds"][name]
             stages["experts"] = time.time() - t
             cpu["experts"] = _cpu_seconds() - c
+            if resumed:  # their time is not in stages_seconds: the build is not a from-scratch timing
+                info["resumed"] = resumed
             info["expert_seconds"] = expert_times
             info["experts"] = {spec.name(kind): {"domain": spec.domain, "kind": kind, "steps": spec.steps,
                                                  "rank": spec.lora_rank if kind == "lora" else None,
@@ -367,7 +392,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     for e in experts:  # adapters name the base where it will live, not the temp folder
         if e["kind"] == "lora":
             _fix_adapter_base(tmp / e["path"], str(out_dir / "base"))
-    for marker in (tmp / ".settings.json", tmp / "data" / ".done", tmp / "base" / ".copied",
+    for marker in (tmp / STAMP, tmp / "data" / ".done", tmp / "base" / ".copied", tmp / "base" / BASE_DONE,
                    *(tmp / "experts").glob(".design-*.json")):
         marker.unlink(missing_ok=True)  # resume bookkeeping, not part of the zoo
     info["seconds"] = round(time.time() - t_start, 1)
