@@ -54,3 +54,34 @@ def test_reliability_is_seeded_and_checks_item_counts():
         split_half_reliability(fusions, singles)
     with pytest.raises(ValueError, match="splits=0"):
         split_half_reliability(fusions, singles, splits=0)
+
+
+def test_runner_collects_items_from_the_cache_and_reports_reliability(tmp_path):
+    """The study's per-item correctness goes cache -> items.json form -> reliability per kind and
+    method -> study.md, and pieces cached without items are left out."""
+    from graft_ui.models.manifest import ModelEntry
+    from graft_ui.study.pairs import Pair
+    from graft_ui.study.report import reliability_markdown
+    from graft_ui.study.runner import collect_items, items_reliability
+    from graft_ui.study.worker import Cache, write_json
+
+    fusions, singles = _study(np.linspace(0.3, 1.0, 6), n_items=100)
+    cache = Cache(tmp_path)
+    experts = {}
+    for name, items in singles.items():
+        experts[name] = ModelEntry(name, path=f"/x/{name}", kind="lora", domain=next(iter(items)))
+        write_json(cache.single(name), {"expert": name, "accuracy": {}, "correct": items})
+    pairs = [Pair(experts[f["a"]], experts[f["b"]], "unrelated") for f in fusions]
+    for p, f in zip(pairs, fusions):
+        write_json(cache.fused(p.name, "ties"), {"pair": p.name, "variant": "ties", "accuracy": {},
+                                                 "correct": f["correct"]})
+        write_json(cache.fused(p.name, "graft"), {"pair": p.name, "variant": "graft", "accuracy": {}})  # no items
+    items = collect_items(pairs, ["ties", "graft"], cache)
+    assert len(items["fusions"]) == 6 and {f["variant"] for f in items["fusions"]} == {"ties"}
+    assert items["fusions"][0]["domain_a"] == "math" and items["singles"]["a0"] == singles["a0"]
+    rel = items_reliability(items)
+    assert set(rel) == {"lora"} and set(rel["lora"]) == {"ties"}
+    assert rel["lora"]["ties"] == split_half_reliability(fusions, singles)
+    text = "\n".join(reliability_markdown({"reliability": rel}))
+    assert "Split-half reliability" in text and "| lora | ties | " in text and "math 100, code 100" in text
+    assert reliability_markdown({}) == []
