@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from graft_ui.atomic import publish_folder, recover_folder, temp_folder
+from graft_ui.atomic import publish_folder, recover_folder
 from graft_ui.zoo import domains as D
-from graft_ui.zoo.profiles import DOMAINS, EXPERT_SETTINGS, KINDS, Profile, get_profile
+from graft_ui.zoo.profiles import DOMAINS, KINDS, Profile, get_profile
+from graft_ui.zoo.reuse import BASE_DONE, STAMP, design_key, reuse_base, reuse_experts, weights_hash, work_folder
 from graft_ui.zoo.stages import (_fix_adapter_base, _instruct_samples, _loss_summary, _quiet_transformers,
                                   _run_expert_tasks, _train_base_parallel, encode_parts)
 from graft_ui.zoo.selfcheck import self_check, self_check_markdown
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 MANIFEST = "manifest.yaml"
-STAMP = ".settings.json"  # resumable builds: the settings the partial folder's data and base were made with
-BASE_DONE = ".trained.json"  # in base/ of a partial build: the base finished training (parameters, losses)
 FORMAT_VERSION = 9  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base; 8: block charts;
 # 9: margins on every regime target, 150 held-out items, weights_hash)
 
@@ -103,105 +102,14 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def weights_hash(zoo_dir: str | Path) -> str:
-    """sha256 (16 hex) of every weight file of the zoo (base and experts, in path order).
+def _built_zoo(where: str | Path) -> tuple[Path, dict]:
+    """(folder, build info) of a built zoo: a folder, or a profile name (built first when missing)."""
+    from graft_ui.zoo import PROFILES, ensure_zoo, is_built
 
-    The build is seeded, but training amplifies float rounding, so the same settings give other
-    weights on another CPU: a study or self-check belongs to these bytes, not to the settings.
-    """
-    import hashlib
-
-    zoo_dir = Path(zoo_dir)
-    h = hashlib.sha256()
-    for f in sorted([*zoo_dir.glob("base/*.safetensors"), *zoo_dir.glob("experts/*/*.safetensors")]):
-        h.update(f.relative_to(zoo_dir).as_posix().encode() + b"\0")
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
-def _work_folder(out_dir: Path, prof: Profile) -> Path:
-    """Where the zoo is built before it is published: a fresh temp folder, or for a resumable
-    profile `.<name>.partial`, kept when the build fails so a rerun goes on from its finished stages:
-    its data and base when the settings they depend on are unchanged (else it is emptied), each
-    expert design whose design and expert settings are unchanged."""
-    if not prof.resumable:
-        return temp_folder(out_dir, "building", hidden=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial"
-    stamp = json.dumps({"format": FORMAT_VERSION, "domain_eval": prof.domain_eval, "base_from": prof.base_from,
-                        **prof.base_settings()}, sort_keys=True)
-    if (tmp / STAMP).is_file() and (tmp / STAMP).read_text() != stamp:
-        log.info("the partial build in %s has other data or base settings; starting over", tmp)
-        shutil.rmtree(tmp)
-    if tmp.is_dir():
-        log.info("resuming the build in %s", tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / STAMP).write_text(stamp)
-    return tmp
-
-
-def _design_key(prof: Profile, i: int) -> dict:
-    """What an expert design's training depends on besides the base and data (see _work_folder)."""
-    from dataclasses import asdict
-
-    return json.loads(json.dumps({"index": i, "spec": asdict(prof.experts[i]),
-                                  **{k: getattr(prof, k) for k in EXPERT_SETTINGS}}))
-
-
-def _reuse_base(prof: Profile, tmp: Path, source: Path | None) -> dict:
-    """Copy the built base of `prof.base_from` into `tmp/base` after checking it is this profile's
-    base: equal base settings (profiles.BASE_SETTINGS) and byte-equal train splits. Returns the
-    source's folder and build info."""
-    from graft_ui.zoo import ensure_zoo, is_built
-
-    if source is None:
-        source = ensure_zoo(prof.base_from)  # built first when missing (the full zoo: minutes)
-    source = Path(source).expanduser().resolve()
+    source = ensure_zoo(where) if str(where) in PROFILES else Path(where).expanduser().resolve()
     if not is_built(source):
-        raise FileNotFoundError(f"base_from zoo {str(source)!r} is not a built zoo of format {FORMAT_VERSION}")
-    src_info = json.loads((source / BUILD_INFO).read_text())
-    theirs = {k: (src_info.get("settings") or {}).get(k) for k in prof.base_settings()}
-    diff = sorted(k for k, v in prof.base_settings().items() if theirs[k] != v)
-    if diff:
-        raise ValueError(f"the zoo at {str(source)!r} was built with other base settings {diff}; "
-                         f"the {prof.name} profile cannot reuse its base")
-    for d in (*DOMAINS, "general"):
-        ours, src = tmp / "data" / d / "train.jsonl", source / "data" / d / "train.jsonl"
-        if ours.read_bytes() != src.read_bytes():
-            raise ValueError(f"the {d} train split of {str(source)!r} differs from this build's; "
-                             "its base was trained on other data")
-    if not (tmp / "base" / ".copied").is_file():
-        shutil.rmtree(tmp / "base", ignore_errors=True)
-        shutil.copytree(source / "base", tmp / "base")
-        (tmp / "base" / ".copied").write_text(str(source))
-    return source, src_info
-
-
-def _reuse_experts(prof: Profile, tmp: Path, source: Path, src_info: dict) -> dict[int, dict]:
-    """Copy from the base_from zoo every expert design this profile trains identically (same index,
-    same design, same expert settings, same base and data: training is seeded by these), returning
-    their {"loss", "seconds"} as a trained design would."""
-    from dataclasses import asdict
-
-    theirs = src_info.get("settings") or {}
-    if any(theirs.get(k) != getattr(prof, k) for k in EXPERT_SETTINGS):
-        return {}
-    reused = {}
-    for i, spec in enumerate(prof.experts):
-        src = (theirs.get("experts") or [])[i:i + 1]
-        names = [spec.name(kind) for kind in KINDS]
-        if not src or src[0] != json.loads(json.dumps(asdict(spec))) or \
-                not all((source / "experts" / n).is_dir() for n in names):
-            continue
-        for kind, n in zip(KINDS, names):
-            shutil.rmtree(tmp / "experts" / n, ignore_errors=True)
-            shutil.copytree(source / "experts" / n, tmp / "experts" / n)
-            if kind == "lora":  # it names the source's base; the copy is this build's (see build_zoo's end)
-                _fix_adapter_base(tmp / "experts" / n, str(tmp / "base"))
-        reused[i] = {"loss": {n: src_info["loss"][n] for n in names},
-                     "seconds": {n: src_info["expert_seconds"][n] for n in names}, "reused_from": str(source)}
-    return reused
+        raise FileNotFoundError(f"{str(source)!r} is not a built zoo of format {FORMAT_VERSION}")
+    return source, json.loads((source / BUILD_INFO).read_text())
 
 
 def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bool = False,
@@ -220,7 +128,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         raise FileExistsError(f"zoo {str(out_dir)!r} already exists; pass force=True (--force) to rebuild")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _quiet_transformers()
-    tmp = _work_folder(out_dir, prof)
+    tmp = work_folder(out_dir, prof, FORMAT_VERSION)
     t_start = time.time()
     stages: dict[str, float] = {}
     cpu: dict[str, float] = {}  # CPU seconds per stage (workers included): the cost on an idle machine
@@ -254,7 +162,8 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 t = time.time()
                 c = _cpu_seconds()
                 bar.set_postfix_str("base (reused)")
-                source, src_info = _reuse_base(prof, tmp, base_from)
+                source, src_info = _built_zoo(base_from or prof.base_from)
+                reuse_base(prof, tmp, source, src_info)
                 info["base_from"] = {"profile": prof.base_from, "path": str(source),
                                      "built_at": src_info.get("built_at"), "weights_hash": src_info.get("weights_hash")}
                 info["parameters"] = src_info.get("parameters")
@@ -315,12 +224,12 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             done: dict[int, dict] = {}
             for i, spec in enumerate(prof.experts):
                 mark = json.loads(done_file(i).read_text()) if prof.resumable and done_file(i).is_file() else {}
-                if mark.get("key") == _design_key(prof, i):
+                if mark.get("key") == design_key(prof, i):
                     done[i] = mark["result"]
                     resumed.append(spec.name("*"))
                     bar.update(len(KINDS) * spec.steps)
             if prof.base_from:  # designs the base_from zoo already trained the same way: copied
-                for i, result in _reuse_experts(prof, tmp, source, src_info).items():
+                for i, result in reuse_experts(prof, tmp, source, src_info).items():
                     if i not in done:
                         done[i] = result
                         bar.update(len(KINDS) * prof.experts[i].steps)
@@ -330,7 +239,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
 
             def finished(i: int, result: dict) -> None:
                 if prof.resumable:
-                    done_file(i).write_text(json.dumps({"key": _design_key(prof, i), "result": result}))
+                    done_file(i).write_text(json.dumps({"key": design_key(prof, i), "result": result}))
 
             done.update(_run_expert_tasks(tasks, prof.workers, bar, on_done=finished))
             experts, expert_times = [], {}
