@@ -227,6 +227,8 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 if mark.get("key") == design_key(prof, i):
                     done[i] = mark["result"]
                     resumed.append(spec.name("*"))
+                    # the partial folder may have moved since (or been made from a published zoo)
+                    _fix_adapter_base(tmp / "experts" / spec.name("lora"), str(tmp / "base"))
                     bar.update(len(KINDS) * spec.steps)
             if prof.base_from:  # designs the base_from zoo already trained the same way: copied
                 for i, result in reuse_experts(prof, tmp, source, src_info).items():
