@@ -28,6 +28,9 @@ def add_parser(subparsers) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even if it exists")
     b.add_argument("--dir", help="build here instead of $GRAFT_ZOO_DIR/<profile> or ~/.cache/graft_ui/zoo/<profile>")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--base-from", metavar="DIR",
+                   help="for a profile that reuses another zoo's base (study: the full zoo's): that built zoo's "
+                        "folder (default: its profile's folder, built first when missing)")
     b.set_defaults(func=cmd_zoo_build)
     ls = zsub.add_parser("list", help="print the zoo manifest")
     ls.add_argument("--profile", choices=profiles, default="full")
@@ -43,12 +46,12 @@ def _zoo_path(args) -> Path:
 
 def cmd_zoo_build(args) -> int:
     t = time.time()
-    if args.dir:
-        path = Path(args.dir).expanduser()
+    if args.dir or args.base_from:
+        path = _zoo_path(args)
         if is_built(path) and not args.force:
             print(f"zoo already built: {path} (use --force to rebuild)")
             return 0
-        path = build_zoo(path, args.profile, force=True, progress=not args.quiet)
+        path = build_zoo(path, args.profile, force=True, progress=not args.quiet, base_from=args.base_from)
     else:
         path = ensure_zoo(args.profile, force=args.force, progress=not args.quiet)
     info = json.loads((path / BUILD_INFO).read_text())

@@ -171,6 +171,7 @@ def markdown(study: Mapping, figures: Sequence[Path] = ()) -> str:
               "Interval: percentile bootstrap over pairs (resampled with replacement, seeded); resamples whose "
               "predictor or gain is constant have no ρ and are skipped (counted).", "",
               _table(["pairs", "gain of", "predictor", "ρ", "p", "95% CI", "n", "skipped"], rows), ""]
+    parts += reliability_markdown(study)
     pngs = [f for f in figures if f.suffix == ".png"]
     if figures:
         parts += ["## Figures", ""]
@@ -180,6 +181,21 @@ def markdown(study: Mapping, figures: Sequence[Path] = ()) -> str:
                 parts.append(f"- [{f.stem}]({f.name})" + ("" if png in pngs else " (HTML only)"))
         parts += [""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     return "\n".join(parts)
+
+
+def reliability_markdown(study: dict) -> list[str]:
+    """The split-half reliability section (lines), empty when the study recorded no items."""
+    if not study.get("reliability"):
+        return []
+    rel = [[kind, v, _f(r["reliability"], ".2f"), _f(r["half_rho"], ".2f"), r["n_fusions"],
+            ", ".join(f"{d} {n}" for d, n in r["items"].items())]
+           for kind, by in study["reliability"].items() for v, r in by.items()]
+    return ["## Split-half reliability of the measured kept_min", "",
+            "Each domain's held-out items split in two seeded halves; kept_min per half; Spearman ρ "
+            "between the halves across the pairs, averaged over 20 splits, Spearman–Brown corrected "
+            "(graft_ui/study/reliability.py). A forecast of kept_min cannot correlate with it better "
+            "than this; per-item correctness is in items.json.", "",
+            _table(["kind", "method", "reliability", "half ρ", "fusions", "items per domain"], rel), ""]
 
 
 def write(study: dict, out_dir: str | Path, *, png: bool = True) -> dict[str, Path]:

@@ -27,7 +27,7 @@ from graft_ui.models.manifest import Manifest, load_manifest
 from graft_ui.study import predictors, report
 from graft_ui.study.lookup import fingerprint
 from graft_ui.study.pairs import Pair, default_variants, enumerate_pairs
-from graft_ui.study.worker import Cache, init_worker, release_models, run_task, run_task_detached
+from graft_ui.study.worker import Cache, init_worker, release_models, run_task, run_task_detached, write_json
 from graft_ui.zoo.build import torch_threads
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,38 @@ def collect(manifest: Manifest, pairs: Sequence[Pair], variants: Sequence[str], 
     return singles, infos, fused
 
 
+def collect_items(pairs: Sequence[Pair], variants: Sequence[str], cache: Cache) -> dict:
+    """Per-item correctness from the cache, in graft_ui.study.reliability's input form:
+    {"singles": {expert: {domain: "0110..."}}, "fusions": [{"pair", "variant", "kind", "a", "b",
+    "domain_a", "domain_b", "correct"}]}; pieces cached before items were recorded are left out."""
+    singles = {}
+    for e in dict.fromkeys([x for p in pairs for x in (p.a, p.b)]):
+        got = Cache.read(cache.single(e.name)) or {}
+        if got.get("correct"):
+            singles[e.name] = got["correct"]
+    fusions = []
+    for p in pairs:
+        if p.a.name not in singles or p.b.name not in singles:
+            continue
+        for v in variants:
+            row = Cache.read(cache.fused(p.name, v)) or {}
+            if row.get("correct"):
+                fusions.append({"pair": p.name, "variant": v, "kind": p.kind, "a": p.a.name, "b": p.b.name,
+                                "domain_a": p.a.domain, "domain_b": p.b.domain, "correct": row["correct"]})
+    return {"singles": singles, "fusions": fusions}
+
+
+def items_reliability(items: dict, seed: int = 0) -> dict:
+    """{kind: {variant: split_half_reliability(...)}} over the fusions in `items` (collect_items)."""
+    from graft_ui.study.reliability import split_half_reliability
+
+    groups: dict[str, dict[str, list]] = {}
+    for f in items["fusions"]:
+        groups.setdefault(f["kind"], {}).setdefault(f["variant"], []).append(f)
+    return {kind: {v: split_half_reliability(fs, items["singles"], seed=seed) for v, fs in by.items()}
+            for kind, by in groups.items()}
+
+
 def _remove_empty_dirs(root: Path) -> None:
     if not root.is_dir():
         return
@@ -228,6 +260,11 @@ def run_study(src: str | Path | Manifest, out_dir: str | Path, *, kinds: Sequenc
     prog.stats.fuse_seconds = [r["fuse_seconds"] for r in timing]
     prog.stats.eval_seconds = [r["eval_seconds"] for r in timing]
     study = predictors.assemble(singles, infos, fused, variants, resamples=resamples, seed=config.seed)
+    items = collect_items(chosen, variants, cache)
+    if items["fusions"]:  # per-item correctness: DIR/items.json, and the split-half reliability
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "items.json", items)
+        study["reliability"] = items_reliability(items, seed=config.seed)
     study.update({
         "format": STUDY_FORMAT,
         "zoo": {"path": str(zoo) if zoo else None, "manifest": manifest.source, "fingerprint": fp,

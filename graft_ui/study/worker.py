@@ -134,10 +134,14 @@ def release_models() -> None:
     gc.collect()
 
 
-def _evaluate(models: ModelSet, model, domains: list[str], limit: int | None, batch_size: int) -> dict[str, float]:
+def _evaluate(models: ModelSet, model, domains: list[str], limit: int | None,
+              batch_size: int) -> tuple[dict[str, float], dict[str, str]]:
+    """({domain: accuracy}, {domain: per-item correctness as a "0110..." string, eval split order});
+    the items let graft_ui.study.reliability split each domain in halves."""
     datasets = {d: models.manifest.dataset(d).eval for d in domains}
-    res = evaluate_model(model, models.processor, datasets, limit=limit, batch_size=batch_size)
-    return {d: float(v["accuracy"]) for d, v in res["domains"].items()}
+    res = evaluate_model(model, models.processor, datasets, limit=limit, batch_size=batch_size, keep_outputs=True)
+    return ({d: float(v["accuracy"]) for d, v in res["domains"].items()},
+            {d: "".join("1" if o["ok"] else "0" for o in v["outputs"]) for d, v in res["domains"].items()})
 
 
 def pair_recipe(manifest, a, b, variant, seed: int, device: str):
@@ -155,10 +159,10 @@ def run_single(task: dict, report: Report) -> None:
     e = manifest.expert(task["expert"])
     t = time.perf_counter()
     model = models.model(e.path, e.kind)
-    acc = _evaluate(models, model, task["domains"], task["limit"], task["batch_size"])
+    acc, correct = _evaluate(models, model, task["domains"], task["limit"], task["batch_size"])
     if e.kind == "full":
         del model
-    write_json(Cache(task["cache"]).single(e.name), {"expert": e.name, "accuracy": acc,
+    write_json(Cache(task["cache"]).single(e.name), {"expert": e.name, "accuracy": acc, "correct": correct,
                                                      "seconds": round(time.perf_counter() - t, 3)})
     report({"event": "single", "expert": e.name, "seconds": time.perf_counter() - t})
 
@@ -193,10 +197,10 @@ def run_pair(task: dict, report: Report) -> None:
             merge.run_recipe(pair_recipe(manifest, a, b, variant, task["seed"], task["device"]), out, overwrite=True)
             t1 = time.perf_counter()
             model = models.model(str(out), a.kind)
-            acc = _evaluate(models, model, task["domains"], task["limit"], task["batch_size"])
+            acc, correct = _evaluate(models, model, task["domains"], task["limit"], task["batch_size"])
             del model
             t2 = time.perf_counter()
-            entry = {"pair": pair, "variant": variant, "accuracy": acc,
+            entry = {"pair": pair, "variant": variant, "accuracy": acc, "correct": correct,
                      "fuse_seconds": round(t1 - t0, 3), "eval_seconds": round(t2 - t1, 3)}
         except (ValueError, RuntimeError, OSError) as exc:  # one failing method must not sink the study
             log.error("%s on %s failed: %s", variant, pair, exc)

@@ -1,7 +1,9 @@
 """What the fusion-quality study tells the app : gains in ② Analyze, warnings in ③ Fuse.
 
 The study of the loaded zoo is found by graft_ui.study.lookup (the zoo's own
-`study/study.json`, else the committed one when its build fingerprint matches). It is
+`study/study.json`, else the committed one). A study whose build fingerprint (weights hash
+included) differs from the loaded zoo's is quoted as "measured on another build of this
+zoo", never as a measurement of the loaded weights. It is
 looked up at call time, keyed by the manifest and the candidate files' modification
 times, so a study written while the app runs is picked up and another manifest gets its own.
 """
@@ -40,11 +42,12 @@ def study_for(studio) -> dict | None:
 
 
 def gain_cell(study: dict | None, a: str, b: str) -> str:
-    """'+3.2 (measured)', '−5.0 (predicted)' or '—' for the Analyze tab's pair table."""
+    """'+3.2 (measured)', '−5.0 (predicted)', '+3.2 (measured on another build of this zoo)' or '—'
+    for the Analyze tab's pair table."""
     g = pair_gain(study, a, b)
     if g is None:
         return "—"
-    return f"{g['gain']:+.1f} ({g['source']})"
+    return f"{g['gain']:+.1f} ({g['source']}" + (" on another build of this zoo)" if "build" in g else ")")
 
 
 def pair_compatibility(study: dict | None, a: str, b: str) -> float | None:

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from graft_ui.atomic import publish_folder, recover_folder, temp_folder
+from graft_ui.atomic import publish_folder, recover_folder
 from graft_ui.zoo import domains as D
 from graft_ui.zoo.profiles import DOMAINS, KINDS, Profile, get_profile
+from graft_ui.zoo.reuse import BASE_DONE, STAMP, design_key, reuse_base, reuse_experts, weights_hash, work_folder
 from graft_ui.zoo.stages import (_fix_adapter_base, _instruct_samples, _loss_summary, _quiet_transformers,
                                   _run_expert_tasks, _train_base_parallel, encode_parts)
 from graft_ui.zoo.selfcheck import self_check, self_check_markdown
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 MANIFEST = "manifest.yaml"
-FORMAT_VERSION = 8  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base; 8: block charts)
+FORMAT_VERSION = 9  # bump when the layout changes; older zoos are rebuilt (7: zoo v2, instruct base; 8: block charts;
+# 9: margins on every regime target, 150 held-out items, weights_hash)
 
 
 @contextmanager
@@ -100,11 +102,23 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _built_zoo(where: str | Path) -> tuple[Path, dict]:
+    """(folder, build info) of a built zoo: a folder, or a profile name (built first when missing)."""
+    from graft_ui.zoo import PROFILES, ensure_zoo, is_built
+
+    source = ensure_zoo(where) if str(where) in PROFILES else Path(where).expanduser().resolve()
+    if not is_built(source):
+        raise FileNotFoundError(f"{str(source)!r} is not a built zoo of format {FORMAT_VERSION}")
+    return source, json.loads((source / BUILD_INFO).read_text())
+
+
 def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bool = False,
-              progress: bool = True, report=None) -> Path:
+              progress: bool = True, base_from: str | Path | None = None, report=None) -> Path:
     """Build the zoo into `out_dir` (replaced only when `force`); returns `out_dir`.
 
-    `report(snapshot)`, when given, receives the build's progress (graft_ui/zoo/progress.py).
+    `base_from`: the built zoo whose base a profile with `base_from` reuses (default: that
+    profile's zoo folder, built first when missing). `report(snapshot)`, when given, receives
+    the build's progress (graft_ui/zoo/progress.py).
     """
     from tqdm.auto import tqdm
 
@@ -115,13 +129,14 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         raise FileExistsError(f"zoo {str(out_dir)!r} already exists; pass force=True (--force) to rebuild")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _quiet_transformers()
-    tmp = temp_folder(out_dir, "building", hidden=True)
+    tmp = work_folder(out_dir, prof, FORMAT_VERSION)
     t_start = time.time()
     stages: dict[str, float] = {}
     cpu: dict[str, float] = {}  # CPU seconds per stage (workers included): the cost on an idle machine
     info: dict = {"format": FORMAT_VERSION, "profile": prof.name, "seed": prof.seed, "settings": prof.to_dict(),
                   "versions": _versions(), "host": {"cpus": os.cpu_count(), "threads": prof.threads}}
-    total_steps = prof.base_steps + prof.instruct_steps + len(KINDS) * sum(e.steps for e in prof.experts)
+    base_steps = 0 if prof.base_from else prof.base_steps + prof.instruct_steps
+    total_steps = base_steps + len(KINDS) * sum(e.steps for e in prof.experts)
     bar = tqdm(total=total_steps, desc=f"zoo build ({prof.name})", unit="step", disable=not progress,
                dynamic_ncols=True)
     if report is not None:
@@ -135,59 +150,105 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             c = _cpu_seconds()
             bar.set_postfix_str("data")
             data_root = tmp / "data"
-            for d in DOMAINS:
-                D.build_domain(d, data_root, prof.domain_train, prof.domain_eval, prof.seed)
-            D.build_domain("general", data_root, prof.general_train, 0, prof.seed)
+            resumed: list[str] = []  # stages and designs a resumed build took from its partial folder
+            if (data_root / ".done").is_file():
+                resumed.append("data")
+            else:
+                for d in DOMAINS:
+                    D.build_domain(d, data_root, prof.domain_train, prof.domain_eval, prof.seed)
+                D.build_domain("general", data_root, prof.general_train, 0, prof.seed)
+                (data_root / ".done").write_text("")
             splits = {d: D.read_jsonl(data_root / d / "train.jsonl") for d in (*DOMAINS, "general")}
             stages["data"] = time.time() - t
             cpu["data"] = _cpu_seconds() - c
 
-            # 2. tokenizer + processor
-            t = time.time()
-            c = _cpu_seconds()
-            bar.set_postfix_str("tokenizer")
-            from graft_ui.zoo.tokenizer import build_processor, build_tokenizer
+            if prof.base_from:
+                # 2-3. the base (with its tokenizer and processor) of another built zoo
+                t = time.time()
+                c = _cpu_seconds()
+                bar.set_postfix_str("base (reused)")
+                source, src_info = _built_zoo(base_from or prof.base_from)
+                reuse_base(prof, tmp, source, src_info)
+                info["base_from"] = {"profile": prof.base_from, "path": str(source),
+                                     "built_at": src_info.get("built_at"), "weights_hash": src_info.get("weights_hash")}
+                info["parameters"] = src_info.get("parameters")
+                info["loss"] = {k: v for k, v in (src_info.get("loss") or {}).items() if k.startswith("base")}
+                stages["base"] = time.time() - t
+                cpu["base"] = _cpu_seconds() - c
+            elif prof.resumable and (tmp / "base" / BASE_DONE).is_file():
+                done_base = json.loads((tmp / "base" / BASE_DONE).read_text())
+                info["parameters"], info["loss"] = done_base["parameters"], done_base["loss"]
+                resumed.append("base")
+                bar.update(base_steps)
+            else:
+                # 2. tokenizer + processor
+                t = time.time()
+                c = _cpu_seconds()
+                bar.set_postfix_str("tokenizer")
+                from graft_ui.zoo.tokenizer import build_processor, build_tokenizer
 
-            corpus = [x for d in splits for x in _corpus(splits[d])]
-            tokenizer = build_tokenizer(corpus, prof.model.vocab_size)
-            processor = build_processor(tokenizer)
-            stages["tokenizer"] = time.time() - t
-            cpu["tokenizer"] = _cpu_seconds() - c
+                corpus = [x for d in splits for x in _corpus(splits[d])]
+                tokenizer = build_tokenizer(corpus, prof.model.vocab_size)
+                processor = build_processor(tokenizer)
+                stages["tokenizer"] = time.time() - t
+                cpu["tokenizer"] = _cpu_seconds() - c
 
-            # 3. encode once, then train the base on the general mix
-            from graft_ui.zoo.train import encode_samples
+                # 3. encode once, then train the base on the general mix
+                from graft_ui.zoo.train import encode_samples
 
-            t = time.time()
-            bar.set_postfix_str("encode")
-            c = _cpu_seconds()
-            encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
-            instruct = encode_parts(processor, _instruct_samples(tmp, prof), data_root)
-            stages["encode"] = time.time() - t
-            cpu["encode"] = _cpu_seconds() - c
+                t = time.time()
+                bar.set_postfix_str("encode")
+                c = _cpu_seconds()
+                encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
+                instruct = encode_parts(processor, _instruct_samples(tmp, prof), data_root)
+                stages["encode"] = time.time() - t
+                cpu["encode"] = _cpu_seconds() - c
 
-            t = time.time()
-            c = _cpu_seconds()
-            bar.set_postfix_str("base")
-            base_dir = tmp / "base"
-            processor.save_pretrained(base_dir)  # the worker ranks load the tokenizer from here
-            task = dict(zoo=str(tmp), settings=prof.to_dict(), world=prof.base_procs,
-                        rendezvous=str(tmp / f".rendezvous-{os.getpid()}"))
-            losses = _train_base_parallel(task, processor, encoded["general"], instruct, bar)
-            Path(task["rendezvous"]).unlink(missing_ok=True)
-            info["parameters"] = _parameters(base_dir)
-            info["loss"] = {f"base ({stage})": _loss_summary(curve) for stage, curve in losses.items()}
-            stages["base"] = time.time() - t
-            cpu["base"] = _cpu_seconds() - c
+                t = time.time()
+                c = _cpu_seconds()
+                bar.set_postfix_str("base")
+                base_dir = tmp / "base"
+                processor.save_pretrained(base_dir)  # the worker ranks load the tokenizer from here
+                task = dict(zoo=str(tmp), settings=prof.to_dict(), world=prof.base_procs,
+                            rendezvous=str(tmp / f".rendezvous-{os.getpid()}"))
+                losses = _train_base_parallel(task, processor, encoded["general"], instruct, bar)
+                Path(task["rendezvous"]).unlink(missing_ok=True)
+                info["parameters"] = _parameters(base_dir)
+                info["loss"] = {f"base ({stage})": _loss_summary(curve) for stage, curve in losses.items()}
+                (base_dir / BASE_DONE).write_text(json.dumps({"parameters": info["parameters"], "loss": info["loss"]}))
+                stages["base"] = time.time() - t
+                cpu["base"] = _cpu_seconds() - c
+                del encoded, instruct
 
             # 4. experts: one task per design (LoRA + full), in parallel single-threaded workers,
-            # longest first so the two workers finish together
+            # longest first so the two workers finish together; a resumed build skips finished designs
             t = time.time()
             c = _cpu_seconds()
             bar.set_postfix_str("experts")
-            tasks = [dict(zoo=str(tmp), spec=i, label=spec.name("*"),
-                          profile=prof.name, settings=prof.to_dict()) for i, spec in enumerate(prof.experts)]
+            done_file = lambda i: tmp / "experts" / f".design-{i}.json"  # noqa: E731
+            done: dict[int, dict] = {}
+            for i, spec in enumerate(prof.experts):
+                mark = json.loads(done_file(i).read_text()) if prof.resumable and done_file(i).is_file() else {}
+                if mark.get("key") == design_key(prof, i):
+                    done[i] = mark["result"]
+                    resumed.append(spec.name("*"))
+                    # the partial folder may have moved since (or been made from a published zoo)
+                    _fix_adapter_base(tmp / "experts" / spec.name("lora"), str(tmp / "base"))
+                    bar.update(len(KINDS) * spec.steps)
+            if prof.base_from:  # designs the base_from zoo already trained the same way: copied
+                for i, result in reuse_experts(prof, tmp, source, src_info).items():
+                    if i not in done:
+                        done[i] = result
+                        bar.update(len(KINDS) * prof.experts[i].steps)
+            tasks = [dict(zoo=str(tmp), spec=i, label=spec.name("*"), profile=prof.name, settings=prof.to_dict())
+                     for i, spec in enumerate(prof.experts) if i not in done]
             tasks.sort(key=lambda t: -prof.experts[t["spec"]].steps)
-            done = _run_expert_tasks(tasks, prof.workers, bar)
+
+            def finished(i: int, result: dict) -> None:
+                if prof.resumable:
+                    done_file(i).write_text(json.dumps({"key": design_key(prof, i), "result": result}))
+
+            done.update(_run_expert_tasks(tasks, prof.workers, bar, on_done=finished))
             experts, expert_times = [], {}
             for i, spec in enumerate(prof.experts):
                 for kind in KINDS:
@@ -197,12 +258,15 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                     expert_times[name] = done[i]["seconds"][name]
             stages["experts"] = time.time() - t
             cpu["experts"] = _cpu_seconds() - c
+            if resumed:  # their time is not in stages_seconds: the build is not a from-scratch timing
+                info["resumed"] = resumed
             info["expert_seconds"] = expert_times
             info["experts"] = {spec.name(kind): {"domain": spec.domain, "kind": kind, "steps": spec.steps,
                                                  "rank": spec.lora_rank if kind == "lora" else None,
-                                                 "note": spec.note}
-                               for spec in prof.experts for kind in KINDS}
-            del encoded, instruct
+                                                 "note": spec.note,
+                                                 **({"reused_from": done[i]["reused_from"]}
+                                                    if "reused_from" in done[i] else {})}
+                               for i, spec in enumerate(prof.experts) for kind in KINDS}
 
             # 5. manifest (+ self-check)
             from graft_ui.models.manifest import DatasetEntry, Manifest, ModelEntry
@@ -214,11 +278,14 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 datasets={d: DatasetEntry(eval=f"data/{d}/eval.jsonl", train=f"data/{d}/train.jsonl") for d in DOMAINS},
             )
             manifest.save(tmp / MANIFEST)
+            info["weights_hash"] = weights_hash(tmp)
             if prof.self_check:
                 t = time.time()
                 c = _cpu_seconds()
                 bar.set_postfix_str("self-check")
-                info["self_check"] = check = self_check(tmp)
+                check = self_check(tmp, limit=prof.self_check_limit, fusions=prof.self_check_fusions,
+                                   workers=prof.workers)
+                info["self_check"] = check
                 stages["self_check"] = time.time() - t
                 cpu["self_check"] = _cpu_seconds() - c
                 if check["missed_targets"] and prof.strict:
@@ -231,7 +298,8 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         bar.set_postfix_str("done")
     except BaseException:
         bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not prof.resumable:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     bar.close()
     stages = {k: round(v, 1) for k, v in stages.items()}
@@ -240,6 +308,9 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     for e in experts:  # adapters name the base where it will live, not the temp folder
         if e["kind"] == "lora":
             _fix_adapter_base(tmp / e["path"], str(out_dir / "base"))
+    for marker in (tmp / STAMP, tmp / "data" / ".done", tmp / "base" / ".copied", tmp / "base" / BASE_DONE,
+                   *(tmp / "experts").glob(".design-*.json")):
+        marker.unlink(missing_ok=True)  # resume bookkeeping, not part of the zoo
     info["seconds"] = round(time.time() - t_start, 1)
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))

@@ -185,8 +185,8 @@ def expert_training_set(zoo: Path, prof: Profile, spec: ExpertSpec) -> dict[str,
     parts = {spec.domain: own[spec.domain_start:end],
              "general": D.read_jsonl(zoo / "data" / "general" / "train.jsonl")[:spec.replay_general]}
     for d in DOMAINS:
-        if d != spec.domain and spec.replay_domains:
-            parts[d] = D.read_jsonl(zoo / "data" / d / "train.jsonl")[:spec.replay_domains]
+        if d != spec.domain and spec.replay_count(d):
+            parts[d] = D.read_jsonl(zoo / "data" / d / "train.jsonl")[:spec.replay_count(d)]
     return parts
 
 
@@ -225,7 +225,8 @@ def train_expert_pair(task: dict, report=None) -> dict:
                             warmup=min(prof.warmup, spec.steps // 4 + 1),
                             on_step=lambda step, loss: put(1))
         path = zoo / "experts" / name
-        mix = f"{spec.domain} data plus replay ({spec.replay_general} general, {spec.replay_domains} of each other domain)"
+        others = ", ".join(f"{spec.replay_count(d)} {d}" for d in DOMAINS if d != spec.domain)
+        mix = f"{spec.domain} data plus replay ({spec.replay_general} general; {others})"
         if kind == "lora":
             model.save_pretrained(path)
             _fix_adapter_base(path, str(zoo / "base"))  # the temp base for the self-check; see build_zoo
@@ -252,10 +253,17 @@ def _design_report(bar, design: int):
     return report
 
 
-def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[int, dict]:
-    """Run the per-design tasks inline (workers <= 1) or in `workers` worker processes, feeding `bar`."""
+def _run_expert_tasks(tasks: list[dict], workers: int, bar, on_done=None) -> dict[int, dict]:
+    """Run the per-design tasks inline (workers <= 1) or in `workers` worker processes, feeding `bar`.
+
+    `on_done(spec, result)` is called as each design finishes (a resumable build records it)."""
+    on_done = on_done or (lambda key, result: None)
     if workers <= 1:
-        return {t["spec"]: train_expert_pair(t, _design_report(bar, t["spec"])) for t in tasks}
+        out = {}
+        for t in tasks:
+            out[t["spec"]] = train_expert_pair(t, _design_report(bar, t["spec"]))
+            on_done(t["spec"], out[t["spec"]])
+        return out
     import threading
 
     results: dict[str, dict] = {}
@@ -292,6 +300,7 @@ def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[int, dict]:
                     raise RuntimeError(f"training the {task_label(key)} experts failed (exit {proc.returncode}):\n"
                                        + _stderr_tail(err))
                 err.close()
+                on_done(key, results[key])
             time.sleep(0.1)
     finally:
         for proc, _, err, _ in running:  # an error or interrupt: stop the others too
@@ -299,3 +308,30 @@ def _run_expert_tasks(tasks: list[dict], workers: int, bar) -> dict[int, dict]:
             proc.wait()
             err.close()
     return results
+
+
+def evaluate_in_workers(names: list[str], manifest_path: Path, workers: int, **kwargs) -> dict:
+    """`evaluate.evaluate_specs(names, ...)["models"]` with the models split over `workers` worker
+    processes (one thread each): the self-check of a zoo scores every model on every domain."""
+    import tempfile
+
+    if workers <= 1 or len(names) <= 1:
+        from graft_ui.models.manifest import load_manifest
+        from graft_ui.zoo.evaluate import evaluate_specs
+
+        return evaluate_specs(names, load_manifest(manifest_path), **kwargs)["models"]
+    rows: dict = {}
+    with tempfile.TemporaryDirectory(prefix="zoo-eval-") as tmp:
+        started = []
+        for k in range(min(workers, len(names))):
+            out = Path(tmp) / f"eval-{k}.json"
+            task = dict(job="eval", names=names[k::workers], manifest=str(manifest_path), out=str(out), kwargs=kwargs)
+            started.append((*_start_worker(task), out))
+        for proc, err, out in started:
+            proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"a self-check evaluation worker failed (exit {proc.returncode}):\n"
+                                   + _stderr_tail(err))
+            err.close()
+            rows.update(json.loads(out.read_text()))
+    return {n: rows[n] for n in names}  # the order of `names`, as evaluate_specs gives it

@@ -33,6 +33,19 @@ def test_each_missed_target_is_named():
     assert len(missed) == 4
 
 
+def test_margins_name_the_tightest_cell_of_each_target():
+    from graft_ui.zoo.selfcheck import target_margins
+
+    models = {"base": _row(math=20, code=12), "math-lora": _row(math=50, code=4), "code-lora": _row(math=18, code=90)}
+    m = target_margins(models, [_expert("math-lora", "math"), _expert("code-lora", "code")])
+    assert m["base above its floor"] == {"margin": 2.0, "where": "base on code"}
+    assert m["base below its ceiling"] == {"margin": 45.0, "where": "base on math"}
+    assert m["own-domain gain"] == {"margin": 5.0, "where": "math-lora on math"}
+    assert m["drop elsewhere"] == {"margin": 2.0, "where": "math-lora on code"}  # 8 points under the base
+    models["math-lora"] = _row(math=40, code=0)  # missed: a negative margin
+    assert target_margins(models, [_expert("math-lora", "math")])["drop elsewhere"]["margin"] == -2.0
+
+
 def test_kept_fraction():
     manifest = SimpleNamespace(expert=lambda n: _expert(n, n.split("-")[0]))
     models = {"math-lora": _row(math=80), "code-lora": _row(code=0)}

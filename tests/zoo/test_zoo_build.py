@@ -241,3 +241,53 @@ def test_parallel_build_uses_worker_processes(tmp_path):
     assert not list(zoo.glob(".rendezvous*")) and not list(tmp_path.glob(".zoo.building-*"))
     lora = json.loads(Path(m.expert("code-lora").path, "adapter_config.json").read_text())
     assert lora["base_model_name_or_path"] == str(zoo / "base")  # the final place, not the temp folder
+
+
+def test_a_profile_reuses_another_zoos_base_and_identical_designs_and_resumes(tmp_path, monkeypatch):
+    """The study profile's mechanism: the base_from zoo's base (byte-equal) and its identically
+    trained designs are copied, new designs are trained, and an interrupted build goes on from
+    its finished designs; a zoo with other base settings is refused by name."""
+    import graft_ui.zoo.stages as stages
+    from graft_ui.models.manifest import load_manifest
+    from graft_ui.zoo.build import build_zoo
+    from graft_ui.zoo.profiles import ExpertSpec
+
+    full = _tiny(base_steps=3)
+    src = build_zoo(tmp_path / "full", full, progress=False)
+    new = (ExpertSpec("code", 2, variant="s2", lora_rank=4, replay_general=4, replay_domains=1, seed_offset=9),
+           ExpertSpec("math", 2, variant="s2", replay_general=2, replay_domains=1, seed_offset=8))
+    study = full.with_overrides(name="study", domain_eval=3, base_from="ci", resumable=True,
+                                experts=full.experts[:2] + new)
+    trained = []
+    real = stages.train_expert_pair
+
+    def fail_on_math(task, report=None):  # the build trains the longest first; ties in order: code-s2, math-s2
+        if study.experts[task["spec"]].domain == "math":
+            raise KeyboardInterrupt
+        trained.append(task["label"])
+        return real(task, report)
+
+    monkeypatch.setattr(stages, "train_expert_pair", fail_on_math)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(tmp_path / "study", study, progress=False, base_from=src)
+    assert (tmp_path / ".study.partial").is_dir() and not (tmp_path / "study").exists()  # kept to resume
+    monkeypatch.setattr(stages, "train_expert_pair", lambda task, report=None: (trained.append(task["label"]),
+                                                                                 real(task, report))[1])
+    zoo = build_zoo(tmp_path / "study", study, progress=False, base_from=src)
+    assert trained == ["code-*-s2", "math-*-s2"]  # the two copied designs were never trained, code-s2 once
+    assert (zoo / "base" / "model.safetensors").read_bytes() == (src / "base" / "model.safetensors").read_bytes()
+    for name in ("math-lora", "math-full", "code-lora", "code-full"):
+        for f in (src / "experts" / name).glob("*.safetensors"):
+            assert f.read_bytes() == (zoo / "experts" / name / f.name).read_bytes()
+    m = load_manifest(zoo)
+    assert len(m.experts) == 8 and m.expert("code-lora-s2").kind == "lora"
+    lora = json.loads(Path(m.expert("math-lora").path, "adapter_config.json").read_text())
+    assert lora["base_model_name_or_path"] == str(zoo / "base")  # re-pointed from the source zoo's base
+    info = json.loads((zoo / "build_info.json").read_text())
+    assert info["base_from"]["path"] == str(src) and info["experts"]["math-lora"]["reused_from"] == str(src)
+    assert len(info["weights_hash"]) == 16 and info["weights_hash"] != json.loads(
+        (src / "build_info.json").read_text())["weights_hash"]
+    assert not (tmp_path / ".study.partial").exists() and not list(zoo.rglob(".design-*"))
+    assert len((zoo / "data" / "math" / "eval.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(ValueError, match=r"other base settings \['base_steps'\]"):
+        build_zoo(tmp_path / "other", study.with_overrides(base_steps=4), progress=False, base_from=src)
