@@ -56,7 +56,10 @@ def param_widget(p: dict):
         return gr.Number(value=default, precision=0, minimum=low, maximum=high, label=name, info=info)
     if bounded and high - low <= 20:
         step = 0.01 if high - low <= 2 else 0.05
-        return gr.Slider(low + step if above is not None else low, high, value=default, step=step, label=name, info=info)
+        start = low + step if above is not None else low
+        # a default off the slider's grid (e.g. a tolerance of 1e-5) would be snapped or refused: a number box
+        if start <= default <= high and abs(round((default - start) / step) * step - (default - start)) < 1e-9:
+            return gr.Slider(start, high, value=default, step=step, label=name, info=info)
     return gr.Number(value=default, minimum=low, maximum=high, label=name, info=info)
 
 

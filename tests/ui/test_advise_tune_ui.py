@@ -3,6 +3,7 @@
 import itertools
 import json
 import re
+import time
 
 import pytest
 
@@ -80,6 +81,10 @@ def test_preview_merge_runs_on_the_target_prompts_with_progress_and_stop(app_ser
         page.locator("#gs-preview-run").click()
         page.locator("#gs-preview-stop").click()
         expect(page.locator("#gs-preview-result")).to_contain_text(re.compile("Preview stopped|fused with"))
+        # the box may still show the first preview while the stopped one waits in the queue: give it time to end
+        deadline = time.monotonic() + 120
+        while [k for k, ev in app_server[1]._stops.items() if ev.is_set()] and time.monotonic() < deadline:
+            time.sleep(0.5)
     assert not [k for k, ev in app_server[1]._stops.items() if ev.is_set()]
 
 
