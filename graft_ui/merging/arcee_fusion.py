@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .registry import Method, register, validate_params
-from .steps import _kth_largest, as_one_row, check_inputs
+from .steps import _kth_largest, as_one_row, check_inputs, the_one_expert
 
 
 def importance(base: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
@@ -41,9 +41,7 @@ def arcee_fusion(base: torch.Tensor, expert: torch.Tensor):
 
 def _merge(base, experts, weights, params, generator=None):
     validate_params("arcee_fusion", params)
-    if len(experts) != 1:
-        raise ValueError(f"arcee_fusion fuses the base with ONE expert; got {len(experts)} experts")
-    return arcee_fusion(base, experts[0])
+    return arcee_fusion(base, the_one_expert(experts, "arcee_fusion", "fuses the base with"))
 
 
 register(Method(

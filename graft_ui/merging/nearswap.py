@@ -8,7 +8,7 @@ within t of the base take the expert's value, far ones move by t. One expert.
 from __future__ import annotations
 
 from .registry import Method, Param, register, validate_params
-from .steps import blockwise, check_inputs
+from .steps import blockwise, check_inputs, the_one_expert
 
 
 def nearswap(base, expert, t: float):
@@ -23,9 +23,7 @@ def nearswap(base, expert, t: float):
 
 def _merge(base, experts, weights, params, generator=None):
     p = validate_params("nearswap", params)
-    if len(experts) != 1:
-        raise ValueError(f"nearswap blends the base with ONE expert; got {len(experts)} experts")
-    return nearswap(base, experts[0], p["t"])
+    return nearswap(base, the_one_expert(experts, "nearswap", "blends the base with"), p["t"])
 
 
 register(Method(

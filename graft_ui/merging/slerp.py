@@ -15,7 +15,7 @@ import torch
 
 from .registry import Method, Param, register, validate_params
 from .sphere import combine, gram, norms
-from .steps import check_inputs
+from .steps import check_inputs, the_one_expert
 
 DOT_THRESHOLD, EPS = 0.9995, 1e-8
 
@@ -40,9 +40,7 @@ def slerp(base: torch.Tensor, expert: torch.Tensor, t: float) -> tuple[torch.Ten
 
 def _merge(base, experts, weights, params, generator=None):
     p = validate_params("slerp", params)
-    if len(experts) != 1:
-        raise ValueError(f"slerp interpolates the base and ONE expert; got {len(experts)} experts")
-    return slerp(base, experts[0], p["t"])
+    return slerp(base, the_one_expert(experts, "slerp", "interpolates the base and"), p["t"])
 
 
 register(Method(

@@ -73,6 +73,13 @@ def check_inputs(
     return weights
 
 
+def the_one_expert(experts: Sequence[torch.Tensor], method: str, does: str) -> torch.Tensor:
+    """The single expert of a method that pairs the base with exactly one (slerp, nearswap, ...)."""
+    if len(experts) != 1:
+        raise ValueError(f"{method} {does} ONE expert; got {len(experts)} experts")
+    return experts[0]
+
+
 def as_one_row(t: torch.Tensor) -> torch.Tensor:
     """View `t` as (M, K) rows like `as_rows`, except that a vector is one row (1, n): the
     view for steps that work along the last axis (DELLA's ranks, per-row norms)."""
