@@ -6,7 +6,8 @@
 
 Per kind: the kept_min model and the per-expert model of advisor.validate, validated
 leave-one-expert-out (pooled and per method, intervals over experts), then transferred to another
-zoo's measured pairs when given (fitted on every study row, no refit on the other zoo). Every
+zoo's measured pairs when given (fitted on every study row whose pair the other zoo does not also
+have, no refit on the other zoo). Every
 signal alone is scored the same way, so the artifact says which signal carries what.
 """
 
@@ -54,6 +55,23 @@ def _transfer(model: Ridge, rows: Sequence[Mapping], features, methods, target: 
             "transfer_per_method": {m: {"rho": v["rho"], "rmse": v["rmse"]} for m, v in s["per_method"].items()}}
 
 
+def _pair_key(r: Mapping) -> frozenset:
+    return frozenset((r["a"], r["b"]))
+
+
+def _transfer_model(rows: Sequence[Mapping], transfer: Sequence[Mapping], methods) -> Ridge:
+    """The model that predicts the other zoo: fitted on every study row whose pair (by expert names)
+    is not one of the other zoo's. The study zoo copies the demo zoo's experts, so without this the
+    transfer test would score pairs the model was fitted on."""
+    shared = {_pair_key(r) for r in transfer}
+    return V.fit([r for r in rows if _pair_key(r) not in shared], V.MODEL_FEATURES, methods=methods)
+
+
+def _fit_pairs(rows: Sequence[Mapping], transfer: Sequence[Mapping]) -> int:
+    shared = {_pair_key(r) for r in transfer}
+    return len({_pair_key(r) for r in rows} - shared)
+
+
 def build_kind(rows: Sequence[Mapping], *, transfer: Sequence[Mapping] = (), reliability: Mapping | None = None,
                seed: int = 0, resamples: int = V.RESAMPLES) -> dict:
     """Everything about one kind's forecast; rows of that kind only."""
@@ -68,7 +86,8 @@ def build_kind(rows: Sequence[Mapping], *, transfer: Sequence[Mapping] = (), rel
     val = {"protocol": V.PROTOCOL, **V.score(scored, sp, seed=seed, resamples=resamples), "folds": folds,
            "reliability": (reliability or {}).get("kept_min"), "reliability_per_method": (reliability or {}).get("per_method")}
     model = V.fit(rows, V.MODEL_FEATURES, methods=methods)
-    val.update(_transfer(model, with_derived(transfer), V.MODEL_FEATURES, methods, "kept_min", seed))
+    val.update(_transfer(_transfer_model(rows, transfer, methods), with_derived(transfer), V.MODEL_FEATURES,
+                         methods, "kept_min", seed), transfer_fit_pairs=_fit_pairs(rows, transfer) if transfer else None)
     val["meets_targets"] = V.meets_targets(val)
     sides = V.side_rows(rows)
     side_rows, side_pred = V.predicted(sides, V.loeo(sides, V.SIDE_FEATURES, "kept")[0])

@@ -65,3 +65,20 @@ def test_the_artifact_round_trips_and_labels_a_forecast_without_transfer_weak(tm
     assert 'src="../plotly.min.js"' in (tmp_path / "kept_lora.html").read_text()  # one shared copy
     with pytest.raises(ValueError, match="method 'dare'"):
         fc.predict({**row, "method": "dare"})
+
+
+def test_transfer_never_scores_a_pair_the_model_was_fitted_on(monkeypatch):
+    rows = _rows()
+    other = [r for r in rows if {r["a"], r["b"]} <= {"e0", "e1", "e2"}]  # a zoo that shares three experts' pairs
+    fitted = []
+    real = V.fit
+
+    def spy(train, *args, **kwargs):
+        fitted.append({frozenset((r["a"], r["b"])) for r in train})
+        return real(train, *args, **kwargs)
+
+    monkeypatch.setattr(V, "fit", spy)
+    v = kept.build(rows, transfer=other, resamples=50)["kinds"]["lora"]["validation"]
+    shared = {frozenset((r["a"], r["b"])) for r in other}
+    assert len(shared) == 3 and any(pairs and not pairs & shared and len(pairs) == 18 for pairs in fitted)
+    assert v["transfer_pairs"] == 3 and v["transfer_fit_pairs"] == 18 and v["transfer_rho"] > 0.9

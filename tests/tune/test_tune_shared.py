@@ -27,11 +27,24 @@ def pg_storage(pg_server):
     drop_database(url)
 
 
+# A trial on the ci zoo takes a tenth of a second, so on a fast machine the worker that loads its
+# models first ran every trial before the other joined, and a killed worker had no trial running.
+# The workers here fuse a second slower, as a trial on real models takes minutes: the patch wraps
+# the fusion step only, so the search, the storage and the heartbeats are the real ones.
+SLOW_WORKER = """import sys, time
+from graft_ui.tune import tuner
+fused = tuner.Tuner._fused
+tuner.Tuner._fused = lambda self, *a: (time.sleep(1.0), fused(self, *a))[1]
+from graft_ui.commands import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def worker(zoo, tmp_path, storage: str, name: str, trials: int, *extra: str) -> subprocess.Popen:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "graft_ui", "tune", str(recipe), "--zoo", str(zoo), "--dev-domains", "math",
+    cmd = [sys.executable, "-c", SLOW_WORKER, "tune", str(recipe), "--zoo", str(zoo), "--dev-domains", "math",
            "--dev-size", "2", "--trials", str(trials), "--budget", "600", "--storage", storage,
            "--study-name", name, "--heartbeat", "1", *extra]
     return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
