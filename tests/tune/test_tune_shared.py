@@ -27,24 +27,38 @@ def pg_storage(pg_server):
     drop_database(url)
 
 
-# A trial on the ci zoo takes a tenth of a second, so on a fast machine the worker that loads its
+# A trial on the ci zoo takes a tenth of a second, so on a fast machine the worker that loaded its
 # models first ran every trial before the other joined, and a killed worker had no trial running.
-# The workers here fuse a second slower, as a trial on real models takes minutes: the patch wraps
-# the fusion step only, so the search, the storage and the heartbeats are the real ones.
-SLOW_WORKER = """import sys, time
+# The workers here fuse a second slower, as a trial on real models takes minutes, and the first
+# fusion of each waits until `workers` of them have reached theirs (marker files in `barrier`):
+# the patch wraps the fusion step only, so the search, the storage and the heartbeats are real.
+SLOW_WORKER = """import os, sys, time
+from pathlib import Path
 from graft_ui.tune import tuner
-fused = tuner.Tuner._fused
-tuner.Tuner._fused = lambda self, *a: (time.sleep(1.0), fused(self, *a))[1]
+fused, barrier, workers = tuner.Tuner._fused, Path(sys.argv[1]), int(sys.argv[2])
+def slow(self, *args):
+    mark = barrier / str(os.getpid())
+    if not mark.exists():
+        mark.touch()
+        deadline = time.monotonic() + 300
+        while len(list(barrier.iterdir())) < workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+    time.sleep(1.0)
+    return fused(self, *args)
+tuner.Tuner._fused = slow
 from graft_ui.commands import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
-def worker(zoo, tmp_path, storage: str, name: str, trials: int, *extra: str) -> subprocess.Popen:
+def worker(zoo, tmp_path, storage: str, name: str, trials: int, *extra: str, workers: int = 1) -> subprocess.Popen:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
+    barrier = tmp_path / f"barrier-{name}-{workers}"
+    barrier.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-c", SLOW_WORKER, "tune", str(recipe), "--zoo", str(zoo), "--dev-domains", "math",
+    cmd = [sys.executable, "-c", SLOW_WORKER, str(barrier), str(workers),
+           "tune", str(recipe), "--zoo", str(zoo), "--dev-domains", "math",
            "--dev-size", "2", "--trials", str(trials), "--budget", "600", "--storage", storage,
            "--study-name", name, "--heartbeat", "1", *extra]
     return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -57,8 +71,8 @@ def finish(p: subprocess.Popen, timeout: float = 400) -> str:
 
 
 def test_two_workers_fill_one_postgresql_study(ci_zoo, tmp_path, pg_storage):
-    a = worker(ci_zoo, tmp_path, pg_storage, "shared", 5)
-    b = worker(ci_zoo, tmp_path, pg_storage, "shared", 5)
+    a = worker(ci_zoo, tmp_path, pg_storage, "shared", 5, workers=2)
+    b = worker(ci_zoo, tmp_path, pg_storage, "shared", 5, workers=2)
     outs = [finish(a), finish(b)]
     assert sum("created shared study 'shared'" in o for o in outs) == 1  # the other joined it
     study = optuna.load_study(study_name="shared", storage=pg_storage)
