@@ -69,6 +69,10 @@ def markdown(art: Mapping, command: str = "") -> str:
                        f"{_f((tpm.get(m) or {}).get('rho'))} | {_rel(rel)} |")
         out.append(f"| **pooled** | {v['n']} | {_f(v['rho'])} | {_ci(v['ci'])} | {v['rmse']:.3f} | "
                    f"{_f(v.get('transfer_rho'))} | {_rel(v.get('reliability'))} |")
+        if v.get("transfer_pairs"):
+            out += ["", f"Transfer: the model fitted on the {v.get('transfer_fit_pairs')} study pairs the transfer zoo "
+                        f"does not have predicts its {v['transfer_pairs']} measured pairs: ρ {_f(v.get('transfer_rho'))} "
+                        f"{_ci(v.get('transfer_ci'))}, RMSE {_rel(v.get('transfer_rmse'))}."]
         sv, mv = k.get("side_validation"), k.get("mean_validation")
         out += ["", f"Per-expert kept fraction (both sides, held out): ρ {_f(sv['rho'])} {_ci(sv['ci'])}, RMSE {sv['rmse']:.3f}."]
         if mv:
