@@ -28,6 +28,7 @@ import torch
 
 from graft_ui.atomic import publish_folder, recover_folder
 from graft_ui.zoo import domains as D
+from graft_ui.zoo.pool import WorkerPool
 from graft_ui.zoo.profiles import DOMAINS, KINDS, Profile, get_profile
 from graft_ui.zoo.reuse import BASE_DONE, STAMP, design_key, reuse_base, reuse_experts, weights_hash, work_folder
 from graft_ui.zoo.stages import (_fix_adapter_base, _instruct_samples, _loss_summary, _quiet_transformers,
@@ -93,13 +94,13 @@ def _parameters(model_dir: Path) -> dict[str, int]:
     return {"total": total, "vision": vision, "language": total - vision}
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (worker processes) so far."""
+def _cpu_seconds(pool=None) -> float:
+    """CPU time of this process, its finished children and the tasks `pool`'s workers finished so far."""
     import resource
 
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + (pool.cpu_seconds if pool else 0.0)
 
 
 def _built_zoo(where: str | Path) -> tuple[Path, dict]:
@@ -143,11 +144,17 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         from graft_ui.zoo.progress import ProgressBar
 
         bar = ProgressBar(bar, [e.steps for e in prof.experts], len(KINDS), report, profile=prof.name)
+    # worker processes for everything that runs beside this one (base ranks 1.., experts, self-check),
+    # started now so their imports overlap the data and tokenizer stages (graft_ui/zoo/pool.py)
+    trains_base = not prof.base_from and not (prof.resumable and (tmp / "base" / BASE_DONE).is_file())
+    pool_size = max(prof.workers if prof.workers > 1 else 0, prof.base_procs - 1 if trains_base else 0)
+    pool = None
     try:
+        pool = WorkerPool(pool_size) if pool_size else None
         with torch_threads(prof.threads):
             # 1. data
             t = time.time()
-            c = _cpu_seconds()
+            c = _cpu_seconds(pool)
             bar.set_postfix_str("data")
             data_root = tmp / "data"
             resumed: list[str] = []  # stages and designs a resumed build took from its partial folder
@@ -160,12 +167,12 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 (data_root / ".done").write_text("")
             splits = {d: D.read_jsonl(data_root / d / "train.jsonl") for d in (*DOMAINS, "general")}
             stages["data"] = time.time() - t
-            cpu["data"] = _cpu_seconds() - c
+            cpu["data"] = _cpu_seconds(pool) - c
 
             if prof.base_from:
                 # 2-3. the base (with its tokenizer and processor) of another built zoo
                 t = time.time()
-                c = _cpu_seconds()
+                c = _cpu_seconds(pool)
                 bar.set_postfix_str("base (reused)")
                 source, src_info = _built_zoo(base_from or prof.base_from)
                 reuse_base(prof, tmp, source, src_info)
@@ -174,7 +181,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 info["parameters"] = src_info.get("parameters")
                 info["loss"] = {k: v for k, v in (src_info.get("loss") or {}).items() if k.startswith("base")}
                 stages["base"] = time.time() - t
-                cpu["base"] = _cpu_seconds() - c
+                cpu["base"] = _cpu_seconds(pool) - c
             elif prof.resumable and (tmp / "base" / BASE_DONE).is_file():
                 done_base = json.loads((tmp / "base" / BASE_DONE).read_text())
                 info["parameters"], info["loss"] = done_base["parameters"], done_base["loss"]
@@ -183,7 +190,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             else:
                 # 2. tokenizer + processor
                 t = time.time()
-                c = _cpu_seconds()
+                c = _cpu_seconds(pool)
                 bar.set_postfix_str("tokenizer")
                 from graft_ui.zoo.tokenizer import build_processor, build_tokenizer
 
@@ -191,39 +198,41 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 tokenizer = build_tokenizer(corpus, prof.model.vocab_size)
                 processor = build_processor(tokenizer)
                 stages["tokenizer"] = time.time() - t
-                cpu["tokenizer"] = _cpu_seconds() - c
+                cpu["tokenizer"] = _cpu_seconds(pool) - c
 
-                # 3. encode once, then train the base on the general mix
+                # 3. encode once, then train the base on the general mix; the worker ranks get their
+                # task first, so they encode their own copy while this process encodes
                 from graft_ui.zoo.train import encode_samples
 
                 t = time.time()
+                c = _cpu_seconds(pool)
                 bar.set_postfix_str("encode")
-                c = _cpu_seconds()
-                encoded = {"general": encode_samples(processor, splits["general"], data_root / "general")}
-                instruct = encode_parts(processor, _instruct_samples(tmp, prof), data_root)
-                stages["encode"] = time.time() - t
-                cpu["encode"] = _cpu_seconds() - c
-
-                t = time.time()
-                c = _cpu_seconds()
-                bar.set_postfix_str("base")
                 base_dir = tmp / "base"
                 processor.save_pretrained(base_dir)  # the worker ranks load the tokenizer from here
                 task = dict(zoo=str(tmp), settings=prof.to_dict(), world=prof.base_procs,
                             rendezvous=str(tmp / f".rendezvous-{os.getpid()}"))
-                losses = _train_base_parallel(task, processor, encoded["general"], instruct, bar)
+
+                def encode():
+                    general = encode_samples(processor, splits["general"], data_root / "general")
+                    instruct = encode_parts(processor, _instruct_samples(tmp, prof), data_root)
+                    stages["encode"] = time.time() - t
+                    cpu["encode"] = _cpu_seconds(pool) - c
+                    bar.set_postfix_str("base")
+                    return general, instruct
+
+                losses = _train_base_parallel(task, processor, encode, bar, pool)
+                t, c = t + stages["encode"], c + cpu["encode"]
                 Path(task["rendezvous"]).unlink(missing_ok=True)
                 info["parameters"] = _parameters(base_dir)
                 info["loss"] = {f"base ({stage})": _loss_summary(curve) for stage, curve in losses.items()}
                 (base_dir / BASE_DONE).write_text(json.dumps({"parameters": info["parameters"], "loss": info["loss"]}))
                 stages["base"] = time.time() - t
-                cpu["base"] = _cpu_seconds() - c
-                del encoded, instruct
+                cpu["base"] = _cpu_seconds(pool) - c
 
             # 4. experts: one task per design (LoRA + full), in parallel single-threaded workers,
             # longest first so the two workers finish together; a resumed build skips finished designs
             t = time.time()
-            c = _cpu_seconds()
+            c = _cpu_seconds(pool)
             bar.set_postfix_str("experts")
             done_file = lambda i: tmp / "experts" / f".design-{i}.json"  # noqa: E731
             done: dict[int, dict] = {}
@@ -248,7 +257,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 if prof.resumable:
                     done_file(i).write_text(json.dumps({"key": design_key(prof, i), "result": result}))
 
-            done.update(_run_expert_tasks(tasks, prof.workers, bar, on_done=finished))
+            done.update(_run_expert_tasks(tasks, prof.workers, bar, on_done=finished, pool=pool))
             experts, expert_times = [], {}
             for i, spec in enumerate(prof.experts):
                 for kind in KINDS:
@@ -257,7 +266,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                     info["loss"][name] = done[i]["loss"][name]
                     expert_times[name] = done[i]["seconds"][name]
             stages["experts"] = time.time() - t
-            cpu["experts"] = _cpu_seconds() - c
+            cpu["experts"] = _cpu_seconds(pool) - c
             if resumed:  # their time is not in stages_seconds: the build is not a from-scratch timing
                 info["resumed"] = resumed
             info["expert_seconds"] = expert_times
@@ -281,13 +290,13 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             info["weights_hash"] = weights_hash(tmp)
             if prof.self_check:
                 t = time.time()
-                c = _cpu_seconds()
+                c = _cpu_seconds(pool)
                 bar.set_postfix_str("self-check")
                 check = self_check(tmp, limit=prof.self_check_limit, fusions=prof.self_check_fusions,
-                                   workers=prof.workers)
+                                   workers=prof.workers, pool=pool)
                 info["self_check"] = check
                 stages["self_check"] = time.time() - t
-                cpu["self_check"] = _cpu_seconds() - c
+                cpu["self_check"] = _cpu_seconds(pool) - c
                 if check["missed_targets"] and prof.strict:
                     # kept aside (not used) so the miss can be inspected without rebuilding
                     rejected = out_dir.parent / f".{out_dir.name}.rejected"
@@ -297,10 +306,14 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                                        f"(kept for inspection at {rejected}):\n" + self_check_markdown(check))
         bar.set_postfix_str("done")
     except BaseException:
+        if pool is not None:
+            pool.close(kill=True)
         bar.close()
         if not prof.resumable:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if pool is not None:
+        pool.close()
     bar.close()
     stages = {k: round(v, 1) for k, v in stages.items()}
     info["stages_seconds"] = stages

@@ -120,35 +120,68 @@ def pick_showcase(models: dict, manifest, zoo_dir: Path, per_domain: int = SHOWC
     return out
 
 
-def _fuse_and_score(manifest, zoo_dir: Path, datasets: dict) -> dict:
-    """Default fusions of FUSION_PAIRS per kind, scored on the pair's domains."""
+FUSION_WORK = ".self-check"  # in the zoo: the fused models while they are scored
+
+
+def fusion_jobs() -> list[dict]:
+    """The default fusions, FUSION_METHODS of the FUSION_PAIRS' `a` experts per kind, in report order."""
+    return [dict(kind=kind, pair=[da, db], method=method)
+            for kind in KINDS for da, db in FUSION_PAIRS for method in FUSION_METHODS]
+
+
+def fuse_and_score(manifest, zoo_dir: Path, kind: str, pair: list[str], method: str) -> tuple[str, dict]:
+    """One default fusion, scored on its pair's domains: (label, row)."""
     from graft_ui.models.merge import run_recipe
     from graft_ui.recipe import ExpertRef, Output, Recipe
     from graft_ui.zoo.evaluate import ModelSpec, evaluate_model, load_spec
 
-    work = zoo_dir / ".self-check"
-    rows = {}
+    names = [f"{d}-{kind}" for d in pair]
+    entries = [manifest.expert(n) for n in names]
+    label = f"{method}({'+'.join(names)})"
+    recipe = Recipe(method=method, base=manifest.base.path,
+                    experts=tuple(ExpertRef(path=e.path, name=e.name) for e in entries),
+                    output=Output(kind="adapter" if kind == "lora" else "full"), device="cpu", name=label)
+    out = Path(zoo_dir) / FUSION_WORK / f"{method}-{kind}-{'-'.join(pair)}"
     try:
-        for kind in KINDS:
-            for da, db in FUSION_PAIRS:
-                names = [f"{da}-{kind}", f"{db}-{kind}"]
-                entries = [manifest.expert(n) for n in names]
-                for method in FUSION_METHODS:
-                    label = f"{method}({'+'.join(names)})"
-                    recipe = Recipe(method=method, base=manifest.base.path,
-                                    experts=tuple(ExpertRef(path=e.path, name=e.name) for e in entries),
-                                    output=Output(kind="adapter" if kind == "lora" else "full"),
-                                    device="cpu", name=label)
-                    out = work / f"{method}-{kind}"
-                    run_recipe(recipe, out)
-                    spec = ModelSpec(label, str(out), manifest.base.path if kind == "lora" else None)
-                    model, processor = load_spec(spec, processor_fallback=manifest.base.path)
-                    rows[label] = evaluate_model(model, processor, {d: datasets[d] for d in (da, db)})
-                    rows[label]["experts"] = names
-                    shutil.rmtree(out, ignore_errors=True)
+        run_recipe(recipe, out)
+        spec = ModelSpec(label, str(out), manifest.base.path if kind == "lora" else None)
+        model, processor = load_spec(spec, processor_fallback=manifest.base.path)
+        row = evaluate_model(model, processor, {d: manifest.dataset(d).eval for d in pair})
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return rows
+        shutil.rmtree(out, ignore_errors=True)
+    row["experts"] = names
+    return label, row
+
+
+def fusion_task(task: dict) -> dict:
+    """A worker's `job: fusion` task: {label: row} of `fuse_and_score`."""
+    from graft_ui.models.manifest import load_manifest
+
+    label, row = fuse_and_score(load_manifest(task["manifest"]), Path(task["zoo"]), task["kind"], task["pair"],
+                                task["method"])
+    return {label: row}
+
+
+def _score(zoo_dir: Path, names: list[str], limit: int | None, fusions: bool, workers: int, pool) -> tuple[dict, dict]:
+    """(model rows, fusion rows): every model on every domain and the default fusions, inline or
+    as worker tasks (one per model or fusion, taken by whichever worker comes free)."""
+    from graft_ui.zoo.stages import eval_task, run_tasks
+
+    manifest_path = zoo_dir / "manifest.yaml"
+    tasks = [eval_task([n], manifest_path, limit=limit, keep_outputs=True) for n in names]
+    if fusions:
+        tasks += [dict(job="fusion", zoo=str(zoo_dir), manifest=str(manifest_path), label=f"fusion {j['method']}",
+                       **j) for j in fusion_jobs()]
+    try:
+        results = run_tasks(tasks, workers, pool)
+    finally:
+        shutil.rmtree(zoo_dir / FUSION_WORK, ignore_errors=True)
+    models, fused = {}, {}
+    for r in results[:len(names)]:
+        models.update(r)
+    for r in results[len(names):]:
+        fused.update(r)
+    return models, fused
 
 
 def kept_fraction(fused: dict, experts: list[str], models: dict, manifest) -> dict[str, float]:
@@ -161,17 +194,18 @@ def kept_fraction(fused: dict, experts: list[str], models: dict, manifest) -> di
     return kept
 
 
-def self_check(zoo_dir: str | Path, limit: int | None = None, fusions: bool = True, workers: int = 1) -> dict:
+def self_check(zoo_dir: str | Path, limit: int | None = None, fusions: bool = True, workers: int = 1,
+               pool=None) -> dict:
     """Score the zoo (see the module doc); writes self_check.md and showcase.json into it.
-    `workers` > 1 splits the models' evaluation over that many worker processes."""
+    `workers` > 1 spreads the models' and fusions' scoring over that many worker processes (those
+    of `pool`, a graft_ui.zoo.pool.WorkerPool, when given)."""
     from graft_ui.models.manifest import load_manifest
-    from graft_ui.zoo.stages import evaluate_in_workers
 
     zoo_dir = Path(zoo_dir)
     manifest = load_manifest(zoo_dir / "manifest.yaml")
     datasets = {d: manifest.dataset(d).eval for d in manifest.datasets}
     names = ["base", *[e.name for e in manifest.experts]]
-    models = evaluate_in_workers(names, zoo_dir / "manifest.yaml", workers, limit=limit, keep_outputs=True)
+    models, fused = _score(zoo_dir, names, limit, fusions, workers, pool)
     report: dict = {"domains": list(datasets), "models": {}, "fusions": {}}
     report["missed_targets"] = check_targets(models, list(manifest.experts))
     report["margins"] = target_margins(models, list(manifest.experts))
@@ -188,7 +222,6 @@ def self_check(zoo_dir: str | Path, limit: int | None = None, fusions: bool = Tr
             d.pop("outputs", None)
     report["models"] = models
     if fusions:
-        fused = _fuse_and_score(manifest, zoo_dir, datasets)
         for label, row in fused.items():
             row["kept"] = kept_fraction(row, row["experts"], models, manifest)
         report["fusions"] = fused

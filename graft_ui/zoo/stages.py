@@ -129,53 +129,37 @@ def train_base(task: dict, report=None, *, processor=None, data=None, instruct=N
     return losses
 
 
-def _start_worker(task: dict):
-    """A `python -m graft_ui.zoo.worker` process for `task`: (process, stderr file)."""
-    import subprocess
-    import sys
-    import tempfile
+def _train_base_parallel(task: dict, processor, encode, bar, pool=None) -> dict[str, list[float]]:
+    """Rank 0 here, ranks 1.. in worker processes (of `pool`, or started for this); raises with a
+    worker's stderr if one fails.
 
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    err = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "graft_ui.zoo.worker", json.dumps(task)],
-                            stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-    return proc, err
+    `encode()` -> (general data, instruct data) runs here after the worker ranks got their task,
+    so they load and encode their own copy meanwhile instead of after it.
+    """
+    from graft_ui.zoo.pool import pool_or_own
 
-
-def _stderr_tail(err) -> str:
-    err.seek(0)
-    return err.read()[-3000:]
-
-
-def _train_base_parallel(task: dict, processor, data, instruct, bar) -> dict[str, list[float]]:
-    """Rank 0 here, ranks 1.. in worker processes; raises with a worker's stderr if one fails."""
     world = task["world"]
     if world <= 1:
+        data, instruct = encode()
         return train_base(dict(task, rank=0), bar.update, processor=processor, data=data, instruct=instruct)
-    workers = [_start_worker(dict(task, job="base", rank=r)) for r in range(1, world)]
-    try:
+    with pool_or_own(pool, world - 1) as pool:
+        if pool.size < world - 1:
+            raise ValueError(f"{world} base ranks need {world - 1} workers; the pool has {pool.size}")
+        for r in range(1, world):
+            pool.submit(r - 1, dict(task, job="base", rank=r, label=f"base rank {r}"))
+        data, instruct = encode()
         try:
-            losses = train_base(dict(task, rank=0), bar.update, processor=processor, data=data,
-                                instruct=instruct)
+            losses = train_base(dict(task, rank=0), bar.update, processor=processor, data=data, instruct=instruct)
         except BaseException:
             # a dead rank shows up here as a gloo error: report the rank's own error
-            for proc, err in workers:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                elif proc.returncode != 0:
-                    log.error("base training rank failed (exit %s):\n%s", proc.returncode, _stderr_tail(err))
+            for r in range(1, world):
+                code = pool.exit_code(r - 1)
+                if code not in (None, 0):
+                    log.error("base training rank failed (exit %s):\n%s", code, pool.stderr_tail(r - 1))
             raise
-        for proc, err in workers:
-            proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"base training rank failed (exit {proc.returncode}):\n{_stderr_tail(err)}")
+        for r in range(1, world):
+            pool.wait(r - 1)
         return losses
-    finally:
-        for _, err in workers:
-            err.close()
 
 
 def expert_training_set(zoo: Path, prof: Profile, spec: ExpertSpec) -> dict[str, list[dict]]:
@@ -253,10 +237,13 @@ def _design_report(bar, design: int):
     return report
 
 
-def _run_expert_tasks(tasks: list[dict], workers: int, bar, on_done=None) -> dict[int, dict]:
-    """Run the per-design tasks inline (workers <= 1) or in `workers` worker processes, feeding `bar`.
+def _run_expert_tasks(tasks: list[dict], workers: int, bar, on_done=None, pool=None) -> dict[int, dict]:
+    """Run the per-design tasks inline (workers <= 1) or on worker processes (`pool`, or `workers`
+    started for this), feeding `bar`.
 
     `on_done(spec, result)` is called as each design finishes (a resumable build records it)."""
+    from graft_ui.zoo.pool import pool_or_own
+
     on_done = on_done or (lambda key, result: None)
     if workers <= 1:
         out = {}
@@ -264,74 +251,34 @@ def _run_expert_tasks(tasks: list[dict], workers: int, bar, on_done=None) -> dic
             out[t["spec"]] = train_expert_pair(t, _design_report(bar, t["spec"]))
             on_done(t["spec"], out[t["spec"]])
         return out
-    import threading
-
-    results: dict[str, dict] = {}
-    lock = threading.Lock()
-
-    def pump(proc, key):
-        report = _design_report(bar, key)
-        for line in proc.stdout:
-            if line.startswith("progress "):
-                with lock:
-                    report(int(line.split()[1]))
-            elif line.startswith("result "):
-                results[key] = json.loads(line[len("result "):])
-
-    labels = {t["spec"]: t["label"] for t in tasks}
-    task_label = labels.get
-
-    queue, running = list(tasks), []
-    try:
-        while queue or running:
-            while queue and len(running) < workers:
-                task = queue.pop(0)
-                proc, err = _start_worker(task)
-                reader = threading.Thread(target=pump, args=(proc, task["spec"]), daemon=True)
-                reader.start()
-                running.append((proc, reader, err, task["spec"]))
-            for item in list(running):
-                proc, reader, err, key = item
-                if proc.poll() is None:
-                    continue
-                reader.join()
-                running.remove(item)
-                if proc.returncode != 0 or key not in results:
-                    raise RuntimeError(f"training the {task_label(key)} experts failed (exit {proc.returncode}):\n"
-                                       + _stderr_tail(err))
-                err.close()
-                on_done(key, results[key])
-            time.sleep(0.1)
-    finally:
-        for proc, _, err, _ in running:  # an error or interrupt: stop the others too
-            proc.kill()
-            proc.wait()
-            err.close()
-    return results
+    if not tasks:
+        return {}
+    with pool_or_own(pool, min(workers, len(tasks))) as pool:
+        results = pool.map(tasks, report_for=lambda t: _design_report(bar, t["spec"]),
+                           on_done=lambda t, result: on_done(t["spec"], result), workers=workers)
+    return {t["spec"]: r for t, r in zip(tasks, results)}
 
 
-def evaluate_in_workers(names: list[str], manifest_path: Path, workers: int, **kwargs) -> dict:
-    """`evaluate.evaluate_specs(names, ...)["models"]` with the models split over `workers` worker
-    processes (one thread each): the self-check of a zoo scores every model on every domain."""
-    import tempfile
+def eval_task(names: list[str], manifest_path: Path, **kwargs) -> dict:
+    """A `job: eval` task: `evaluate.evaluate_specs(names, manifest, **kwargs)["models"]`."""
+    return dict(job="eval", names=list(names), manifest=str(manifest_path), kwargs=kwargs,
+                label="eval " + ", ".join(names))
 
-    if workers <= 1 or len(names) <= 1:
-        from graft_ui.models.manifest import load_manifest
-        from graft_ui.zoo.evaluate import evaluate_specs
 
-        return evaluate_specs(names, load_manifest(manifest_path), **kwargs)["models"]
-    rows: dict = {}
-    with tempfile.TemporaryDirectory(prefix="zoo-eval-") as tmp:
-        started = []
-        for k in range(min(workers, len(names))):
-            out = Path(tmp) / f"eval-{k}.json"
-            task = dict(job="eval", names=names[k::workers], manifest=str(manifest_path), out=str(out), kwargs=kwargs)
-            started.append((*_start_worker(task), out))
-        for proc, err, out in started:
-            proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"a self-check evaluation worker failed (exit {proc.returncode}):\n"
-                                   + _stderr_tail(err))
-            err.close()
-            rows.update(json.loads(out.read_text()))
-    return {n: rows[n] for n in names}  # the order of `names`, as evaluate_specs gives it
+def evaluate_task(task: dict) -> dict:
+    from graft_ui.models.manifest import load_manifest
+    from graft_ui.zoo.evaluate import evaluate_specs
+
+    return evaluate_specs(task["names"], load_manifest(task["manifest"]), **task["kwargs"])["models"]
+
+
+def run_tasks(tasks: list[dict], workers: int, pool=None) -> list:
+    """Results of worker tasks (graft_ui/zoo/worker.py's `run_task`) in order: here one after another
+    (workers <= 1), or on worker processes (`pool`, or `workers` started for this) as they come free."""
+    from graft_ui.zoo.pool import pool_or_own
+    from graft_ui.zoo.worker import run_task
+
+    if workers <= 1 or len(tasks) <= 1:
+        return [run_task(t) for t in tasks]
+    with pool_or_own(pool, min(workers, len(tasks))) as pool:
+        return pool.map(tasks, workers=workers)

@@ -21,11 +21,40 @@ log = logging.getLogger(__name__)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+class _RopeIndex:
+    """Qwen2-VL's own M-RoPE position code (`Qwen2VLModel.get_rope_index`), run without a model.
+
+    The positions are integers that depend only on a sample's tokens and image grids, yet the
+    stock forward recomputes them in a Python loop over every sample of every batch (a few
+    per cent of a training step). Computed here once per sample with the same code, they are
+    handed to the forward as `position_ids` (see `collate`): the same integers, so the same
+    training, bit for bit.
+    """
+
+    def __init__(self, spatial_merge_size: int):
+        from types import SimpleNamespace
+
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+
+        self.config = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=spatial_merge_size))
+        self._model_cls = Qwen2VLModel
+
+    def get_vision_position_ids(self, *args, **kwargs):
+        return self._model_cls.get_vision_position_ids(self, *args, **kwargs)
+
+    def __call__(self, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, image_grid_thw: torch.Tensor):
+        """(3, len) positions of one unpadded sample, as the batched forward gives its tokens."""
+        pos, _ = self._model_cls.get_rope_index(self, input_ids[None], mm_token_type_ids[None],
+                                                image_grid_thw=image_grid_thw)
+        return pos[:, 0]
+
+
 def encode_samples(processor, samples: Sequence[dict], root: str | Path, chunk: int = 64, progress=None) -> list[dict]:
-    """Samples -> tensors (input_ids, labels, attention_mask, mm_token_type_ids[, pixels]).
+    """Samples -> tensors (input_ids, labels, attention_mask, mm_token_type_ids[, pixels, rope_positions]).
 
     The stock path (chat template -> qwen_vl_utils -> processor) in chunks: one processor
     call per chunk is several times faster than one per sample, and gives the same ids.
+    A sample with images also gets its M-RoPE positions (`_RopeIndex`).
     """
     from qwen_vl_utils import process_vision_info
 
@@ -33,6 +62,7 @@ def encode_samples(processor, samples: Sequence[dict], root: str | Path, chunk: 
 
     tok = processor.tokenizer
     merge = processor.image_processor.merge_size ** 2
+    rope = _RopeIndex(processor.image_processor.merge_size)
     out: list[dict] = []
     for c0 in range(0, len(samples), chunk):
         part = samples[c0:c0 + chunk]
@@ -75,6 +105,7 @@ def encode_samples(processor, samples: Sequence[dict], root: str | Path, chunk: 
                 n_patch = sum(patch_counts[i] for i in take)
                 item["pixel_values"] = inputs["pixel_values"][pix_off:pix_off + n_patch]
                 item["image_grid_thw"] = grids[take[0]:take[-1] + 1]
+                item["rope_positions"] = rope(ids, item["mm_token_type_ids"], item["image_grid_thw"])
                 pix_off += n_patch
             out.append(item)
         if progress is not None:
@@ -83,7 +114,13 @@ def encode_samples(processor, samples: Sequence[dict], root: str | Path, chunk: 
 
 
 def collate(items: Sequence[dict], pad_id: int, left: bool = False) -> dict:
-    """Pad a list of encoded samples into one batch (right padding for training)."""
+    """Pad a list of encoded samples into one batch (right padding for training).
+
+    A right-padded batch with images whose samples carry `rope_positions` gets `position_ids`
+    laid out as `Qwen2VLModel.get_rope_index` lays them out for it (0 on padding, a text-only
+    sample counting 0, 1, ...); a batch without images gets none, as the model then counts
+    every column itself.
+    """
     n = max(len(it["input_ids"]) for it in items)
     batch = {
         "input_ids": torch.full((len(items), n), pad_id, dtype=torch.long),
@@ -104,6 +141,12 @@ def collate(items: Sequence[dict], pad_id: int, left: bool = False) -> dict:
     if pix:
         batch["pixel_values"] = torch.cat(pix)  # (sum of patches, 1176)
         batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in items if "image_grid_thw" in it])
+        if not left and all("rope_positions" in it for it in items if "pixel_values" in it):
+            pos = torch.zeros((3, len(items), n), dtype=batch["input_ids"].dtype)
+            for i, it in enumerate(items):
+                k = len(it["input_ids"])
+                pos[:, i, :k] = it["rope_positions"] if "rope_positions" in it else torch.arange(k)
+            batch["position_ids"] = pos
     return batch
 
 

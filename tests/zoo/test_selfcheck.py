@@ -105,3 +105,24 @@ def test_ci_build_writes_self_check_and_showcase(ci_zoo):
     assert Path(ci_zoo, "self_check.md").read_text().startswith("# Zoo self-check")
     show = json.loads(Path(ci_zoo, "showcase.json").read_text())
     assert show == [] or {s["domain"] for s in show} == set(DOMAINS)  # every domain, or none
+
+
+@pytest.mark.slow
+def test_scoring_in_worker_processes_gives_the_inline_scores(ci_zoo):
+    """The self-check's models and fusions scored as tasks of two worker processes (one model or
+    fusion a task) give exactly what scoring them here one after another gives."""
+    from graft_ui.zoo.selfcheck import FUSION_WORK, _score
+
+    def without_times(rows):
+        return {name: {**row, "domains": {d: {k: v for k, v in e.items() if k != "seconds"}
+                                          for d, e in row["domains"].items()}}
+                for name, row in rows.items()}
+
+    names = ["base", "math-lora", "code-full"]
+    inline = _score(Path(ci_zoo), names, 3, True, 1, None)
+    pooled = _score(Path(ci_zoo), names, 3, True, 2, None)
+    assert list(pooled[0]) == names and list(pooled[1]) == list(inline[1]) and len(inline[1]) == 4
+    assert without_times(pooled[0]) == without_times(inline[0])
+    assert without_times(pooled[1]) == without_times(inline[1])
+    assert any(d["outputs"] for row in pooled[0].values() for d in row["domains"].values())  # kept for the showcase
+    assert not Path(ci_zoo, FUSION_WORK).exists()

@@ -110,6 +110,34 @@ def test_processor_round_trip_chat_template_and_image_tokens(ci_zoo, ci_manifest
     assert out.shape[1] > inputs["input_ids"].shape[1]
 
 
+def test_training_batches_carry_the_models_own_mrope_positions(ci_zoo):
+    """collate's position_ids (computed once per sample at encode time) are the integers the
+    model's get_rope_index gives the padded batch, and the loss is the same bit for bit."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from graft_ui.zoo.domains import read_jsonl
+    from graft_ui.zoo.train import collate, encode_samples
+
+    base = Path(ci_zoo, "base")
+    proc = AutoProcessor.from_pretrained(base)
+    items = []
+    for d in ("general", "math", "code"):  # text-only code samples share batches with image ones
+        items += encode_samples(proc, read_jsonl(Path(ci_zoo, "data", d, "train.jsonl"))[:6], Path(ci_zoo, "data", d))
+    assert any("rope_positions" in it for it in items) and any("pixel_values" not in it for it in items)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(base).eval()
+    batch = collate(items[::2][:4] + items[-4:], proc.tokenizer.pad_token_id)
+    ref, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                        image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+    assert torch.equal(batch["position_ids"], ref)
+    with torch.no_grad():
+        ours = model(**batch).loss
+        stock = model(**{k: v for k, v in batch.items() if k != "position_ids"}).loss
+    assert torch.equal(ours, stock)
+    text_only = collate([it for it in items if "pixel_values" not in it][:3], proc.tokenizer.pad_token_id)
+    assert "position_ids" not in text_only  # the model counts the columns itself
+    assert "position_ids" not in collate(items[:4], proc.tokenizer.pad_token_id, left=True)  # generation
+
+
 def test_full_expert_trains_the_projections_only(ci_manifest):
     from safetensors.torch import load_file
 
