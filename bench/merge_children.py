@@ -309,10 +309,13 @@ def run_child(kind: str, args: dict) -> dict:
         raise ValueError(kind)
     wall = time.perf_counter() - t0
     mem = watch.stop()
-    if kind == "mergekit":  # the work happened in a grandchild: use its rusage
-        import resource
+    import resource
 
-        mem["peak_rss"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    # CPU seconds (user + system): on a loaded machine wall time mostly measures the wait for a core
+    use = resource.getrusage(resource.RUSAGE_CHILDREN if kind == "mergekit" else resource.RUSAGE_SELF)
+    mem["cpu_s"] = use.ru_utime + use.ru_stime
+    if kind == "mergekit":  # the work happened in a grandchild: use its rusage
+        mem["peak_rss"] = use.ru_maxrss * 1024
         mem["peak_anon"] = None
     return {"wall": wall, **mem, **extra}
 

@@ -16,7 +16,7 @@ from .sphere import combine, gram, norms
 from .steps import check_inputs
 
 
-def model_stock(base, experts, *, filter_wise: bool = False):
+def model_stock(base, experts, *, filter_wise: bool = False, out=None):
     check_inputs(base, experts, None, needs_base=True, method="model_stock")
     k = len(experts)
     if k < 2:
@@ -31,12 +31,12 @@ def model_stock(base, experts, *, filter_wise: bool = False):
     singular = den.abs() < 1e-6
     t = torch.where(singular, torch.zeros_like(cos), k * cos / torch.where(singular, torch.ones_like(den), den))
     coef = (t / k).unsqueeze(-1).expand(*t.shape, k)
-    out = combine(experts, coef, base, per)
+    out = combine(experts, coef, base, per, out=out)
     return out, {"t": round(float(t.mean()), 6), "cos": round(float(cos.mean()), 6)}
 
 
-def _merge(base, experts, weights, params, generator=None):
-    return model_stock(base, experts, **validate_params("model_stock", params))
+def _merge(base, experts, weights, params, generator=None, out=None):
+    return model_stock(base, experts, **validate_params("model_stock", params), out=out)
 
 
 register(Method(
@@ -44,5 +44,5 @@ register(Method(
     params=(Param("filter_wise", False, "bool", help="one interpolation ratio per row instead of per tensor"),),
     paper="https://arxiv.org/abs/2403.19522",
     summary="base + t * mean task vector, t from the experts' mean pairwise cosine",
-    min_experts=2, in_defaults=False,
+    min_experts=2, in_defaults=False, streams=True,
 ))

@@ -93,6 +93,9 @@ class Method:
       through `merge` (e.g. TIES without normalisation).
     - `in_defaults`: part of "every method" in studies and `eval --methods` (the mergekit
       family runs when named).
+    - `streams`: `merge` also takes stored.Stored inputs (read in row blocks from the files)
+      and `out=` a stored.Sink that receives the result block by block, so the engine never
+      holds a whole tensor; every step of the method is blockwise.
     """
 
     name: str
@@ -110,6 +113,7 @@ class Method:
     weight_space: str = ""
     kernel_params: Mapping[str, Any] = field(default_factory=dict)
     in_defaults: bool = True
+    streams: bool = False
     # (params, weights) -> why LoRA experts cannot be merged exactly with these settings, or ""
     lora_check: Callable[[Mapping[str, Any], Sequence[float]], str] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

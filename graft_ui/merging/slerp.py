@@ -31,16 +31,16 @@ def slerp_coefficients(G: torch.Tensor, t: float) -> tuple[float, float, float]:
     return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s, dot
 
 
-def slerp(base: torch.Tensor, expert: torch.Tensor, t: float) -> tuple[torch.Tensor, dict]:
+def slerp(base: torch.Tensor, expert: torch.Tensor, t: float, out=None) -> tuple[torch.Tensor, dict]:
     check_inputs(base, [expert], None, needs_base=True, method="slerp")
     ca, cb, dot = slerp_coefficients(gram([base, expert]), t)
-    out = combine([base, expert], torch.tensor([ca, cb], dtype=torch.float64))
+    out = combine([base, expert], torch.tensor([ca, cb], dtype=torch.float64), out=out)
     return out, {"t": t, "cos": round(dot, 6), "coefficients": [ca, cb]}
 
 
-def _merge(base, experts, weights, params, generator=None):
+def _merge(base, experts, weights, params, generator=None, out=None):
     p = validate_params("slerp", params)
-    return slerp(base, the_one_expert(experts, "slerp", "interpolates the base and"), p["t"])
+    return slerp(base, the_one_expert(experts, "slerp", "interpolates the base and"), p["t"], out)
 
 
 register(Method(
@@ -48,6 +48,6 @@ register(Method(
     params=(Param("t", 0.5, "float", 0.0, 1.0, help="0 = base, 1 = the expert"),),
     paper="https://en.wikipedia.org/wiki/Slerp",
     summary="spherical interpolation between the base (t=0) and one expert (t=1)",
-    max_experts=1, in_defaults=False,
+    max_experts=1, in_defaults=False, streams=True,
     weight_space="SLERP interpolates the full weights of the base and the expert, not task vectors",
 ))

@@ -84,10 +84,60 @@ def random_keep(shape, density: float, generator: torch.Generator, device) -> to
 def della_keep(tau: torch.Tensor, density: float, epsilon: float, generator: torch.Generator) -> torch.Tensor:
     """MagPrune keep mask for rows (r, K): probability density - eps + 2 eps (rank - 1) / (K - 1)."""
     K = tau.shape[-1]
-    ranks = tau.abs().argsort(dim=-1).argsort(dim=-1).to(torch.float32)  # 0 = smallest
+    order = tau.abs().argsort(dim=-1)
+    # rank = the inverse permutation of the sort: one scatter where a second argsort would sort again
+    ranks = torch.empty(tau.shape, dtype=torch.float32, device=tau.device)
+    ranks.scatter_(-1, order, torch.arange(K, dtype=torch.float32, device=tau.device).expand_as(ranks))
     probs = ranks.div_(max(1, K - 1)).mul_(2 * epsilon).add_(density - epsilon)
     draw = torch.rand(tau.shape, generator=generator, device=generator.device, dtype=torch.float32)
     return draw.to(tau.device).lt_(probs)
+
+
+_BITS = 1 << torch.arange(8, dtype=torch.uint8)
+
+
+class KeptMasks:
+    """The keep masks one pass over a tensor's row blocks drew (each expert's, block by block),
+    kept as bits (8 entries a byte) for the next pass to apply in the same order. One buffer
+    per tensor, allocated up front: small allocations that outlive each block would sit
+    between the blocks' big temporaries and fragment the heap (glibc then keeps GBs)."""
+
+    def __init__(self, k: int, numel: int, rows: int, device):
+        # a block of n entries takes ceil(n / 8) bytes and every block has a row: numel / 8 + rows
+        self.buf = torch.empty((k, numel // 8 + rows + 1), dtype=torch.uint8, device=device)
+        self.ends = [0] * k
+        self.blocks: list[list[tuple[int, torch.Size] | None]] = []
+        self._next = 0
+
+    def put(self, keeps: Sequence[torch.Tensor | None]) -> None:
+        row = []
+        for i, keep in enumerate(keeps):
+            if keep is None:
+                row.append(None)
+                continue
+            flat = keep.reshape(-1)
+            if flat.numel() % 8:
+                flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)])
+            nb, at = flat.numel() // 8, self.ends[i]
+            torch.sum(flat.view(-1, 8).to(torch.uint8).mul_(_BITS.to(flat.device)), -1, dtype=torch.uint8,
+                      out=self.buf[i, at:at + nb])
+            row.append((at, keep.shape))
+            self.ends[i] = at + nb
+        self.blocks.append(row)
+
+    def take(self) -> list[torch.Tensor | None]:
+        """The next block's masks (bool, as put), in the order they were put."""
+        row, self._next = self.blocks[self._next], self._next + 1
+        out = []
+        for i, slot in enumerate(row):
+            if slot is None:
+                out.append(None)
+                continue
+            at, shape = slot
+            n = math.prod(shape)
+            packed = self.buf[i, at:at + (n + 7) // 8]
+            out.append(packed.unsqueeze(-1).bitwise_and(_BITS.to(packed.device)).ne_(0).reshape(-1)[:n].view(shape))
+        return out
 
 
 def check_della(density: float, epsilon: float) -> None:
@@ -120,19 +170,29 @@ class Sparsifier:
             self.band = magnitude_band(expert, base, self.density, self.gamma if self.kind == "outliers" else 0.0)
         return self
 
-    def apply_(self, tau: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Zero the dropped entries of the row block `tau` (r, K) in place."""
-        if self.kind in ("magnitude", "outliers"):
-            return apply_band_(tau, self.band)
+    def keep(self, tau: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The keep mask of a random kind for the row block `tau` (r, K), drawn from `generator`;
+        None where nothing is dropped."""
         if self.density >= 1:
-            return tau
+            return None
         if generator is None:
             raise ValueError(f"{self.kind} sparsification needs a seeded torch.Generator; got generator=None")
         if self.density <= 0:
-            return tau.zero_()
-        keep = (random_keep(tau.shape, self.density, generator, tau.device) if self.kind == "random"
+            return torch.zeros(tau.shape, dtype=torch.bool, device=tau.device)
+        return (random_keep(tau.shape, self.density, generator, tau.device) if self.kind == "random"
                 else della_keep(tau, self.density, self.epsilon, generator))
-        return tau.mul_(keep)
+
+    def apply_(self, tau: torch.Tensor, generator: torch.Generator | None, keep: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Zero the dropped entries of the row block `tau` (r, K) in place (`keep`: a random kind's
+        mask drawn earlier for this block, e.g. by the rescale pass, instead of a new draw)."""
+        if self.kind in ("magnitude", "outliers"):
+            return apply_band_(tau, self.band)
+        if keep is None:
+            keep = self.keep(tau, generator)
+        if keep is None:
+            return tau
+        return tau.zero_() if self.density <= 0 else tau.mul_(keep)
 
 
 def l1_rescale_factors(before: Sequence[float], after: Sequence[float], eps: float = 1e-7) -> list[float]:

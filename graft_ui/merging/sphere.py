@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from .steps import as_one_row, auto_block_rows, row_slices
+from .stored import new_output
 
 PER = ("tensor", "row", "col")
 
@@ -32,12 +33,17 @@ def _view(t: torch.Tensor, per: str) -> torch.Tensor:
 
 
 def _blocks(xs: Sequence[torch.Tensor], base: torch.Tensor | None, per: str):
-    """Yield (rows, stacked (k, r, K) float32 inputs minus base)."""
+    """Yield (rows, stacked (k, r, K) float32 inputs minus base); the block lives in one reused
+    buffer (contiguous, as torch.stack's), so a consumer finishes it before the next."""
     views = [_view(x, per) for x in xs]
     b2 = _view(base, per) if base is not None else None
     rows, ncols = views[0].shape
-    for sl in row_slices(rows, auto_block_rows(ncols * len(xs))):
-        X = torch.stack([v[sl].float() for v in views])
+    step = auto_block_rows(ncols * len(xs))
+    buf = torch.empty(len(xs) * min(step, rows) * ncols, dtype=torch.float32, device=xs[0].device)
+    for sl in row_slices(rows, step):
+        X = buf[: len(xs) * (sl.stop - sl.start) * ncols].view(len(xs), -1, ncols)
+        for i, v in enumerate(views):
+            X[i].copy_(v[sl])
         if b2 is not None:
             X.sub_(b2[sl].float())
         yield sl, X
@@ -66,24 +72,29 @@ def gram(xs: Sequence[torch.Tensor], base: torch.Tensor | None = None, per: str 
 
 def combine(
     xs: Sequence[torch.Tensor], coef: torch.Tensor, base: torch.Tensor | None = None, per: str = "tensor",
-    out_dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None, out=None,
 ) -> torch.Tensor:
     """base + sum_i c_i (x_i - base) (or sum_i c_i x_i without a base); coef (k,) or (R|C, k).
-    Written as (1 - sum_i c_i) base + sum_i c_i x_i, one fused multiply-add per input."""
-    out = torch.empty(xs[0].shape, dtype=out_dtype or xs[0].dtype, device=xs[0].device)
+    Written as (1 - sum_i c_i) base + sum_i c_i x_i, one fused multiply-add per input, into
+    `out` (a tensor or a stored.Sink) when given, else a new tensor."""
+    out = new_output(xs[0].shape, out_dtype or xs[0].dtype, xs[0].device, out)
     out2 = _view(out, per)
     views = [_view(x, per) for x in xs]
     c = coef.to(torch.float64)
     b2 = _view(base, per) if base is not None else None
     rest = 1 - c.sum(-1)  # the base's coefficient
     rows, ncols = out2.shape
-    for sl in row_slices(rows, auto_block_rows(ncols)):
-        acc = torch.zeros(out2[sl].shape, dtype=torch.float32, device=out.device)
+    step = auto_block_rows(ncols)
+    # two reused float32 blocks: the sum, and each input converted (no allocation per block)
+    acc_buf, x_buf = (torch.empty(min(step, rows) * ncols, dtype=torch.float32, device=xs[0].device) for _ in "ax")
+    for sl in row_slices(rows, step):
+        n = (sl.stop - sl.start) * ncols
+        acc, x = acc_buf[:n].view(-1, ncols).zero_(), x_buf[:n].view(-1, ncols)
         for i, v in enumerate(views):
-            _fma_(acc, v[sl], _coef(c[..., i], per, sl))
+            _fma_(acc, x.copy_(v[sl]), _coef(c[..., i], per, sl))
         if b2 is not None:
-            _fma_(acc, b2[sl], _coef(rest, per, sl))
-        out2[sl].copy_(acc)
+            _fma_(acc, x.copy_(b2[sl]), _coef(rest, per, sl))
+        out2[sl] = acc
     return out
 
 
@@ -96,9 +107,9 @@ def _coef(c: torch.Tensor, per: str, sl: slice):
 
 def _fma_(acc: torch.Tensor, x: torch.Tensor, c) -> None:
     if isinstance(c, float):
-        acc.add_(x.float(), alpha=c)
+        acc.add_(x, alpha=c)
     else:
-        acc.addcmul_(x.float(), c)
+        acc.addcmul_(x, c)
 
 
 def norms(G: torch.Tensor) -> torch.Tensor:

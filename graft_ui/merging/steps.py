@@ -14,6 +14,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from .stored import new_output
+
 log = logging.getLogger(__name__)
 
 # ~4 MiB of float32 per block: small enough that k experts' blocks plus a few work
@@ -87,10 +89,12 @@ def as_one_row(t: torch.Tensor) -> torch.Tensor:
 
 
 def load_task_vectors_(
-    buf: torch.Tensor, base: torch.Tensor, experts: Sequence[torch.Tensor], rows: slice, view=as_rows
+    buf: torch.Tensor, base: torch.Tensor, experts: Sequence[torch.Tensor], rows: slice, view=as_rows,
+    base_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fill buf (k, r, K) with tau_i = expert_i - base on `rows`, in float32, no new allocation."""
-    b = view(base)[rows]
+    """Fill buf (k, r, K) with tau_i = expert_i - base on `rows`, in float32, no new allocation
+    (`base_rows`: those rows of the base when the caller has read them already)."""
+    b = view(base)[rows] if base_rows is None else base_rows
     taus = buf[:, : b.shape[0]]  # (k, r, K)
     for i, e in enumerate(experts):
         taus[i].copy_(view(e)[rows])
@@ -108,7 +112,8 @@ def task_vector_blocks(
     step = block_rows or auto_block_rows(ncols)
     buf = torch.empty((len(experts), min(step, rows), ncols), dtype=torch.float32, device=base.device)
     for sl in row_slices(rows, step):
-        yield sl, base2[sl].float(), load_task_vectors_(buf, base, experts, sl, view)
+        b = base2[sl].float()  # read once: a stored base is a file read
+        yield sl, b, load_task_vectors_(buf, base, experts, sl, view, b)
 
 
 def magnitude_threshold(tau: torch.Tensor, density: float) -> float:
@@ -280,16 +285,18 @@ def blockwise(
     out_dtype: torch.dtype | None = None,
     block_rows: int | None = None,
     view=as_rows,
+    out=None,
 ) -> torch.Tensor:
     """Run `block_fn(base_rows (r, K) f32, taus (k, r, K) f32, rows) -> merged (r, K)` per row block.
 
     The k task-vector blocks live in one reused buffer; the result is written straight
-    into the output tensor (stored dtype), so peak memory is the output plus a few blocks.
+    into the output tensor (stored dtype), or into `out` (a tensor or a stored.Sink), so
+    peak memory is the output plus a few blocks (a few blocks when the output streams).
     """
-    out = torch.empty(experts[0].shape, dtype=out_dtype or experts[0].dtype, device=experts[0].device)
+    out = new_output(experts[0].shape, out_dtype or experts[0].dtype, experts[0].device, out)
     out2 = view(out)
     for sl, b, taus in task_vector_blocks(base, experts, block_rows=block_rows, view=view):
-        out2[sl].copy_(block_fn(b, taus, sl))
+        out2[sl] = block_fn(b, taus, sl)
     return out
 
 

@@ -7,6 +7,10 @@ modules, `fuse_rows`), the rest copied from the first expert. Task-vector method
 With `scope.all_tensors` every floating tensor the experts share is merged on its own
 (embeddings, norms, biases and lm_head too, as mergekit does; `scope.layers` still limits
 the language layers), so any Hugging Face decoder checkpoint merges, not only Qwen2-VL.
+A method that streams (`Method.streams`) is given its inputs as stored.Stored readers over
+the files and its output as a stored.Sink over the output shard: it reads, checks (NaN/inf)
+and writes one row block at a time, so no tensor is ever held whole (the 151936 x 1536
+embedding is 0.47 GB per input); a two-pass method reads the blocks twice, from the page cache.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Sequence
 import torch
 
 from graft_ui.merging.registry import Method
+from graft_ui.merging.stored import Sink, Stored
 from graft_ui.models.checkpoint import Checkpoint, ShardedWriter, check_finite, copy_tensor
 from graft_ui.models.keys import ModuleKey, language_layer, parse_param
 from graft_ui.models.loading import is_adapter, local_folder
@@ -161,6 +166,11 @@ class FullJob:
 
     def _fuse(self, m: _FullModule, writer: ShardedWriter, ctx: MergeContext) -> dict:
         fuse_rows = self.method.kernel("fuse_rows")
+        if fuse_rows is None and self._streams(m.key.name, m.weight, ctx):
+            stats = self._stream_one(m.key.name, m.weight, writer, ctx)
+            if m.bias:
+                stats = dict(stats, bias=self._stream_one(m.key.name, m.bias, writer, ctx))
+            return dict(stats, shape=list(self.ckpts[0].info(m.weight).shape), bias_fused=bool(m.bias))
         who = [f"{self.labels[i]!r}" for i in range(len(self.ckpts))]
         # a fuse_rows kernel checks its inputs itself (the aminmax it needs anyway)
         ws = [self._read(ck, m.weight, f"e{i}", ctx, who[i], check=fuse_rows is None) for i, ck in enumerate(self.ckpts)]
@@ -196,6 +206,8 @@ class FullJob:
 
     def _fuse_tensor(self, n: str, writer: ShardedWriter, ctx: MergeContext) -> dict:
         """One tensor of `scope.all_tensors`, merged on its own."""
+        if self._streams(n, n, ctx):
+            return dict(self._stream_one(n, n, writer, ctx), shape=list(self.ckpts[0].info(n).shape))
         who = [f"{self.labels[i]!r}" for i in range(len(self.ckpts))]
         ts = [self._read(ck, n, f"e{i}", ctx, who[i]) for i, ck in enumerate(self.ckpts)]
         base = self._read(self.base, n, "base", ctx, f"base {self.recipe.base!r}") if self.base else None
@@ -203,13 +215,60 @@ class FullJob:
         writer.write(n, out)
         return dict(stats, shape=list(ts[0].shape))
 
-    def _merge_one(self, module: str, tensor: str, base, experts, ctx: MergeContext):
-        """One tensor through the `fuse_tensor` kernel or `Method.merge`, with the parameters and
-        weights of its layer and name (gradients, filters) recorded in its stats."""
+    def _streams(self, module: str, tensor: str, ctx: MergeContext) -> bool:
+        """Whether this tensor goes through `Method.merge` with stored inputs (no kernel takes it)."""
+        return self.method.streams and self.method.kernel("fuse_tensor", ctx.params(module, tensor)) is None
+
+    def _stored(self, ck: Checkpoint, name: str, role: str, ctx: MergeContext, who: str) -> Stored:
+        """`name` of `ck` as a row-block reader: each block is pread into the pool buffer of
+        `role` and checked for NaN/inf the first time its rows are read."""
+        info, f = ck.info(name), ck.file(name)
+        item = torch.empty((), dtype=info.dtype).element_size()
+        checked = [0]  # elements [0, checked) were checked (a second pass reads them again)
+
+        def read(start: int, stop: int) -> torch.Tensor:
+            raw = f.read_range(name, start * item, ctx.pool.bytes(role, (stop - start) * item))
+            block = raw.view(info.dtype)
+            if stop > checked[0]:
+                check_finite(block, f"tensor {name!r} of {who}")
+                checked[0] = stop
+            return ctx.to_device(block)
+
+        return Stored(info.shape, info.dtype, ctx.device, read)
+
+    def _stream_one(self, module: str, tensor: str, writer: ShardedWriter, ctx: MergeContext) -> dict:
+        """One tensor merged from stored inputs into its slot of the output, block by block."""
+        who = [f"{self.labels[i]!r}" for i in range(len(self.ckpts))]
+        experts = [self._stored(ck, tensor, f"e{i}", ctx, who[i]) for i, ck in enumerate(self.ckpts)]
+        base = self._stored(self.base, tensor, "base", ctx, f"base {self.recipe.base!r}") if self.base else None
+        spec = writer.spec(tensor)
+        item, done = torch.empty((), dtype=spec.dtype).element_size(), [0]
+
+        def write(start: int, block: torch.Tensor) -> None:
+            done[0] += block.numel()
+            data = block.cpu().contiguous().view(torch.uint8)
+            writer.write_bytes(tensor, start * item, data, last=done[0] >= spec.numel)
+
+        out = Sink(spec.shape, spec.dtype, ctx.device, write)
+        _, stats = self._merge_one(module, tensor, base, experts, ctx, out=out)
+        if spec.numel == 0:
+            writer.write(tensor, torch.empty(spec.shape, dtype=spec.dtype))
+        elif done[0] != spec.numel:
+            raise RuntimeError(f"internal error: {self.method.name} wrote {done[0]} of the {spec.numel} "
+                               f"elements of {tensor!r}")
+        return stats
+
+    def _merge_one(self, module: str, tensor: str, base, experts, ctx: MergeContext, out: Sink | None = None):
+        """One tensor through the `fuse_tensor` kernel or `Method.merge` (into `out` when it
+        streams), with the parameters and weights of its layer and name (gradients, filters)
+        recorded in its stats."""
         params, weights = ctx.params(module, tensor), ctx.weights(tensor)
-        fast = self.method.kernel("fuse_tensor", params)
+        fast = self.method.kernel("fuse_tensor", params) if out is None else None
         done = fast(base, experts, weights, params, ctx) if fast is not None else None
-        out, stats = done if done is not None else self.method.merge(base, experts, weights, params, ctx.generator)
+        if done is None:
+            done = (self.method.merge(base, experts, weights, params, ctx.generator) if out is None
+                    else self.method.merge(base, experts, weights, params, ctx.generator, out=out))
+        out, stats = done
         if self.recipe.varies:
             stats = dict(stats, used={**{k: v for k, v in params.items() if k in self._varying}, "weights": weights})
         return out.to(ctx.out_dtype), stats

@@ -1,0 +1,125 @@
+"""Streamed merges: a method with `Method.streams` given stored.Stored inputs and a stored.Sink
+output gives exactly what it gives on whole tensors, and the engine then never reads a whole
+tensor from the files (every read is a row block)."""
+
+import pytest
+import torch
+
+from graft_ui.merging import get_method
+from graft_ui.merging.stored import Sink, Stored
+
+STREAMED = {"slerp": {"t": 0.3}, "model_stock": {}, "della": {"density": 0.5, "epsilon": 0.1},
+            "della_linear": {"density": 0.4, "epsilon": 0.2}}
+
+
+def _stored(t, reads):
+    flat = t.reshape(-1)
+
+    def read(start, stop):
+        reads.append(stop - start)
+        return flat[start:stop].clone()  # a copy, as a file read would be
+
+    return Stored(t.shape, t.dtype, t.device, read)
+
+
+def _sink(shape, dtype):
+    out = torch.full(shape, float("nan"), dtype=dtype).reshape(-1)
+
+    def write(start, block):
+        out[start:start + block.numel()] = block
+
+    return Sink(shape, dtype, "cpu", write), out
+
+
+@pytest.mark.parametrize("method", sorted(STREAMED))
+@pytest.mark.parametrize("shape", [(3000, 700), (5000,), (700, 3, 20, 40)])
+def test_streamed_merge_equals_the_in_memory_merge(method, shape):
+    m = get_method(method)
+    assert m.streams
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(shape, generator=g).bfloat16()
+    experts = [(base.float() + 0.05 * torch.randn(shape, generator=g)).bfloat16() for _ in range(2)]
+    experts = experts[: m.max_experts or 2]
+    weights = [0.6, 0.5][: len(experts)]
+    params = STREAMED[method]
+    want, want_stats = m.merge(base, experts, weights, params, torch.Generator().manual_seed(0))
+    reads = []
+    sink, got = _sink(shape, torch.bfloat16)
+    res, stats = m.merge(_stored(base, reads), [_stored(e, reads) for e in experts], weights, params,
+                         torch.Generator().manual_seed(0), out=sink)
+    assert res is sink and stats == want_stats
+    assert torch.equal(got.view(torch.int16), want.reshape(-1).view(torch.int16))  # bit for bit
+    if len(shape) > 1:  # a matrix (2 M entries, 2 blocks and more) is read in row blocks, never whole
+        assert max(reads) < base.numel()
+
+
+def test_stored_views_refuse_what_they_cannot_do():
+    s = Stored((4, 6), torch.float32, "cpu", lambda a, b: torch.zeros(b - a))
+    assert s.reshape(-1, 3).shape == (8, 3) and s.reshape(1, -1).shape == (1, 24)
+    with pytest.raises(ValueError, match="2-D row views"):
+        s.reshape(2, 3, 4)
+    with pytest.raises(ValueError, match="cannot view"):
+        s.reshape(5, 5)
+    sink = Sink((4, 6), torch.bfloat16, "cpu", lambda start, block: None)
+    with pytest.raises(ValueError, match="cannot turn it into"):
+        sink.to(torch.float32)
+
+
+def test_engine_streams_every_tensor_and_matches_the_whole_tensor_merge(tmp_path, monkeypatch):
+    """run_recipe with scope.all_tensors: streamed (no whole-tensor read) and bit-equal to the
+    same merge done on whole tensors; a NaN in an input is still named."""
+    from graft_ui.models import merge_full
+    from graft_ui.models.checkpoint import Checkpoint, ShardedWriter, SafetensorsFile
+    from graft_ui.models.merge import run_recipe
+    from graft_ui.recipe import Recipe
+
+    g = torch.Generator().manual_seed(1)
+    shapes = {"model.embed_tokens.weight": (3000, 512), "model.layers.0.self_attn.q_proj.weight": (64, 64),
+              "model.layers.0.self_attn.q_proj.bias": (64,), "model.norm.weight": (64,)}
+    base = {n: torch.randn(s, generator=g).bfloat16() for n, s in shapes.items()}
+    folders = {}
+    for name in ("base", "e1", "e2"):
+        ts = base if name == "base" else {n: (t.float() + 0.02 * torch.randn(t.shape, generator=g)).bfloat16()
+                                          for n, t in base.items()}
+        d = folders[name] = tmp_path / name
+        d.mkdir()
+        w = ShardedWriter(d, [(n, t.dtype, t.shape) for n, t in ts.items()])
+        for n, t in ts.items():
+            w.write(n, t)
+        w.close()
+        (d / "config.json").write_text('{"model_type": "qwen2", "num_hidden_layers": 1}')
+
+    def recipe(method):
+        experts = [str(folders["e1"]), str(folders["e2"])][: get_method(method).max_experts or 2]
+        return Recipe.from_dict({"method": method, "base": str(folders["base"]), "experts": experts, "seed": 0,
+                                 "params": STREAMED[method], "scope": {"all_tensors": True},
+                                 "output": {"dtype": "bfloat16"}})
+
+    whole = {}
+    for method in STREAMED:  # whole tensors: the method as if it did not stream
+        monkeypatch.setattr(merge_full.FullJob, "_streams", lambda self, *a: False)
+        run_recipe(recipe(method), tmp_path / f"whole-{method}")
+        whole[method] = Checkpoint(tmp_path / f"whole-{method}")
+    monkeypatch.undo()
+
+    def no_whole_read(self, name, out=None):
+        raise AssertionError(f"{name} read whole")
+
+    monkeypatch.setattr(SafetensorsFile, "read", no_whole_read)
+    for method in STREAMED:
+        run_recipe(recipe(method), tmp_path / method)
+    monkeypatch.undo()
+    for method in STREAMED:
+        got = Checkpoint(tmp_path / method)
+        for n in shapes:
+            assert torch.equal(got.read(n).view(torch.int16), whole[method].read(n).view(torch.int16)), (method, n)
+
+    bad = dict(base)
+    bad["model.embed_tokens.weight"] = bad["model.embed_tokens.weight"].clone()
+    bad["model.embed_tokens.weight"][2999, 5] = float("nan")
+    w = ShardedWriter(folders["e2"], [(n, t.dtype, t.shape) for n, t in bad.items()])
+    for n, t in bad.items():
+        w.write(n, t)
+    w.close()
+    with pytest.raises(ValueError, match="embed_tokens.*e2.*NaN"):
+        run_recipe(recipe("della"), tmp_path / "nan")
