@@ -162,6 +162,13 @@ def fusion_task(task: dict) -> dict:
     return {label: row}
 
 
+def _run_here(task: dict) -> dict:
+    """One self-check task in this process (what a worker's `run_task` does with it)."""
+    from graft_ui.zoo.stages import evaluate_task
+
+    return fusion_task(task) if task["job"] == "fusion" else evaluate_task(task)
+
+
 def _score(zoo_dir: Path, names: list[str], limit: int | None, fusions: bool, workers: int, pool) -> tuple[dict, dict]:
     """(model rows, fusion rows): every model on every domain and the default fusions, inline or
     as worker tasks (one per model or fusion, taken by whichever worker comes free)."""
@@ -173,7 +180,7 @@ def _score(zoo_dir: Path, names: list[str], limit: int | None, fusions: bool, wo
         tasks += [dict(job="fusion", zoo=str(zoo_dir), manifest=str(manifest_path), label=f"fusion {j['method']}",
                        **j) for j in fusion_jobs()]
     try:
-        results = run_tasks(tasks, workers, pool)
+        results = run_tasks(tasks, workers, pool, here=_run_here)
     finally:
         shutil.rmtree(zoo_dir / FUSION_WORK, ignore_errors=True)
     models, fused = {}, {}

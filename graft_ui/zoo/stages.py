@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -272,13 +273,14 @@ def evaluate_task(task: dict) -> dict:
     return evaluate_specs(task["names"], load_manifest(task["manifest"]), **task["kwargs"])["models"]
 
 
-def run_tasks(tasks: list[dict], workers: int, pool=None) -> list:
-    """Results of worker tasks (graft_ui/zoo/worker.py's `run_task`) in order: here one after another
-    (workers <= 1), or on worker processes (`pool`, or `workers` started for this) as they come free."""
+def run_tasks(tasks: list[dict], workers: int, pool=None, *, here: Callable[[dict], dict]) -> list:
+    """Results of worker tasks (graft_ui/zoo/worker.py's `run_task`) in order: `here(task)` one after
+    another in this process (workers <= 1), or on worker processes (`pool`, or `workers` started for
+    this) as they come free. The caller passes `here`, so this module never imports the worker's
+    dispatcher (which imports the modules whose tasks it runs)."""
     from graft_ui.zoo.pool import pool_or_own
-    from graft_ui.zoo.worker import run_task
 
     if workers <= 1 or len(tasks) <= 1:
-        return [run_task(t) for t in tasks]
+        return [here(t) for t in tasks]
     with pool_or_own(pool, min(workers, len(tasks))) as pool:
         return pool.map(tasks, workers=workers)
