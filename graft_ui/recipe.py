@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import yaml
 
 from graft_ui.checks import number
-from graft_ui.merging.registry import Param, get_method, validate_params
+from graft_ui.merging.registry import Param, get_method, known_params, validate_params
 from graft_ui.merging.schedule import check_setting, varies
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -119,12 +119,8 @@ def validate_settings(method_name: str, params: Mapping[str, Any] | None) -> dic
     gradient or a filter list."""
     if not any(varies(v) for v in (params or {}).values()):
         return validate_params(method_name, params)
-    method = get_method(method_name)
-    known = {p.name: p for p in method.params}
+    known = known_params(method_name, params)
     params = dict(params or {})
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method {method_name!r}; allowed: {sorted(known)}")
     return {n: check_setting(p, params[n]) if n in params else p.default for n, p in known.items()}
 
 

@@ -180,15 +180,21 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown merge method {name!r}; known: {sorted(METHODS)}") from None
 
 
+def known_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Param]:
+    """{name: Param} of method `name`, after rejecting any key of `params` it does not have, by name."""
+    known = {p.name: p for p in get_method(name).params}
+    unknown = sorted(set(params or {}) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for method {name!r}; allowed: {sorted(known)}")
+    return known
+
+
 def validate_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """Fill defaults and check ranges; unknown keys are rejected by name. An `expert_params`
     entry may be a list (one value per expert), each value checked."""
     method = get_method(name)
-    known = {p.name: p for p in method.params}
+    known = known_params(name, params)
     params = dict(params or {})
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method {name!r}; allowed: {sorted(known)}")
     out = {}
     for n, p in known.items():
         v = params.get(n, p.default)
