@@ -59,17 +59,12 @@ def _pair_key(r: Mapping) -> frozenset:
     return frozenset((r["a"], r["b"]))
 
 
-def _transfer_model(rows: Sequence[Mapping], transfer: Sequence[Mapping], methods) -> Ridge:
-    """The model that predicts the other zoo: fitted on every study row whose pair (by expert names)
-    is not one of the other zoo's. The study zoo copies the demo zoo's experts, so without this the
+def _transfer_rows(rows: Sequence[Mapping], transfer: Sequence[Mapping]) -> list[Mapping]:
+    """The study rows the transfer model is fitted on: every row whose pair (by expert names) is
+    not one of the other zoo's. The study zoo copies the demo zoo's experts, so without this the
     transfer test would score pairs the model was fitted on."""
     shared = {_pair_key(r) for r in transfer}
-    return V.fit([r for r in rows if _pair_key(r) not in shared], V.MODEL_FEATURES, methods=methods)
-
-
-def _fit_pairs(rows: Sequence[Mapping], transfer: Sequence[Mapping]) -> int:
-    shared = {_pair_key(r) for r in transfer}
-    return len({_pair_key(r) for r in rows} - shared)
+    return [r for r in rows if _pair_key(r) not in shared]
 
 
 def build_kind(rows: Sequence[Mapping], *, transfer: Sequence[Mapping] = (), reliability: Mapping | None = None,
@@ -86,8 +81,11 @@ def build_kind(rows: Sequence[Mapping], *, transfer: Sequence[Mapping] = (), rel
     val = {"protocol": V.PROTOCOL, **V.score(scored, sp, seed=seed, resamples=resamples), "folds": folds,
            "reliability": (reliability or {}).get("kept_min"), "reliability_per_method": (reliability or {}).get("per_method")}
     model = V.fit(rows, V.MODEL_FEATURES, methods=methods)
-    val.update(_transfer(_transfer_model(rows, transfer, methods), with_derived(transfer), V.MODEL_FEATURES,
-                         methods, "kept_min", seed), transfer_fit_pairs=_fit_pairs(rows, transfer) if transfer else None)
+    fit_rows = _transfer_rows(rows, transfer)
+    tmodel = V.fit(fit_rows, V.MODEL_FEATURES, methods=methods) if len(fit_rows) < len(rows) else model
+    val.update(_transfer(tmodel, with_derived(transfer), V.MODEL_FEATURES,
+                         methods, "kept_min", seed),
+               transfer_fit_pairs=len({_pair_key(r) for r in fit_rows}) if transfer else None)
     val["meets_targets"] = V.meets_targets(val)
     sides = V.side_rows(rows)
     side_rows, side_pred = V.predicted(sides, V.loeo(sides, V.SIDE_FEATURES, "kept")[0])
