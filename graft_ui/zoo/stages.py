@@ -183,7 +183,7 @@ def train_expert_pair(task: dict, report=None) -> dict:
     design, so the result does not depend on scheduling.
     """
     from graft_ui.models.loading import load_model, load_processor
-    from graft_ui.zoo.train import add_lora, train_loop, train_projections_only
+    from graft_ui.zoo.train import add_lora, train_loop, train_projections_only, with_image_embeds
 
     _quiet_transformers()
     prof = Profile.from_dict(task["settings"])
@@ -199,6 +199,8 @@ def train_expert_pair(task: dict, report=None) -> dict:
         t = time.time()
         name = spec.name(kind)
         model = load_model(zoo / "base")
+        if kind == KINDS[0]:  # both kinds keep the base's vision tower: its outputs are computed once
+            data = with_image_embeds(model, data)
         seed = prof.seed + 101 * (i + 1) + spec.seed_offset + (0 if kind == "lora" else 7)
         if kind == "lora":
             model = add_lora(model, spec.lora_rank, prof.lora_alpha_per_rank * spec.lora_rank, seed)
@@ -207,7 +209,7 @@ def train_expert_pair(task: dict, report=None) -> dict:
             params, lr = train_projections_only(model), prof.full_lr * spec.full_lr_scale
         losses = train_loop(model, data, params=params, steps=spec.steps, lr=lr * spec.lr_scale,
                             batch_size=prof.expert_batch_size, seed=seed, pad_id=processor.tokenizer.pad_token_id,
-                            warmup=min(prof.warmup, spec.steps // 4 + 1),
+                            warmup=min(prof.warmup, spec.steps // 4 + 1), frozen_head=True,
                             on_step=lambda step, loss: put(1))
         path = zoo / "experts" / name
         others = ", ".join(f"{spec.replay_count(d)} {d}" for d in DOMAINS if d != spec.domain)

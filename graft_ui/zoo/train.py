@@ -137,17 +137,63 @@ def collate(items: Sequence[dict], pad_id: int, left: bool = False) -> dict:
         batch["mm_token_type_ids"][i, sl] = it["mm_token_type_ids"]
         if "labels" in batch:
             batch["labels"][i, sl] = it["labels"]
-    pix = [it["pixel_values"] for it in items if "pixel_values" in it]
-    if pix:
-        batch["pixel_values"] = torch.cat(pix)  # (sum of patches, 1176)
-        batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in items if "image_grid_thw" in it])
-        if not left and all("rope_positions" in it for it in items if "pixel_values" in it):
+    with_images = [it for it in items if "image_grid_thw" in it]
+    if with_images:
+        for key in ("pixel_values", "image_embeds"):  # (sum of patches, 1176) / (sum of image tokens, d)
+            if key in with_images[0]:
+                batch[key] = torch.cat([it[key] for it in with_images])
+        batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in with_images])
+        if not left and all("rope_positions" in it for it in with_images):
             pos = torch.zeros((3, len(items), n), dtype=batch["input_ids"].dtype)
             for i, it in enumerate(items):
                 k = len(it["input_ids"])
                 pos[:, i, :k] = it["rope_positions"] if "rope_positions" in it else torch.arange(k)
             batch["position_ids"] = pos
     return batch
+
+
+def with_image_embeds(model, data: Sequence[dict]) -> list[dict]:
+    """`data` with each image sample's pixels replaced by its vision-tower output, computed once.
+
+    For models whose vision tower is frozen (the experts): the stock forward runs the tower on
+    every image of every batch, a tenth of an image step here, and gets the same numbers each
+    time. Each image is encoded on its own, as in a batch: the tower attends within an image
+    and its other layers work row by row. `answer_loss` hands the outputs to the forward.
+    """
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+    out = []
+    with torch.no_grad():
+        for it in data:
+            if "pixel_values" in it:
+                feats = core.model.get_image_features(it["pixel_values"], it["image_grid_thw"]).pooler_output
+                it = {k: v for k, v in it.items() if k != "pixel_values"}
+                it["image_embeds"] = torch.cat(feats)  # (image tokens, d)
+            out.append(it)
+    return out
+
+
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """The stock causal-LM loss (mean cross-entropy over the answer tokens), with the head run on
+    the positions that predict an answer token only, and images taken as encoded by
+    `with_image_embeds` where the batch carries them.
+
+    The stock forward projects every position onto the vocabulary and then ignores all but the
+    answers' (answers are a few tokens of each sequence here). Each row's logits, and the
+    gradient each row sends back, are the same numbers either way; only the logged loss may be
+    summed in another order. For models whose head is frozen (the experts): a trained head's
+    weight gradient would sum over fewer rows, in another order.
+    """
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "image_embeds")}
+    if "image_embeds" in batch:
+        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=(batch["image_embeds"],))}
+    hidden = core.model(**inputs, use_cache=False).last_hidden_state  # (B, L, d)
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    keep = targets != -100  # (B, L-1)
+    logits = core.lm_head(hidden[:, :-1][keep]).float()  # (answer tokens, vocab)
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -171,16 +217,21 @@ def train_loop(
     weight_decay: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
     group=None,
+    frozen_head: bool = False,
 ) -> list[float]:
     """AdamW for `steps` steps over shuffled epochs of `data`; returns the loss curve.
 
     With `group` (an initialised torch.distributed process group), each of its ranks takes
     its share of every batch and the gradients are averaged: data parallel over processes,
     identical on every rank. The batch order depends on `seed` only, so a run is the same
-    for a given world size whatever the machine's load.
+    for a given world size whatever the machine's load. `frozen_head`: the model's output head
+    (and vision tower) is not trained, so the loss runs the head on the answer positions only
+    and `data` may carry encoded images (`answer_loss`, `with_image_embeds`).
     """
     if not data:
         raise ValueError("no training samples")
+    if not frozen_head and any("image_embeds" in it for it in data):
+        raise ValueError("samples carry encoded images (with_image_embeds) but frozen_head=False trains the vision tower")
     import torch.distributed as dist
 
     rank = dist.get_rank(group) if group is not None else 0
@@ -201,7 +252,7 @@ def train_loop(
         batch = collate([data[i] for i in idx[rank * share:(rank + 1) * share]], pad_id)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup)
-        loss = model(**batch, use_cache=False).loss
+        loss = answer_loss(model, batch) if frozen_head else model(**batch, use_cache=False).loss
         loss.backward()
         if world > 1:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
