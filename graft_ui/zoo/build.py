@@ -103,6 +103,30 @@ def _cpu_seconds(pool=None) -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + (pool.cpu_seconds if pool else 0.0)
 
 
+def _self_check(zoo: Path, prof: Profile, pool, info: dict, stages: dict, cpu: dict, bar) -> dict:
+    """Run the zoo's self-check (graft_ui/zoo/selfcheck.py) into `info`, timed as a stage."""
+    bar.set_postfix_str("self-check")
+    t = time.time()
+    c = _cpu_seconds(pool)
+    check = self_check(zoo, limit=prof.self_check_limit, fusions=prof.self_check_fusions,
+                       workers=prof.workers, pool=pool)
+    info["self_check"] = check
+    stages["self_check"] = time.time() - t
+    cpu["self_check"] = _cpu_seconds(pool) - c
+    return check
+
+
+def _write_info(zoo: Path, info: dict, stages: dict, cpu: dict, t_start: float) -> None:
+    """build_info.json of `zoo`, written whole (replaced at once: the app may be reading it)."""
+    from graft_ui.atomic import write_bytes
+
+    info["stages_seconds"] = {k: round(v, 1) for k, v in stages.items()}
+    info["cpu_seconds"] = {k: round(v, 1) for k, v in cpu.items()}
+    info["seconds"] = round(time.time() - t_start, 1)
+    info.setdefault("built_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_bytes(zoo / BUILD_INFO, json.dumps(info, indent=2).encode())
+
+
 def _built_zoo(where: str | Path) -> tuple[Path, dict]:
     """(folder, build info) of a built zoo: a folder, or a profile name (built first when missing)."""
     from graft_ui.zoo import PROFILES, ensure_zoo, is_built
@@ -288,16 +312,9 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             )
             manifest.save(tmp / MANIFEST)
             info["weights_hash"] = weights_hash(tmp)
-            if prof.self_check:
-                t = time.time()
-                c = _cpu_seconds(pool)
-                bar.set_postfix_str("self-check")
-                check = self_check(tmp, limit=prof.self_check_limit, fusions=prof.self_check_fusions,
-                                   workers=prof.workers, pool=pool)
-                info["self_check"] = check
-                stages["self_check"] = time.time() - t
-                cpu["self_check"] = _cpu_seconds(pool) - c
-                if check["missed_targets"] and prof.strict:
+            if prof.self_check and prof.strict:  # a strict zoo is published only when it meets its targets
+                check = _self_check(tmp, prof, pool, info, stages, cpu, bar)
+                if check["missed_targets"]:
                     # kept aside (not used) so the miss can be inspected without rebuilding
                     rejected = out_dir.parent / f".{out_dir.name}.rejected"
                     shutil.rmtree(rejected, ignore_errors=True)
@@ -312,21 +329,34 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
         if not prof.resumable:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if pool is not None:
-        pool.close()
-    bar.close()
-    stages = {k: round(v, 1) for k, v in stages.items()}
-    info["stages_seconds"] = stages
-    info["cpu_seconds"] = {k: round(v, 1) for k, v in cpu.items()}
     for e in experts:  # adapters name the base where it will live, not the temp folder
         if e["kind"] == "lora":
             _fix_adapter_base(tmp / e["path"], str(out_dir / "base"))
     for marker in (tmp / STAMP, tmp / "data" / ".done", tmp / "base" / ".copied", tmp / "base" / BASE_DONE,
                    *(tmp / "experts").glob(".design-*.json")):
         marker.unlink(missing_ok=True)  # resume bookkeeping, not part of the zoo
-    info["seconds"] = round(time.time() - t_start, 1)
-    info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
+    info["ready_seconds"] = round(time.time() - t_start, 1)  # published: usable from here on
+    _write_info(tmp, info, stages, cpu, t_start)
     publish_folder(tmp, out_dir)  # force: the old zoo is moved aside first, so the swap is one rename
-    log.info("zoo %s built in %.0f s (%s)", out_dir, info["seconds"], stages)
+    if prof.self_check and not prof.strict:
+        # the zoo is complete and published, so the app takes it now; its self-check (scores,
+        # regime targets, showcase) follows and is added to build_info.json when done
+        try:
+            with torch_threads(prof.threads):
+                _self_check(out_dir, prof, pool, info, stages, cpu, bar)
+        except Exception as exc:  # the zoo is usable without it; say so, do not take it back
+            log.exception("the self-check of zoo %s failed; the zoo is kept without it", out_dir)
+            info["self_check_error"] = f"{type(exc).__name__}: {exc}"
+        except BaseException:
+            if pool is not None:
+                pool.close(kill=True)
+            bar.close()
+            raise
+        _write_info(out_dir, info, stages, cpu, t_start)
+        bar.set_postfix_str("done")
+    if pool is not None:
+        pool.close()
+    bar.close()
+    log.info("zoo %s built in %.0f s, usable after %.0f s (%s)", out_dir, info["seconds"], info["ready_seconds"],
+             info["stages_seconds"])
     return out_dir

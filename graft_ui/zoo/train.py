@@ -156,9 +156,11 @@ def with_image_embeds(model, data: Sequence[dict]) -> list[dict]:
     """`data` with each image sample's pixels replaced by its vision-tower output, computed once.
 
     For models whose vision tower is frozen (the experts): the stock forward runs the tower on
-    every image of every batch, a tenth of an image step here, and gets the same numbers each
-    time. Each image is encoded on its own, as in a batch: the tower attends within an image
-    and its other layers work row by row. `answer_loss` hands the outputs to the forward.
+    every image of every batch, a tenth of an image step here, to get the same features again.
+    The tower attends within an image and works row by row otherwise, so an image encoded on
+    its own gets its features from a batch up to float rounding: the merger's matrix product
+    over fewer rows may take another BLAS path (seen: one ulp for a 4x6-patch image alone).
+    `answer_loss` hands the outputs to the forward.
     """
     core = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
     out = []

@@ -16,10 +16,10 @@ def _tiny(**overrides):
     """A few-second build of the ci pipeline (two-step experts, no self-check)."""
     from graft_ui.zoo.profiles import ExpertSpec, get_profile
 
-    return get_profile("ci").with_overrides(
-        general_train=16, domain_train=8, domain_eval=2, instruct_steps=2, instruct_general=8,
-        instruct_per_domain={d: 2 for d in DOMAINS}, batch_size=4, warmup=1, self_check=False,
-        experts=tuple(ExpertSpec(d, 2, replay_general=4, replay_domains=1) for d in DOMAINS), **overrides)
+    return get_profile("ci").with_overrides(**{
+        "general_train": 16, "domain_train": 8, "domain_eval": 2, "instruct_steps": 2, "instruct_general": 8,
+        "instruct_per_domain": {d: 2 for d in DOMAINS}, "batch_size": 4, "warmup": 1, "self_check": False,
+        "experts": tuple(ExpertSpec(d, 2, replay_general=4, replay_domains=1) for d in DOMAINS), **overrides})
 
 
 def test_manifest_lists_base_experts_and_datasets(ci_zoo, ci_manifest):
@@ -136,6 +136,45 @@ def test_training_batches_carry_the_models_own_mrope_positions(ci_zoo):
     text_only = collate([it for it in items if "pixel_values" not in it][:3], proc.tokenizer.pad_token_id)
     assert "position_ids" not in text_only  # the model counts the columns itself
     assert "position_ids" not in collate(items[:4], proc.tokenizer.pad_token_id, left=True)  # generation
+
+
+def test_expert_loss_runs_the_head_on_answers_and_reuses_encoded_images(ci_zoo):
+    """The experts' loss (head on the answer positions only, images encoded once) gives the stock
+    loss and the stock gradients of what an expert trains; encoded images need a frozen tower."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from graft_ui.zoo.domains import read_jsonl
+    from graft_ui.zoo.train import answer_loss, collate, encode_samples, train_loop, train_projections_only, with_image_embeds
+
+    base = Path(ci_zoo, "base")
+    proc = AutoProcessor.from_pretrained(base)
+    items = []
+    for d in ("math", "code"):
+        items += encode_samples(proc, read_jsonl(Path(ci_zoo, "data", d, "train.jsonl"))[:4], Path(ci_zoo, "data", d))
+    model = Qwen2VLForConditionalGeneration.from_pretrained(base)
+    params = train_projections_only(model)
+    encoded = with_image_embeds(model, items)
+    assert not any("pixel_values" in it for it in encoded)
+    with_img = [it for it in encoded if "image_embeds" in it]
+    assert with_img and all(it["image_embeds"].shape[-1] == model.config.text_config.hidden_size for it in with_img)
+    pad = proc.tokenizer.pad_token_id
+
+    def grads(loss_of):
+        model.zero_grad(set_to_none=True)
+        loss = loss_of()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    stock_loss, stock = grads(lambda: model(**collate(items, pad), use_cache=False).loss)
+    ours_loss, ours = grads(lambda: answer_loss(model, collate(encoded, pad)))
+    # a tolerance, not bit equality: an image encoded alone may round differently (one ulp) than in a batch
+    assert torch.allclose(ours_loss, stock_loss, rtol=1e-6, atol=0)
+    assert all((a - b).norm() <= 1e-5 * b.norm() for a, b in zip(ours, stock))
+    assert sum(g.abs().sum() for g in ours) > 0
+    _, pixels = grads(lambda: answer_loss(model, collate(items, pad)))  # the head on the answers only, stock images
+    assert all((a - b).norm() <= 1e-6 * b.norm() for a, b in zip(pixels, stock))
+    with pytest.raises(ValueError, match="image_embeds"):
+        train_loop(model, encoded, params=params, steps=1, lr=1e-3, batch_size=2, seed=0, pad_id=pad)
 
 
 def test_full_expert_trains_the_projections_only(ci_manifest):
@@ -319,3 +358,30 @@ def test_a_profile_reuses_another_zoos_base_and_identical_designs_and_resumes(tm
     assert len((zoo / "data" / "math" / "eval.jsonl").read_text().splitlines()) == 3
     with pytest.raises(ValueError, match=r"other base settings \['base_steps'\]"):
         build_zoo(tmp_path / "other", study.with_overrides(base_steps=4), progress=False, base_from=src)
+
+
+def test_zoo_is_published_before_its_self_check_unless_strict(tmp_path, monkeypatch):
+    """The app can take the zoo while its self-check runs (the check's results join build_info.json
+    after); a strict profile is checked before it is published, and a miss keeps it out."""
+    import graft_ui.zoo.build as build_mod
+    from graft_ui.zoo import is_built
+
+    seen = []
+
+    def fake_check(zoo, **kw):  # where the check runs, and whether a loader could take that zoo then
+        seen.append((Path(zoo), is_built(zoo)))
+        return {"missed_targets": ["base scores 0.0% on code, outside [10, 65]"], "models": {}}
+
+    monkeypatch.setattr(build_mod, "self_check", fake_check)
+    monkeypatch.setattr(build_mod, "self_check_markdown", lambda check: "\n".join(check["missed_targets"]))
+    out = build_mod.build_zoo(tmp_path / "zoo", _tiny(base_steps=2, self_check=True), progress=False)
+    assert seen == [(out, True)]
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["self_check"]["missed_targets"] and "self_check" in info["stages_seconds"]
+    assert 0 < info["ready_seconds"] <= info["seconds"]
+
+    seen.clear()
+    with pytest.raises(RuntimeError, match="missed its regime targets"):
+        build_mod.build_zoo(tmp_path / "strict", _tiny(base_steps=2, self_check=True, strict=True), progress=False)
+    assert len(seen) == 1 and seen[0][0] != tmp_path / "strict" and not seen[0][1]
+    assert not (tmp_path / "strict").exists() and (tmp_path / ".strict.rejected" / "manifest.yaml").is_file()
