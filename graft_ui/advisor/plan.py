@@ -128,8 +128,9 @@ def artifact_rows(art: Mapping, manifest: Manifest) -> list[dict] | None:
 def plan(manifest: Manifest, kind: str, dataset: str, forecaster: KeptForecast, *, art: Mapping,
          study: Mapping | None = None, experts: Sequence[str] | None = None, methods: Sequence[str] | None = None,
          k: int = 32, seed: int = 0, limit: int | None = None, device: str = "cpu",
-         cache: str | Path | None = None) -> Plan:
-    """The module docstring's forecast of every (pair, method) of `kind` on `dataset`."""
+         cache: str | Path | None = None, backend=None) -> Plan:
+    """The module docstring's forecast of every (pair, method) of `kind` on `dataset`; `backend`
+    (graft_ui.fanout.Backend): where previews missing from the cache are computed."""
     target = target_domains(dataset, manifest)
     names = [e.name for e in manifest.experts if e.kind == kind and (not experts or e.name in experts)]
     if len(names) < 2:
@@ -144,7 +145,7 @@ def plan(manifest: Manifest, kind: str, dataset: str, forecaster: KeptForecast, 
     if rows is None or not wanted <= {(r["a"], r["b"]) for r in rows}:
         out = Path(cache) if cache else Path(tempfile.gettempdir()) / "graft-forecast"
         rows = collect(manifest, study, out, kinds=[kind], methods=methods, k=k, seed=seed, device=device,
-                       experts=names)
+                       experts=names, backend=backend)
         src = f"merge previews computed now (K={k} prompts per expert domain)"
     same = same_zoo(manifest, study)
     singles, singles_src = per_domain_singles(manifest, names, sorted({*target, *(manifest.expert(n).domain for n in names)}),

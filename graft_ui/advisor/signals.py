@@ -13,7 +13,9 @@ One row per (pair, method):
 
 Resumable: each pair's pair-level signals and each (pair, method) preview are written atomically to
 `cache/pairs/<pair>.json` and `cache/preview/<pair>/<method>.json` as they finish, under a folder
-keyed by the zoo's fingerprint, K and the seed; a rerun computes only what is missing.
+keyed by the zoo's fingerprint, K and the seed; a rerun computes only what is missing. With a
+`backend` (graft_ui/fanout.py: local worker processes or a Ray cluster), the pairs missing from the
+cache are computed first, one job per pair writing into the same cache, which the rows then read.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Callable, Mapping, Sequence
 
 from graft_ui.advisor.preview import DEFAULT_K, Previewer
 from graft_ui.advisor.weights import weight_signals
-from graft_ui.models.manifest import Manifest
+from graft_ui.fanout import Backend, run_jobs
+from graft_ui.models.manifest import Manifest, load_manifest
 from graft_ui.study.lookup import pair_row, zoo_fingerprint
 from graft_ui.study.worker import Cache, write_json
 
@@ -63,12 +66,41 @@ def pairs_of(manifest: Manifest, kinds: Sequence[str], experts: Sequence[str] | 
     return out
 
 
+def pair_job(job: dict, report) -> str:
+    """One pair's signals and previews into the cache (a fan-out job; `collect` with a backend)."""
+    manifest = load_manifest(job["manifest"])
+    collect(manifest, None, job["out"], kinds=[job["kind"]], methods=job["methods"], k=job["k"], seed=job["seed"],
+            device=job["device"], experts=[job["a"], job["b"]])
+    report({"pair": f"{job['a']}+{job['b']}"})
+    return f"{job['a']}+{job['b']}"
+
+
+def _fan_out(manifest: Manifest, cache: Cache, out: str | Path, todo: list, methods: Sequence[str], k: int, seed: int,
+             device: str, backend: Backend, progress: Callable[[str], None] | None) -> None:
+    """The pairs of `todo` with anything missing from `cache`, computed by `backend`'s workers."""
+    missing = [(a, b) for a, b in todo
+               if Cache.read(cache.weights(f"{a.name}+{b.name}")) is None
+               or any(Cache.read(cache.fused(f"{a.name}+{b.name}", m)) is None for m in methods)]
+    if not missing:
+        return
+    if not manifest.source:
+        raise ValueError(f"manifest {manifest.name!r} has no file, so {backend.describe()} cannot load it; save it first")
+    common = {"manifest": str(Path(manifest.source).resolve()), "out": str(Path(out).resolve()), "methods": list(methods),
+              "k": k, "seed": seed, "device": device}
+    jobs = [{**common, "a": a.name, "b": b.name, "kind": a.kind} for a, b in missing]
+    log.info("merge previews of %d pairs on %s", len(jobs), backend.describe())
+    run_jobs(jobs, pair_job, backend, on_result=lambda job, pair: progress and progress(f"{pair}: previews computed"))
+
+
 def collect(manifest: Manifest, study: Mapping | None, out: str | Path, *, kinds: Sequence[str] = ("lora", "full"),
             methods: Sequence[str] = METHODS, k: int = DEFAULT_K, seed: int = 0, device: str = "cpu",
-            experts: Sequence[str] | None = None, progress: Callable[[str], None] | None = None) -> list[dict]:
+            experts: Sequence[str] | None = None, progress: Callable[[str], None] | None = None,
+            backend: Backend | None = None) -> list[dict]:
     """The module docstring's rows for every pair of `kinds` and every method (cached, resumable)."""
     root = cache_root(out, manifest, k, seed)
     cache = Cache(root)
+    if backend is not None and (backend.ray or backend.workers > 1):
+        _fan_out(manifest, cache, out, pairs_of(manifest, kinds, experts), methods, k, seed, device, backend, progress)
     pv = Previewer(manifest, k=k, seed=seed, device=device, work=root)
     singles = (study or {}).get("singles") or {}
     rows = []
@@ -100,4 +132,4 @@ def collect(manifest: Manifest, study: Mapping | None, out: str | Path, *, kinds
     return rows
 
 
-__all__ = ["METHODS", "PAIR_SIGNALS", "PREVIEW_SIGNALS", "MEASURED", "collect", "measured", "pairs_of"]
+__all__ = ["METHODS", "PAIR_SIGNALS", "PREVIEW_SIGNALS", "MEASURED", "collect", "measured", "pair_job", "pairs_of"]

@@ -7,6 +7,7 @@ import json
 import logging
 
 from graft_ui.commands.common import add_manifest_args, load_manifest_arg
+from graft_ui.fanout import Backend
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--methods", nargs="+", help="methods to forecast (default: task_arithmetic ties graft average)")
     p.add_argument("--preview-k", type=int, default=32,
                    help="merge-preview prompts per expert domain when the zoo's previews must be computed (default 32)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes for merge previews the zoo has no cache of (default 1: this process)")
+    p.add_argument("--ray", metavar="auto|ADDRESS",
+                   help="compute those previews as Ray tasks on this cluster, one per pair, into the same cache "
+                        "(needs requirements-ray.txt; the zoo at the same path on every node)")
     p.add_argument("--json", action="store_true", help="print the forecast as JSON")
     p.set_defaults(func=cmd_advise)
 
@@ -41,7 +47,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     from graft_ui.advisor.forecast import forecast
     from graft_ui.advisor.source import fit_kind, load_study, locate_study
 
-    for name in ("k", "limit", "preview_k"):
+    for name in ("k", "limit", "preview_k", "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name}={value} must be at least 1")
@@ -86,7 +92,9 @@ def _plans(manifest, kinds, study, args):
             log.warning("%s", exc.args[0])
             continue
         plans.append(plan(manifest, kind, args.dataset, fc, art=art, study=study, methods=args.methods,
-                          k=args.preview_k, seed=args.seed, limit=args.limit, device=args.device))
+                          k=args.preview_k, seed=args.seed, limit=args.limit, device=args.device,
+                          backend=Backend(workers=args.workers, ray=args.ray,
+                                          gpus=0 if args.device == "cpu" else None)))
     return plans, art
 
 
