@@ -1,4 +1,4 @@
-"""What the zoo build's bit-identical speedups buy, measured in one run (ratios, not absolute times).
+"""What the zoo build's speedups buy, measured in one run (ratios, not absolute times).
 
     .venv/bin/python bench/bench_zoo_build.py                      # the full zoo's base and data
     .venv/bin/python bench/bench_zoo_build.py --zoo /path/to/zoo --design 2 --steps 20 --rounds 3
@@ -7,6 +7,10 @@
    the stock forward recomputing them every step: one model and one data set, blocks of `--steps`
    steps alternating between the two, single thread (as the build's workers run). The weights are
    the same either way (tests/zoo/test_zoo_build.py checks the positions and the loss).
+   A third variant is the experts' step as the build runs it now: the frozen head on the answer
+   positions only and each image encoded once (`train.answer_loss`, `train.with_image_embeds`; the
+   one-off encoding is timed apart). The head's numbers are the stock ones; an image encoded alone
+   may round an ulp differently from a batch (tests/zoo/test_zoo_build.py bounds the gradients).
 2. What a fresh worker process pays before its first task (the imports of `worker._warm_imports`),
    which the persistent worker pool (graft_ui/zoo/pool.py) pays once per worker instead of once per
    base rank, expert design and evaluation share (9 processes for the full profile; 2 now).
@@ -34,7 +38,7 @@ def step_times(zoo: Path, design: int, kind: str, steps: int, rounds: int) -> di
     from graft_ui.models.loading import load_model, load_processor
     from graft_ui.zoo.profiles import get_profile
     from graft_ui.zoo.stages import encode_parts, expert_training_set
-    from graft_ui.zoo.train import add_lora, train_loop, train_projections_only
+    from graft_ui.zoo.train import add_lora, train_loop, train_projections_only, with_image_embeds
 
     torch.set_num_threads(1)
     prof = get_profile("full")
@@ -51,11 +55,14 @@ def step_times(zoo: Path, design: int, kind: str, steps: int, rounds: int) -> di
     kw = dict(params=params, steps=steps, lr=1e-4, batch_size=prof.expert_batch_size, seed=1,
               pad_id=processor.tokenizer.pad_token_id, warmup=1)
     train_loop(model, data, **{**kw, "steps": 2})  # first-call costs out of the way
-    out: dict[str, list[float]] = {"stock": [], "precomputed": []}
+    t = time.process_time()
+    encoded = with_image_embeds(model, data)
+    once = time.process_time() - t
+    out: dict[str, list[float]] = {"stock": [], "precomputed": [], "head+images": [], "encode images once": [once]}
     for _ in range(rounds):
-        for name, items in (("stock", stock), ("precomputed", data)):
+        for name, items, frozen in (("stock", stock, False), ("precomputed", data, False), ("head+images", encoded, True)):
             t = time.process_time()  # CPU time: one thread, so a busy machine's waits do not count
-            train_loop(model, items, **kw)
+            train_loop(model, items, **kw, frozen_head=frozen)
             out[name].append((time.process_time() - t) / steps)
     return out
 
@@ -84,11 +91,15 @@ def main() -> None:
     args = ap.parse_args()
 
     times = step_times(Path(args.zoo), args.design, args.kind, args.steps, args.rounds)
+    once = times.pop("encode images once")[0]
     for name, ts in times.items():
         print(f"{name:12s} CPU ms/step: " + " ".join(f"{1000 * t:.1f}" for t in ts))
-    ratio = [p / s for s, p in zip(times["stock"], times["precomputed"])]
-    print(f"precomputed / stock per round: {' '.join(f'{r:.3f}' for r in ratio)} "
-          f"(median {sorted(ratio)[len(ratio) // 2]:.3f})")
+    for name in ("precomputed", "head+images"):
+        ratio = [p / s for s, p in zip(times["stock"], times[name])]
+        print(f"{name} / stock per round: {' '.join(f'{r:.3f}' for r in ratio)} "
+              f"(median {sorted(ratio)[len(ratio) // 2]:.3f})")
+    print(f"encoding the design's images once: {once:.1f} CPU s "
+          f"(= {once / max(1e-9, sorted(times['stock'])[len(times['stock']) // 2]):.0f} stock steps)")
     for _ in range(args.starts):
         wall, cpu = worker_start_cost()
         print(f"fresh worker imports: {wall:.1f} s wall, {cpu:.1f} s CPU "
