@@ -97,8 +97,11 @@ def load_task_vectors_(
     b = view(base)[rows] if base_rows is None else base_rows
     taus = buf[:, : b.shape[0]]  # (k, r, K)
     for i, e in enumerate(experts):
-        taus[i].copy_(view(e)[rows])
-        taus[i].sub_(b)
+        x = view(e)[rows]
+        if x.dtype == taus.dtype:  # float32 rows (a held input): subtract without a copy
+            torch.sub(x, b, out=taus[i])
+        else:
+            taus[i].copy_(x).sub_(b)
     return taus
 
 
