@@ -75,8 +75,7 @@ class StoredRows:
 
 class Sink(_Shaped):
     """An output tensor written in row blocks through `reshape(rows, cols)[sl] = block`; each
-    block is cast to `dtype` (always into a new tensor, which `write` may keep) and handed to
-    `write(start, block)` (flat element offset)."""
+    block is cast to `dtype` and handed to `write(start, block)` (flat element offset)."""
 
     def __init__(self, shape, dtype, device, write: Callable[[int, torch.Tensor], None]):
         super().__init__(shape, dtype, device)
@@ -100,9 +99,7 @@ class SinkRows:
         cols = self.shape[1]
         if tuple(block.shape) != (stop - start, cols):
             raise ValueError(f"block of shape {tuple(block.shape)} written to rows {start}:{stop} of {cols} columns")
-        # always a new tensor (a copy even where the dtype already matches), so `write` may keep it
-        # after the method has reused its block buffer
-        self.dst.write(start * cols, block.to(self.dst.dtype, copy=True).reshape(-1))
+        self.dst.write(start * cols, block.to(self.dst.dtype).reshape(-1))
 
 
 def new_output(shape, dtype: torch.dtype, device, out: Sink | torch.Tensor | None = None):

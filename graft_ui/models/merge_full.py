@@ -255,20 +255,11 @@ class FullJob:
         base = self._stored(self.base, tensor, "base", ctx, f"base {self.recipe.base!r}") if self.base else None
         spec = writer.spec(tensor)
         item, done = torch.empty((), dtype=spec.dtype).element_size(), [0]
-        submit, writing = self._read_ahead(ctx), []
 
         def write(start: int, block: torch.Tensor) -> None:
-            # `block` is the Sink's own copy (stored.SinkRows), so the reader thread can pwrite it
-            # while the method computes the next; one write in flight bounds the memory held
             done[0] += block.numel()
             data = block.cpu().contiguous().view(torch.uint8)
-            args = (tensor, start * item, data, done[0] >= spec.numel)
-            if submit is None:
-                writer.write_bytes(*args)
-                return
-            while writing:
-                writing.pop().result()
-            writing.append(submit(writer.write_bytes, *args))
+            writer.write_bytes(tensor, start * item, data, last=done[0] >= spec.numel)
 
         out = Sink(spec.shape, spec.dtype, ctx.device, write)
         try:
@@ -277,8 +268,6 @@ class FullJob:
             for reader in self._readers:
                 reader.wait()
             self._readers.clear()
-            while writing:
-                writing.pop().result()
         if spec.numel == 0:
             writer.write(tensor, torch.empty(spec.shape, dtype=spec.dtype))
         elif done[0] != spec.numel:
