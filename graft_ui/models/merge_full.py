@@ -17,7 +17,6 @@ the page cache, and holds a small one as float32 (HELD_BYTES) after its first pa
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,11 +25,10 @@ import torch
 
 from graft_ui.merging.registry import Method
 from graft_ui.merging.stored import Sink, Stored
-from graft_ui.models.block_reader import BlockReader
 from graft_ui.models.checkpoint import Checkpoint, ShardedWriter, check_finite, copy_tensor
 from graft_ui.models.keys import ModuleKey, language_layer, parse_param
 from graft_ui.models.loading import is_adapter, local_folder
-from graft_ui.models.merge_job import MergeContext, SingleThreaded, write_through
+from graft_ui.models.merge_job import MergeContext, write_through
 from graft_ui.models.scope import describe_scope, in_scope
 from graft_ui.recipe import Recipe
 
@@ -59,8 +57,6 @@ class FullJob:
     def __init__(self, recipe: Recipe, method: Method, folders: Sequence[Path]):
         self.recipe, self.method, self.folders = recipe, method, list(folders)
         self.labels = [str(f) for f in folders]
-        self._reader: SingleThreaded | None = None  # reads streamed blocks ahead (started when needed)
-        self._readers: list[BlockReader] = []
         self.notes: list[str] = []
         self.ckpts = [Checkpoint(f) for f in folders]
         first = self.ckpts[0]
@@ -231,22 +227,35 @@ class FullJob:
         return self.method.streams and self.method.kernel("fuse_tensor", ctx.params(module, tensor)) is None
 
     def _stored(self, ck: Checkpoint, name: str, role: str, ctx: MergeContext, who: str) -> Stored:
-        """`name` of `ck` as a row-block reader over the pool buffers of `role`, read ahead on
-        the job's reader thread, a small float tensor held as float32 (models/block_reader.py)."""
-        info = ck.info(name)
-        reader = BlockReader(ck.file(name), info, role, ctx, f"tensor {name!r} of {who}", HELD_BYTES,
-                             self._read_ahead(ctx))
-        self._readers.append(reader)
-        return Stored(info.shape, info.dtype, ctx.device, reader.read)
+        """`name` of `ck` as a row-block reader: each block is pread into the pool buffer of
+        `role` and checked for NaN/inf the first time its rows are read. A float tensor of at
+        most HELD_BYTES as float32 is held instead: each block, when first read, is converted
+        into one float32 buffer that serves every later read, so a two-pass method reads and
+        converts it once (the blocks it returns are float32, the stored values exactly)."""
+        info, f = ck.info(name), ck.file(name)
+        item = torch.empty((), dtype=info.dtype).element_size()
+        checked = [0]  # elements [0, checked) were read and checked
+        hold = info.dtype.is_floating_point and item <= 4 and info.numel * 4 <= HELD_BYTES
+        held: list[torch.Tensor] = []  # the float32 copy, allocated at the first read
 
-    def _read_ahead(self, ctx: MergeContext):
-        """The reader thread's submit (one intra-op thread); None with a single CPU to run on."""
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        if ctx.device.type == "cpu" and cpus < 2:
-            return None
-        if self._reader is None:
-            self._reader = SingleThreaded(1)
-        return self._reader.submit
+        def read(start: int, stop: int) -> torch.Tensor:
+            if not hold:
+                block = f.read_range(name, start * item, ctx.pool.bytes(role, (stop - start) * item)).view(info.dtype)
+                if stop > checked[0]:
+                    check_finite(block, f"tensor {name!r} of {who}")
+                    checked[0] = stop
+                return ctx.to_device(block)
+            if not held:
+                held.append(ctx.scratch(f"{role}:held", (info.numel,)))
+            if stop > checked[0]:  # what earlier reads did not cover (a pass reads top to bottom)
+                lo = checked[0]
+                raw = f.read_range(name, lo * item, ctx.pool.bytes(role, (stop - lo) * item)).view(info.dtype)
+                check_finite(raw, f"tensor {name!r} of {who}")
+                held[0][lo:stop].copy_(ctx.to_device(raw))
+                checked[0] = stop
+            return held[0][start:stop]
+
+        return Stored(info.shape, info.dtype, ctx.device, read)
 
     def _stream_one(self, module: str, tensor: str, writer: ShardedWriter, ctx: MergeContext) -> dict:
         """One tensor merged from stored inputs into its slot of the output, block by block."""
@@ -262,12 +271,7 @@ class FullJob:
             writer.write_bytes(tensor, start * item, data, last=done[0] >= spec.numel)
 
         out = Sink(spec.shape, spec.dtype, ctx.device, write)
-        try:
-            _, stats = self._merge_one(module, tensor, base, experts, ctx, out=out)
-        finally:  # no read ahead outlives its tensor (the next one reuses the buffers)
-            for reader in self._readers:
-                reader.wait()
-            self._readers.clear()
+        _, stats = self._merge_one(module, tensor, base, experts, ctx, out=out)
         if spec.numel == 0:
             writer.write(tensor, torch.empty(spec.shape, dtype=spec.dtype))
         elif done[0] != spec.numel:
@@ -298,7 +302,5 @@ class FullJob:
         return {k for k, v in rec.params.items() if varies(v)} | {k for e in rec.experts for k in e.params}
 
     def close(self) -> None:
-        if getattr(self, "_reader", None) is not None:
-            self._reader.close()
         for ck in self.ckpts + ([self.base] if self.base else []):
             ck.close()
