@@ -39,7 +39,9 @@ model_stock, della) runs one mergekit config per method through mergekit and thr
 floor fsyncs its output, as the merge does before publishing it.
 
 The inputs are written by bench/qwen2vl_inputs.py and each timed run is a child process of
-bench/merge_children.py. Numbers depend on the machine and its page cache (the inputs were
+bench/merge_children.py. Where PYTHONDONTWRITEBYTECODE is set, our children import through a
+bytecode cache filled once, untimed (mergekit's venv has its own from pip; see warm_bytecode).
+Numbers depend on the machine and its page cache (the inputs were
 just written, so reads are mostly warm); on a shared machine rerun and compare within one
 invocation.
 """
@@ -50,6 +52,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -92,6 +95,8 @@ def parse_args(argv):
     ap.add_argument("--targets", default=os.environ.get("GRAFT_NATIVE_MARCH") or "native",
                     help="build targets of the C kernels for the LoRA floor/exact Graft runs and the exact check, "
                          "e.g. native,x86-64-v3 (default: $GRAFT_NATIVE_MARCH, else native)")
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="where PYTHONDONTWRITEBYTECODE is set, let our children compile every import (as before)")
     ap.add_argument("--dry-run", action="store_true",
                     help="check the arguments and that the merge modules import (no gradio), then stop")
     return ap.parse_args(argv)
@@ -111,13 +116,33 @@ class Bench:
             a.threads = len(self.cpus)
         self.vision = a.vision_depth if a.vision_depth is not None else max(1, round(32 * a.layers / 28))
         self.work = Path(a.workdir)
+        self.pyc_env: dict[str, str] = {}
         self.outs = self.work / "outs"
         self.results: dict = {"layers": a.layers, "vision_depth": self.vision, "device": a.device,
                               "threads": a.threads or os.cpu_count(), "cpus": a.cpus, "runs": {},
                               "targets": [t for t in a.targets.split(",") if t]}
 
     def spawn(self, kind, args, target=None):
-        return spawn(kind, args, self.a.threads, self.cpus, target_env(target) if target else None)
+        env = target_env(target) if target else None
+        if self.pyc_env and kind != "mergekit":
+            env = {k: v for k, v in (env or os.environ).items() if k != "PYTHONDONTWRITEBYTECODE"} | self.pyc_env
+        return spawn(kind, args, self.a.threads, self.cpus, env)
+
+    def warm_bytecode(self) -> None:
+        """With PYTHONDONTWRITEBYTECODE set (and a venv installed without bytecode, as uv does),
+        every child of ours would compile torch's Python source on import (~4 s of CPU on a
+        2-core machine), while mergekit's pip-installed venv has its bytecode. Our children get a
+        bytecode cache in the work folder instead (PYTHONPYCACHEPREFIX), filled once, untimed,
+        by importing what they import; mergekit runs as installed."""
+        if not sys.flags.dont_write_bytecode or self.a.no_bytecode_cache:
+            return
+        self.pyc_env = {"PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
+        self.results["bytecode_cache"] = self.pyc_env["PYTHONPYCACHEPREFIX"]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | self.pyc_env
+        log(f"PYTHONDONTWRITEBYTECODE is set: our runs use the bytecode cache {self.pyc_env['PYTHONPYCACHEPREFIX']} "
+            "(filled now, untimed; --no-bytecode-cache: compile in every run)")
+        mods = "graft_ui.models.merge, graft_ui.recipe, graft_ui.mergekit_config, graft_ui.merging, safetensors.torch"
+        subprocess.run([sys.executable, "-c", f"import {mods}"], cwd=ROOT, env=env, check=True)
 
     def measure(self, label, kind, args, read_bytes, out_dir, target=None):
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -279,6 +304,7 @@ def main(argv=None) -> int:
         return 0
     b = Bench(a)
     b.work.mkdir(parents=True, exist_ok=True)
+    b.warm_bytecode()
     try:
         if a.no_full:  # LoRA only: the adapters just name a base folder
             base = b.work / "base"

@@ -84,11 +84,20 @@ def random_keep(shape, density: float, generator: torch.Generator, device) -> to
 def della_keep(tau: torch.Tensor, density: float, epsilon: float, generator: torch.Generator) -> torch.Tensor:
     """MagPrune keep mask for rows (r, K): probability density - eps + 2 eps (rank - 1) / (K - 1)."""
     K = tau.shape[-1]
-    order = tau.abs().argsort(dim=-1)
-    # rank = the inverse permutation of the sort: one scatter where a second argsort would sort again
-    ranks = torch.empty(tau.shape, dtype=torch.float32, device=tau.device)
-    ranks.scatter_(-1, order, torch.arange(K, dtype=torch.float32, device=tau.device).expand_as(ranks))
-    probs = ranks.div_(max(1, K - 1)).mul_(2 * epsilon).add_(density - epsilon)
+    mags = tau.abs()
+    if mags.device.type == "cpu":
+        # Non-negative finite float32s order as their int32 bit patterns, and the CPU sort
+        # compares int32 with a plain `<` where float pays for NaN checks: the same comparisons,
+        # so the same permutation (ties included), ~1.8x faster. Inputs are checked finite.
+        mags = mags.view(torch.int32)
+    order = mags.argsort(dim=-1)
+    # each entry's probability by its rank, the inverse permutation of the sort: one scatter of
+    # the K probabilities (computed once per block, the same float ops per rank as computing
+    # them from a scattered rank) where a second argsort would sort again
+    by_rank = torch.arange(K, dtype=torch.float32, device=tau.device)
+    by_rank.div_(max(1, K - 1)).mul_(2 * epsilon).add_(density - epsilon)
+    probs = torch.empty(tau.shape, dtype=torch.float32, device=tau.device)
+    probs.scatter_(-1, order, by_rank.expand_as(probs))
     draw = torch.rand(tau.shape, generator=generator, device=generator.device, dtype=torch.float32)
     return draw.to(tau.device).lt_(probs)
 

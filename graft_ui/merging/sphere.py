@@ -42,10 +42,15 @@ def _blocks(xs: Sequence[torch.Tensor], base: torch.Tensor | None, per: str):
     buf = torch.empty(len(xs) * min(step, rows) * ncols, dtype=torch.float32, device=xs[0].device)
     for sl in row_slices(rows, step):
         X = buf[: len(xs) * (sl.stop - sl.start) * ncols].view(len(xs), -1, ncols)
+        b = None if b2 is None else b2[sl].float()
         for i, v in enumerate(views):
-            X[i].copy_(v[sl])
-        if b2 is not None:
-            X.sub_(b2[sl].float())
+            x = v[sl]
+            if b is None:
+                X[i].copy_(x)
+            elif x.dtype == X.dtype:  # a float32 block (a held input): subtract without a copy
+                torch.sub(x, b, out=X[i])
+            else:
+                X[i].copy_(x).sub_(b)
         yield sl, X
 
 
@@ -91,11 +96,16 @@ def combine(
         n = (sl.stop - sl.start) * ncols
         acc, x = acc_buf[:n].view(-1, ncols).zero_(), x_buf[:n].view(-1, ncols)
         for i, v in enumerate(views):
-            _fma_(acc, x.copy_(v[sl]), _coef(c[..., i], per, sl))
+            _fma_(acc, _as_float(v[sl], x), _coef(c[..., i], per, sl))
         if b2 is not None:
-            _fma_(acc, x.copy_(b2[sl]), _coef(rest, per, sl))
+            _fma_(acc, _as_float(b2[sl], x), _coef(rest, per, sl))
         out2[sl] = acc
     return out
+
+
+def _as_float(block: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """A float32 block as it is (read only), any other converted into `buf`."""
+    return block if block.dtype == torch.float32 else buf.copy_(block)
 
 
 def _coef(c: torch.Tensor, per: str, sl: slice):

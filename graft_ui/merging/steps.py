@@ -97,8 +97,11 @@ def load_task_vectors_(
     b = view(base)[rows] if base_rows is None else base_rows
     taus = buf[:, : b.shape[0]]  # (k, r, K)
     for i, e in enumerate(experts):
-        taus[i].copy_(view(e)[rows])
-        taus[i].sub_(b)
+        x = view(e)[rows]
+        if x.dtype == taus.dtype:  # float32 rows (a held input): subtract without a copy
+            torch.sub(x, b, out=taus[i])
+        else:
+            taus[i].copy_(x).sub_(b)
     return taus
 
 
@@ -269,12 +272,20 @@ def disjoint_mean(
     """
     num = torch.zeros_like(taus[0])
     den = torch.zeros_like(taus[0]) if normalize else None
+    # tau_i * s > 0 (s = +-1, the elected sign) exactly where tau_i agrees; as 1.0 / 0.0 it is
+    # the mask both sums take. Same values as where(positive, tau > 0, tau < 0), without
+    # torch.where's three-way select (~5x a multiply on the CPU)
+    s = positive.to(taus.dtype).mul_(2).sub_(1)
+    agree, term = torch.empty_like(taus[0]), torch.empty_like(taus[0])
     for i, w in enumerate(weights):
-        agree = torch.where(positive, taus[i] > 0, taus[i] < 0)
-        num.add_(taus[i] * agree, alpha=w)
+        torch.mul(taus[i], s, out=agree).gt_(0)
+        num.add_(torch.mul(taus[i], agree, out=term), alpha=w)
         if den is not None:
-            den.add_(agree.to(den.dtype), alpha=w)
-    return num if den is None else num.div_(torch.where(den == 0, torch.ones_like(den), den))
+            den.add_(agree, alpha=w)
+    if den is None:
+        return num
+    # den + [den == 0]: den where it is non-zero, 1 where it is (+-0), as where(den == 0, 1, den)
+    return num.div_(den.add_(den == 0))
 
 
 def blockwise(
@@ -308,7 +319,8 @@ class Counter:
         self.total = max(1, total)
 
     def add(self, i: int, mask: torch.Tensor) -> None:
-        self.counts[i] += int(mask.count_nonzero())
+        # a float count_nonzero costs ~6x comparing with 0 and counting the bools
+        self.counts[i] += int((mask.ne(0) if mask.is_floating_point() else mask).count_nonzero())
 
     def fractions(self) -> list[float]:
         return [round(c / self.total, 6) for c in self.counts]

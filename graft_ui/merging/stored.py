@@ -10,7 +10,8 @@ stored dtype, on `device`); `Sink` is an output whose row view takes `rows[sl] =
 and hands the flat elements on to `write(start, block)`. A method whose `Method.streams`
 is set accepts both (see registry.Method); the merge engine builds them over safetensors
 files (models/merge_full.py). A row slice read from a `Stored` may be a view of a reused
-buffer: a caller converts or copies it before reading the next slice of the same input.
+buffer: a caller converts or copies it before reading the next slice of the same input, and
+never writes into it (the reader may hold a small input and serve the next pass from it).
 """
 
 from __future__ import annotations

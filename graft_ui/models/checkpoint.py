@@ -9,8 +9,9 @@ shard in memory. Here:
   reused buffer (`BufferPool`): no allocation per tensor, RSS bounded by the buffers;
 - `ShardedWriter` lays out every output tensor up front (names, dtypes and shapes are
   known before any maths), writes the headers, then `pwrite`s each tensor at its offset
-  whenever it is ready, in any order. Shards are ~1 GB; more than one shard gets an
-  HF `*.safetensors.index.json`. The files are plain safetensors (checked by `safe_open`
+  whenever it is ready, in any order, starting each file's write-back in the background as
+  it grows (`_Flusher`), so the fsync before publishing is short. Shards are ~1 GB; more
+  than one shard gets an HF `*.safetensors.index.json`. The files are plain safetensors (checked by `safe_open`
   and `from_pretrained` in the tests).
 """
 
@@ -22,6 +23,7 @@ import math
 import os
 import shutil
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -270,6 +272,41 @@ class _Slot:
     info: TensorInfo
 
 
+class _Flusher:
+    """Writes back what the writer wrote while the merge goes on: after every FLUSH_BYTES
+    written, one background fdatasync of that file (never two at once), so the fsync before
+    publishing finds little left to write instead of the whole output."""
+
+    FLUSH_BYTES = 128 << 20
+
+    def __init__(self):
+        self._dirty: dict[int, int] = {}
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # module jobs may write from several threads
+
+    def wrote(self, fd: int, n: int) -> None:
+        with self._lock:
+            self._dirty[fd] = self._dirty.get(fd, 0) + n
+            if self._dirty[fd] >= self.FLUSH_BYTES and (self._thread is None or not self._thread.is_alive()):
+                self._dirty[fd] = 0
+                self._thread = threading.Thread(target=self._sync, args=(fd,), daemon=True)
+                self._thread.start()
+
+    @staticmethod
+    def _sync(fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError:  # best effort: the fsync before publishing reports real errors
+            pass
+
+    def wait(self) -> None:
+        """Before the files are closed (an fd must not close under a running fdatasync)."""
+        with self._lock:
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
+
+
 class ShardedWriter:
     """Lay out all output tensors first, then pwrite each one whenever it is computed.
 
@@ -307,6 +344,7 @@ class ShardedWriter:
         ]
         self.slots: dict[str, _Slot] = {}
         self._fds: list[int] = []
+        self._flusher = _Flusher()
         self.total_size = 0
         meta = {"format": "pt", **(metadata or {})}
         for i, group in enumerate(groups):
@@ -342,7 +380,9 @@ class ShardedWriter:
             raise ValueError(
                 f"output tensor {name!r}: got {tuple(tensor.shape)} {tensor.dtype}, planned {info.shape} {info.dtype}"
             )
-        _pwrite_all(self._fds[slot.file_index], _as_bytes(tensor), slot.start)
+        data = _as_bytes(tensor)
+        _pwrite_all(self._fds[slot.file_index], data, slot.start)
+        self._flusher.wrote(self._fds[slot.file_index], len(data))
         self._written.add(name)
 
     def write_bytes(self, name: str, byte_start: int, data: torch.Tensor, last: bool) -> None:
@@ -351,6 +391,7 @@ class ShardedWriter:
         if byte_start + data.numel() > slot.info.nbytes:
             raise ValueError(f"output tensor {name!r}: write past its end")
         _pwrite_all(self._fds[slot.file_index], _as_bytes(data), slot.start + byte_start)
+        self._flusher.wrote(self._fds[slot.file_index], data.numel())
         if last:
             self._written.add(name)
 
@@ -370,6 +411,7 @@ class ShardedWriter:
         return list(self.file_names)
 
     def abort(self) -> None:
+        self._flusher.wait()
         for fd in self._fds:
             os.close(fd)
         self._fds = []

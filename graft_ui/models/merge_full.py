@@ -9,8 +9,9 @@ With `scope.all_tensors` every floating tensor the experts share is merged on it
 the language layers), so any Hugging Face decoder checkpoint merges, not only Qwen2-VL.
 A method that streams (`Method.streams`) is given its inputs as stored.Stored readers over
 the files and its output as a stored.Sink over the output shard: it reads, checks (NaN/inf)
-and writes one row block at a time, so no tensor is ever held whole (the 151936 x 1536
-embedding is 0.47 GB per input); a two-pass method reads the blocks twice, from the page cache.
+and writes one row block at a time, so no big tensor is ever held whole (the 151936 x 1536
+embedding is 0.47 GB per input); a two-pass method reads a big tensor's blocks twice, from
+the page cache, and holds a small one as float32 (HELD_BYTES) after its first pass.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from graft_ui.models.scope import describe_scope, in_scope
 from graft_ui.recipe import Recipe
 
 log = logging.getLogger(__name__)
+
+# a streamed float input whose float32 copy takes at most this many bytes is held whole while
+# its tensor merges (one buffer per input role, reused by the next tensor), so a two-pass
+# method reads and converts it once: every layer weight of a 2B model (an MLP matrix is
+# 55 MB as float32), not the embedding (0.93 GB)
+HELD_BYTES = 64 << 20
 
 
 @dataclass
@@ -221,18 +228,32 @@ class FullJob:
 
     def _stored(self, ck: Checkpoint, name: str, role: str, ctx: MergeContext, who: str) -> Stored:
         """`name` of `ck` as a row-block reader: each block is pread into the pool buffer of
-        `role` and checked for NaN/inf the first time its rows are read."""
+        `role` and checked for NaN/inf the first time its rows are read. A float tensor of at
+        most HELD_BYTES as float32 is held instead: each block, when first read, is converted
+        into one float32 buffer that serves every later read, so a two-pass method reads and
+        converts it once (the blocks it returns are float32, the stored values exactly)."""
         info, f = ck.info(name), ck.file(name)
         item = torch.empty((), dtype=info.dtype).element_size()
-        checked = [0]  # elements [0, checked) were checked (a second pass reads them again)
+        checked = [0]  # elements [0, checked) were read and checked
+        hold = info.dtype.is_floating_point and item <= 4 and info.numel * 4 <= HELD_BYTES
+        held: list[torch.Tensor] = []  # the float32 copy, allocated at the first read
 
         def read(start: int, stop: int) -> torch.Tensor:
-            raw = f.read_range(name, start * item, ctx.pool.bytes(role, (stop - start) * item))
-            block = raw.view(info.dtype)
-            if stop > checked[0]:
-                check_finite(block, f"tensor {name!r} of {who}")
+            if not hold:
+                block = f.read_range(name, start * item, ctx.pool.bytes(role, (stop - start) * item)).view(info.dtype)
+                if stop > checked[0]:
+                    check_finite(block, f"tensor {name!r} of {who}")
+                    checked[0] = stop
+                return ctx.to_device(block)
+            if not held:
+                held.append(ctx.scratch(f"{role}:held", (info.numel,)))
+            if stop > checked[0]:  # what earlier reads did not cover (a pass reads top to bottom)
+                lo = checked[0]
+                raw = f.read_range(name, lo * item, ctx.pool.bytes(role, (stop - lo) * item)).view(info.dtype)
+                check_finite(raw, f"tensor {name!r} of {who}")
+                held[0][lo:stop].copy_(ctx.to_device(raw))
                 checked[0] = stop
-            return ctx.to_device(block)
+            return held[0][start:stop]
 
         return Stored(info.shape, info.dtype, ctx.device, read)
 

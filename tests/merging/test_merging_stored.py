@@ -105,14 +105,34 @@ def test_engine_streams_every_tensor_and_matches_the_whole_tensor_merge(tmp_path
     def no_whole_read(self, name, out=None):
         raise AssertionError(f"{name} read whole")
 
-    monkeypatch.setattr(SafetensorsFile, "read", no_whole_read)
-    for method in STREAMED:
-        run_recipe(recipe(method), tmp_path / method)
-    monkeypatch.undo()
-    for method in STREAMED:
-        got = Checkpoint(tmp_path / method)
-        for n in shapes:
-            assert torch.equal(got.read(n).view(torch.int16), whole[method].read(n).view(torch.int16)), (method, n)
+    read_range = SafetensorsFile.read_range
+    bytes_read = {}
+
+    def counted(self, name, byte_start, out):
+        bytes_read[name] = bytes_read.get(name, 0) + out.numel()
+        return read_range(self, name, byte_start, out)
+
+    # held (every tensor here is small: read and converted once, the second pass from memory)
+    # and not held (HELD_BYTES 0: every pass reads row blocks from the file)
+    for held in (merge_full.HELD_BYTES, 0):
+        monkeypatch.setattr(SafetensorsFile, "read", no_whole_read)
+        monkeypatch.setattr(SafetensorsFile, "read_range", counted)
+        monkeypatch.setattr(merge_full, "HELD_BYTES", held)
+        for method in STREAMED:
+            bytes_read.clear()
+            run_recipe(recipe(method), tmp_path / f"{method}-{held}")
+            inputs = 1 + (get_method(method).max_experts or 2)  # base + experts
+            nbytes = {n: 2 * torch.Size(s).numel() * inputs for n, s in shapes.items()}
+            if held:  # each input's bytes read exactly once, though slerp/model_stock/della take two passes
+                assert bytes_read == nbytes, method
+            else:
+                assert bytes_read["model.embed_tokens.weight"] == 2 * nbytes["model.embed_tokens.weight"], method
+        monkeypatch.undo()
+        for method in STREAMED:
+            got = Checkpoint(tmp_path / f"{method}-{held}")
+            for n in shapes:
+                assert torch.equal(got.read(n).view(torch.int16), whole[method].read(n).view(torch.int16)), \
+                    (method, n, held)
 
     bad = dict(base)
     bad["model.embed_tokens.weight"] = bad["model.embed_tokens.weight"].clone()
@@ -121,5 +141,7 @@ def test_engine_streams_every_tensor_and_matches_the_whole_tensor_merge(tmp_path
     for n, t in bad.items():
         w.write(n, t)
     w.close()
-    with pytest.raises(ValueError, match="embed_tokens.*e2.*NaN"):
-        run_recipe(recipe("della"), tmp_path / "nan")
+    for held in (merge_full.HELD_BYTES, 0):
+        monkeypatch.setattr(merge_full, "HELD_BYTES", held)
+        with pytest.raises(ValueError, match="embed_tokens.*e2.*NaN"):
+            run_recipe(recipe("della"), tmp_path / f"nan-{held}")
