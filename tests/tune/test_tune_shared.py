@@ -92,10 +92,13 @@ def test_a_killed_workers_trial_is_failed_and_the_study_goes_on(ci_zoo, tmp_path
 
     doomed = worker(ci_zoo, tmp_path, pg_storage, "killed", 3)
     study = None
+    # one storage for the polling: each load_study(URL) opens a connection pool of its own, and one
+    # per poll until the worker creates the study used up the server's connections on a slow CPU
+    storage = optuna.storages.RDBStorage(pg_storage)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and doomed.poll() is None:
         try:
-            study = study or optuna.load_study(study_name="killed", storage=pg_storage)
+            study = study or optuna.load_study(study_name="killed", storage=storage)
             running = study.get_trials(states=(TrialState.RUNNING,))
         except KeyError:  # not created yet
             running = []
@@ -107,6 +110,7 @@ def test_a_killed_workers_trial_is_failed_and_the_study_goes_on(ci_zoo, tmp_path
     lost = running[0].number
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(30)
+    storage.engine.dispose()
     # the next worker fails the silent trial (2 heartbeats) before its own first trial, then fills the study
     finish(worker(ci_zoo, tmp_path, pg_storage, "killed", 3))
     trials = {t.number: t for t in optuna.load_study(study_name="killed", storage=pg_storage).trials}
