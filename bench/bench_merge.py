@@ -125,8 +125,12 @@ class Bench:
     def spawn(self, kind, args, target=None):
         env = target_env(target) if target else None
         if self.pyc_env and kind != "mergekit":
-            env = {k: v for k, v in (env or os.environ).items() if k != "PYTHONDONTWRITEBYTECODE"} | self.pyc_env
+            env = self.with_pycache(env or os.environ)
         return spawn(kind, args, self.a.threads, self.cpus, env)
+
+    def with_pycache(self, env) -> dict:
+        """`env` writing bytecode into our cache (warm_bytecode) instead of not at all."""
+        return {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"} | self.pyc_env
 
     def warm_bytecode(self) -> None:
         """With PYTHONDONTWRITEBYTECODE set (and a venv installed without bytecode, as uv does),
@@ -138,7 +142,7 @@ class Bench:
             return
         self.pyc_env = {"PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
         self.results["bytecode_cache"] = self.pyc_env["PYTHONPYCACHEPREFIX"]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | self.pyc_env
+        env = self.with_pycache(os.environ)
         log(f"PYTHONDONTWRITEBYTECODE is set: our runs use the bytecode cache {self.pyc_env['PYTHONPYCACHEPREFIX']} "
             "(filled now, untimed; --no-bytecode-cache: compile in every run)")
         mods = "graft_ui.models.merge, graft_ui.recipe, graft_ui.mergekit_config, graft_ui.merging, safetensors.torch"

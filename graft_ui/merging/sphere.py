@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .steps import as_one_row, auto_block_rows, row_slices
+from .steps import as_one_row, auto_block_rows, minus_into, row_slices
 from .stored import new_output
 
 PER = ("tensor", "row", "col")
@@ -44,13 +44,10 @@ def _blocks(xs: Sequence[torch.Tensor], base: torch.Tensor | None, per: str):
         X = buf[: len(xs) * (sl.stop - sl.start) * ncols].view(len(xs), -1, ncols)
         b = None if b2 is None else b2[sl].float()
         for i, v in enumerate(views):
-            x = v[sl]
             if b is None:
-                X[i].copy_(x)
-            elif x.dtype == X.dtype:  # a float32 block (a held input): subtract without a copy
-                torch.sub(x, b, out=X[i])
+                X[i].copy_(v[sl])
             else:
-                X[i].copy_(x).sub_(b)
+                minus_into(X[i], v[sl], b)
         yield sl, X
 
 

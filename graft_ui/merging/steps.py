@@ -97,12 +97,16 @@ def load_task_vectors_(
     b = view(base)[rows] if base_rows is None else base_rows
     taus = buf[:, : b.shape[0]]  # (k, r, K)
     for i, e in enumerate(experts):
-        x = view(e)[rows]
-        if x.dtype == taus.dtype:  # float32 rows (a held input): subtract without a copy
-            torch.sub(x, b, out=taus[i])
-        else:
-            taus[i].copy_(x).sub_(b)
+        minus_into(taus[i], view(e)[rows], b)
     return taus
+
+
+def minus_into(out: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out = x - b in out's dtype (float32): rows already float32 (a held input) are subtracted
+    as they are, others converted into `out` first; the same values either way."""
+    if x.dtype == out.dtype:
+        return torch.sub(x, b, out=out)
+    return out.copy_(x).sub_(b)
 
 
 def task_vector_blocks(

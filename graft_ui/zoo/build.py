@@ -28,7 +28,7 @@ import torch
 
 from graft_ui.atomic import publish_folder, recover_folder
 from graft_ui.zoo import domains as D
-from graft_ui.zoo.pool import WorkerPool
+from graft_ui.zoo.pool import WorkerPool, process_cpu_seconds
 from graft_ui.zoo.profiles import DOMAINS, KINDS, Profile, get_profile
 from graft_ui.zoo.reuse import BASE_DONE, STAMP, design_key, reuse_base, reuse_experts, weights_hash, work_folder
 from graft_ui.zoo.stages import (_fix_adapter_base, _instruct_samples, _loss_summary, _quiet_transformers,
@@ -96,11 +96,7 @@ def _parameters(model_dir: Path) -> dict[str, int]:
 
 def _cpu_seconds(pool=None) -> float:
     """CPU time of this process, its finished children and the tasks `pool`'s workers finished so far."""
-    import resource
-
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + (pool.cpu_seconds if pool else 0.0)
+    return process_cpu_seconds() + (pool.cpu_seconds if pool else 0.0)
 
 
 def _self_check(zoo: Path, prof: Profile, pool, info: dict, stages: dict, cpu: dict, bar) -> dict:

@@ -32,6 +32,14 @@ from typing import Callable, Sequence
 log = logging.getLogger(__name__)
 
 
+def process_cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class WorkerFailed(RuntimeError):
     """A worker process ended before answering its task; the message holds its stderr's tail."""
 

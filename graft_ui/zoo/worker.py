@@ -59,10 +59,9 @@ _cpu_reported = [0.0]
 
 def _answer(result: dict) -> None:
     """`cpu SECONDS` (this process's and its children's CPU time since the last answer), `result {json}`."""
-    import resource
+    from graft_ui.zoo.pool import process_cpu_seconds
 
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    total = process_cpu_seconds()
     sys.stdout.write(f"cpu {total - _cpu_reported[0]:.3f}\nresult " + json.dumps(result) + "\n")
     sys.stdout.flush()
     _cpu_reported[0] = total
