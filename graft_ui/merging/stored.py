@@ -12,6 +12,12 @@ is set accepts both (see registry.Method); the merge engine builds them over saf
 files (models/merge_full.py). A row slice read from a `Stored` may be a view of a reused
 buffer: a caller converts or copies it before reading the next slice of the same input, and
 never writes into it (the reader may hold a small input and serve the next pass from it).
+
+A reader checks every element for NaN/inf the first time it is read. A reader may also offer
+`rows.unchecked(sl)`, the same rows without that check: the caller then computes from every
+element a value that is not finite when an element is not (sphere.gram's sums of squares) and,
+only where one is not, calls `rows.check(sl)`, which reads those rows again and raises naming
+the tensor. Either way no row is checked twice.
 """
 
 from __future__ import annotations
@@ -51,11 +57,17 @@ class _Shaped:
 
 
 class Stored(_Shaped):
-    """An input tensor kept in a file, read in row blocks through `reshape(rows, cols)[sl]`."""
+    """An input tensor kept in a file, read in row blocks through `reshape(rows, cols)[sl]`.
+    `read_unchecked(start, stop)` and `check(start, stop)` (flat elements) serve
+    `StoredRows.unchecked` / `check`; without them those fall back to the checked `read`."""
 
-    def __init__(self, shape, dtype, device, read: Callable[[int, int], torch.Tensor]):
+    def __init__(self, shape, dtype, device, read: Callable[[int, int], torch.Tensor],
+                 read_unchecked: Callable[[int, int], torch.Tensor] | None = None,
+                 check: Callable[[int, int], None] | None = None):
         super().__init__(shape, dtype, device)
         self.read = read
+        self.read_unchecked = read_unchecked or read
+        self.check = check or (lambda start, stop: None)
 
     def reshape(self, *shape) -> "StoredRows":
         return StoredRows(self, *_two_d(self.shape, self.numel(), shape))
@@ -65,12 +77,23 @@ class StoredRows:
     def __init__(self, src: Stored, rows: int, cols: int):
         self.src, self.shape = src, torch.Size((rows, cols))
 
-    def __getitem__(self, sl: slice) -> torch.Tensor:
+    def _range(self, sl: slice) -> tuple[int, int]:
         start, stop, step = sl.indices(self.shape[0])
         if step != 1:
             raise ValueError(f"stored rows are read in contiguous slices; got step {step}")
         cols = self.shape[1]
-        return self.src.read(start * cols, max(start, stop) * cols).view(-1, cols)
+        return start * cols, max(start, stop) * cols
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        return self.src.read(*self._range(sl)).view(-1, self.shape[1])
+
+    def unchecked(self, sl: slice) -> torch.Tensor:
+        """The rows without the NaN/inf check: the caller checks them (see the module)."""
+        return self.src.read_unchecked(*self._range(sl)).view(-1, self.shape[1])
+
+    def check(self, sl: slice) -> None:
+        """Raise naming the tensor when these rows hold NaN or inf."""
+        self.src.check(*self._range(sl))
 
 
 class Sink(_Shaped):

@@ -228,34 +228,45 @@ class FullJob:
 
     def _stored(self, ck: Checkpoint, name: str, role: str, ctx: MergeContext, who: str) -> Stored:
         """`name` of `ck` as a row-block reader: each block is pread into the pool buffer of
-        `role` and checked for NaN/inf the first time its rows are read. A float tensor of at
-        most HELD_BYTES as float32 is held instead: each block, when first read, is converted
-        into one float32 buffer that serves every later read, so a two-pass method reads and
-        converts it once (the blocks it returns are float32, the stored values exactly)."""
+        `role` and checked for NaN/inf the first time its rows are read (`read_unchecked`
+        leaves that check to the caller, stored.py). A float tensor of at most HELD_BYTES as
+        float32 is held instead: each block, when first read, is converted into one float32
+        buffer that serves every later read, so a two-pass method reads and converts it once
+        (the blocks it returns are float32, the stored values exactly)."""
         info, f = ck.info(name), ck.file(name)
+        what = f"tensor {name!r} of {who}"
         item = torch.empty((), dtype=info.dtype).element_size()
-        checked = [0]  # elements [0, checked) were read and checked
+        checked = [0]  # elements [0, checked) were read (and checked, or left to the caller)
         hold = info.dtype.is_floating_point and item <= 4 and info.numel * 4 <= HELD_BYTES
         held: list[torch.Tensor] = []  # the float32 copy, allocated at the first read
 
-        def read(start: int, stop: int) -> torch.Tensor:
+        def raw(start: int, stop: int) -> torch.Tensor:
+            return f.read_range(name, start * item, ctx.pool.bytes(role, (stop - start) * item)).view(info.dtype)
+
+        def read(start: int, stop: int, check: bool = True) -> torch.Tensor:
             if not hold:
-                block = f.read_range(name, start * item, ctx.pool.bytes(role, (stop - start) * item)).view(info.dtype)
+                block = raw(start, stop)
                 if stop > checked[0]:
-                    check_finite(block, f"tensor {name!r} of {who}")
+                    if check:
+                        check_finite(block, what)
                     checked[0] = stop
                 return ctx.to_device(block)
             if not held:
                 held.append(ctx.scratch(f"{role}:held", (info.numel,)))
             if stop > checked[0]:  # what earlier reads did not cover (a pass reads top to bottom)
                 lo = checked[0]
-                raw = f.read_range(name, lo * item, ctx.pool.bytes(role, (stop - lo) * item)).view(info.dtype)
-                check_finite(raw, f"tensor {name!r} of {who}")
-                held[0][lo:stop].copy_(ctx.to_device(raw))
+                block = raw(lo, stop)
+                if check:
+                    check_finite(block, what)
+                held[0][lo:stop].copy_(ctx.to_device(block))
                 checked[0] = stop
             return held[0][start:stop]
 
-        return Stored(info.shape, info.dtype, ctx.device, read)
+        def recheck(start: int, stop: int) -> None:
+            check_finite(held[0][start:stop] if hold and held else raw(start, stop), what)
+
+        return Stored(info.shape, info.dtype, ctx.device, read,
+                      read_unchecked=lambda start, stop: read(start, stop, check=False), check=recheck)
 
     def _stream_one(self, module: str, tensor: str, writer: ShardedWriter, ctx: MergeContext) -> dict:
         """One tensor merged from stored inputs into its slot of the output, block by block."""
