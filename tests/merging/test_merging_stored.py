@@ -69,7 +69,7 @@ def test_engine_streams_every_tensor_and_matches_the_whole_tensor_merge(tmp_path
     """run_recipe with scope.all_tensors: streamed (no whole-tensor read) and bit-equal to the
     same merge done on whole tensors; a NaN or inf in an input is still named."""
     from graft_ui.models import merge_full
-    from graft_ui.models.checkpoint import Checkpoint, ShardedWriter, SafetensorsFile
+    from graft_ui.models.checkpoint import Checkpoint, SafetensorsFile
     from graft_ui.models.merge import run_recipe
     from graft_ui.recipe import Recipe
 
@@ -83,10 +83,7 @@ def test_engine_streams_every_tensor_and_matches_the_whole_tensor_merge(tmp_path
                                           for n, t in base.items()}
         d = folders[name] = tmp_path / name
         d.mkdir()
-        w = ShardedWriter(d, [(n, t.dtype, t.shape) for n, t in ts.items()])
-        for n, t in ts.items():
-            w.write(n, t)
-        w.close()
+        _write(d, ts)
         (d / "config.json").write_text('{"model_type": "qwen2", "num_hidden_layers": 1}')
 
     def recipe(method):
@@ -144,31 +141,36 @@ def test_engine_streams_every_tensor_and_matches_the_whole_tensor_merge(tmp_path
                 assert torch.equal(got.read(n).view(torch.int16), whole[method].read(n).view(torch.int16)), \
                     (method, n, held)
 
-    bad = dict(base)
-    bad["model.embed_tokens.weight"] = bad["model.embed_tokens.weight"].clone()
-    bad["model.embed_tokens.weight"][2999, 5] = float("nan")
-    w = ShardedWriter(folders["e2"], [(n, t.dtype, t.shape) for n, t in bad.items()])
-    for n, t in bad.items():
-        w.write(n, t)
-    w.close()
+    _write_with(folders["e2"], base, "model.embed_tokens.weight", (2999, 5), float("nan"))
     for held in (merge_full.HELD_BYTES, 0):
         monkeypatch.setattr(merge_full, "HELD_BYTES", held)
         for method in ("della", "model_stock"):  # della's reader checks; model_stock's Gram pass does
             with pytest.raises(ValueError, match="embed_tokens.*e2.*NaN"):
                 run_recipe(recipe(method), tmp_path / f"nan-{method}-{held}")
     # an inf in a small tensor of the base (held, or read in blocks), found by slerp's Gram pass
-    bad = dict(base)
-    q = "model.layers.0.self_attn.q_proj.weight"
-    bad[q] = bad[q].clone()
-    bad[q][63, 0] = float("-inf")
-    w = ShardedWriter(folders["base"], [(n, t.dtype, t.shape) for n, t in bad.items()])
-    for n, t in bad.items():
-        w.write(n, t)
-    w.close()
+    _write_with(folders["base"], base, "model.layers.0.self_attn.q_proj.weight", (63, 0), float("-inf"))
     for held in (merge_full.HELD_BYTES, 0):
         monkeypatch.setattr(merge_full, "HELD_BYTES", held)
         with pytest.raises(ValueError, match=r"q_proj\.weight.* of base .*NaN or inf"):
             run_recipe(recipe("slerp"), tmp_path / f"inf-slerp-{held}")
+
+
+def _write(folder, tensors: dict) -> None:
+    """Write `tensors` as the safetensors checkpoint in `folder`."""
+    from graft_ui.models.checkpoint import ShardedWriter
+
+    w = ShardedWriter(folder, [(n, t.dtype, t.shape) for n, t in tensors.items()])
+    for n, t in tensors.items():
+        w.write(n, t)
+    w.close()
+
+
+def _write_with(folder, tensors: dict, name: str, at: tuple, value: float) -> None:
+    """Write `tensors` as the checkpoint in `folder`, with `name`[at] set to `value`."""
+    bad = dict(tensors)
+    bad[name] = bad[name].clone()
+    bad[name][at] = value
+    _write(folder, bad)
 
 
 def _counted(t, log, name):
