@@ -2,6 +2,7 @@
 
     python -m graft_ui zoo build [--profile full|ci] [--force] [--dir DIR]
     python -m graft_ui zoo list [--profile full|ci] [--dir DIR] [--json]
+    python -m graft_ui zoo trial --zoo DIR --out DIR --design JSON [--design JSON ...] [--json]
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def add_parser(subparsers) -> None:
     ls.add_argument("--dir", help="a zoo folder (default: the profile's cache folder)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_zoo_list)
+    t = zsub.add_parser("trial", help="train expert designs on a built zoo's base and print their gains",
+                        description="Train expert designs on the base of a built zoo (which is not changed) and "
+                                    "score them against the regime targets (graft_ui/zoo/trial.py).")
+    t.add_argument("--zoo", required=True, help="a built zoo folder whose base the designs train on")
+    t.add_argument("--out", required=True, help="the trial zoo's folder (replaced)")
+    t.add_argument("--design", action="append", required=True, metavar="JSON",
+                   help='an expert design, e.g. \'{"domain": "finance", "steps": 800, "seed_offset": 1000}\' '
+                        "(ExpertSpec fields; repeat for more)")
+    t.add_argument("--json", action="store_true", help="machine-readable output")
+    t.set_defaults(func=cmd_zoo_trial)
     zoo.set_defaults(func=lambda args: (zoo.print_help(), 2)[1])
 
 
@@ -97,4 +108,20 @@ def cmd_zoo_list(args) -> int:
         print(f"  {e['name']:<14} {e['kind']:<5} {e['domain']:<8} {e['path']}")
     for d, v in listing["datasets"].items():
         print(f"  data {d:<9} eval {v['eval']}")
+    return 0
+
+
+def cmd_zoo_trial(args) -> int:
+    from graft_ui.zoo.trial import trial_designs, trial_markdown
+
+    designs = []
+    for text in args.design:
+        try:
+            designs.append(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--design {text!r} is not JSON: {e}") from None
+        if not isinstance(designs[-1], dict):
+            raise ValueError(f"--design {text!r} is not a JSON object")
+    rows = trial_designs(args.zoo, designs, args.out)
+    print(json.dumps(rows, indent=1) if args.json else trial_markdown(rows))
     return 0
