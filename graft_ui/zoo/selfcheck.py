@@ -40,17 +40,22 @@ def check_targets(models: dict, experts: list, targets: dict = TARGETS) -> list[
             missed.append(f"base scores {row['accuracy']:.1f}% on {d}, outside "
                           f"[{targets['base_min']:.0f}, {targets['base_max']:.0f}]")
     for e in experts:
-        own = models[e.name]["domains"]
-        gain = own[e.domain]["accuracy"] - base[e.domain]["accuracy"]
+        gain, drops = expert_deltas(models, e.name, e.domain)
         if gain < targets["own_gain"]:
             missed.append(f"{e.name} gains {gain:+.1f} points over the base on {e.domain} "
                           f"(target >= +{targets['own_gain']:.0f})")
-        for d, row in own.items():
-            drop = base[d]["accuracy"] - row["accuracy"]
-            if d != e.domain and drop > targets["other_drop"]:
+        for d, drop in drops.items():
+            if drop > targets["other_drop"]:
                 missed.append(f"{e.name} loses {drop:.1f} points against the base on {d} "
                               f"(target <= {targets['other_drop']:.0f})")
     return missed
+
+
+def expert_deltas(models: dict, name: str, domain: str) -> tuple[float, dict[str, float]]:
+    """(points `name` gains over the base on its own `domain`, {other domain: points it loses there})."""
+    base, own = models["base"]["domains"], models[name]["domains"]
+    return (own[domain]["accuracy"] - base[domain]["accuracy"],
+            {d: base[d]["accuracy"] - row["accuracy"] for d, row in own.items() if d != domain})
 
 
 def target_margins(models: dict, experts: list, targets: dict = TARGETS) -> dict[str, dict]:
@@ -64,11 +69,9 @@ def target_margins(models: dict, experts: list, targets: dict = TARGETS) -> dict
              "base below its ceiling": [(targets["base_max"] - row["accuracy"], f"base on {d}") for d, row in base.items()],
              "own-domain gain": [], "drop elsewhere": []}
     for e in experts:
-        own = models[e.name]["domains"]
-        cells["own-domain gain"].append((own[e.domain]["accuracy"] - base[e.domain]["accuracy"] - targets["own_gain"],
-                                         f"{e.name} on {e.domain}"))
-        cells["drop elsewhere"] += [(targets["other_drop"] - (base[d]["accuracy"] - row["accuracy"]), f"{e.name} on {d}")
-                                    for d, row in own.items() if d != e.domain]
+        gain, drops = expert_deltas(models, e.name, e.domain)
+        cells["own-domain gain"].append((gain - targets["own_gain"], f"{e.name} on {e.domain}"))
+        cells["drop elsewhere"] += [(targets["other_drop"] - drop, f"{e.name} on {d}") for d, drop in drops.items()]
     return {k: {"margin": round(min(v)[0], 1), "where": min(v)[1]} for k, v in cells.items() if v}
 
 

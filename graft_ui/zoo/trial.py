@@ -23,6 +23,7 @@ from pathlib import Path
 
 from graft_ui.zoo.build import BUILD_INFO, build_zoo
 from graft_ui.zoo.profiles import KINDS, REPLAY, ExpertSpec, get_profile
+from graft_ui.zoo.selfcheck import expert_deltas
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,16 @@ def trial_designs(zoo: str | Path, designs: list[dict], out_dir: str | Path) -> 
                    strict=False)
     out = build_zoo(out_dir, prof, force=True, progress=False, base_from=zoo)
     check = json.loads((out / BUILD_INFO).read_text())["self_check"]
-    base = {d: r["accuracy"] for d, r in check["models"]["base"]["domains"].items()}
     rows = []
     for spec in specs:
         for kind in KINDS:
-            acc = {d: r["accuracy"] for d, r in check["models"][spec.name(kind)]["domains"].items()}
-            drops = {d: base[d] - a for d, a in acc.items() if d != spec.domain}
+            name = spec.name(kind)
+            gain, drops = expert_deltas(check["models"], name, spec.domain)
             worst = max(drops, key=drops.get)
-            rows.append({"name": spec.name(kind), "domain": spec.domain, "kind": kind, "design": asdict(spec),
-                         "gain": round(acc[spec.domain] - base[spec.domain], 1),
-                         "worst_drop": round(drops[worst], 1), "worst_drop_on": worst, "accuracy": acc,
-                         "missed": [m for m in check["missed_targets"] if m.startswith(spec.name(kind) + " ")]})
+            rows.append({"name": name, "domain": spec.domain, "kind": kind, "design": asdict(spec),
+                         "gain": round(gain, 1), "worst_drop": round(drops[worst], 1), "worst_drop_on": worst,
+                         "accuracy": {d: r["accuracy"] for d, r in check["models"][name]["domains"].items()},
+                         "missed": [m for m in check["missed_targets"] if m.startswith(name + " ")]})
     log.info("trial of %d design(s) on %s written to %s", len(specs), zoo, out)
     return rows
 
