@@ -1,8 +1,9 @@
 """`python -m graft_ui zoo ...`: build or list the offline demo zoo.
 
-    python -m graft_ui zoo build [--profile full|ci] [--force] [--dir DIR]
+    python -m graft_ui zoo build [--profile full|ci] [--force] [--dir DIR] [--train-base]
     python -m graft_ui zoo list [--profile full|ci] [--dir DIR] [--json]
     python -m graft_ui zoo trial --zoo DIR --out DIR --design JSON [--design JSON ...] [--json]
+    python -m graft_ui zoo export-base --zoo DIR [--dest DIR]
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from graft_ui.models.manifest import load_manifest
-from graft_ui.zoo import PROFILES, ensure_zoo, is_built, zoo_dir
+from graft_ui.zoo import PROFILES, ensure_zoo, get_profile, is_built, zoo_dir
 from graft_ui.zoo.build import BUILD_INFO, build_zoo
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ def add_parser(subparsers) -> None:
     b.add_argument("--base-from", metavar="DIR",
                    help="for a profile that reuses another zoo's base (study: the full zoo's): that built zoo's "
                         "folder (default: its profile's folder, built first when missing)")
+    b.add_argument("--train-base", action="store_true",
+                   help="train the base here even when the profile ships a prebuilt one (graft_ui/zoo/prebuilt.py)")
     b.set_defaults(func=cmd_zoo_build)
     ls = zsub.add_parser("list", help="print the zoo manifest")
     ls.add_argument("--profile", choices=profiles, default="full")
@@ -48,6 +51,12 @@ def add_parser(subparsers) -> None:
                         "(ExpertSpec fields; repeat for more)")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(func=cmd_zoo_trial)
+    e = zsub.add_parser("export-base", help="ship a built zoo's base as its profile's prebuilt base",
+                        description="Copy the base of a built zoo, with the settings and data hash it was trained "
+                                    "with, to graft_ui/zoo/prebuilt/<profile> (graft_ui/zoo/prebuilt.py).")
+    e.add_argument("--zoo", required=True, help="a built zoo folder that trained its own base")
+    e.add_argument("--dest", help="write here instead of graft_ui/zoo/prebuilt/<profile>")
+    e.set_defaults(func=cmd_zoo_export_base)
     zoo.set_defaults(func=lambda args: (zoo.print_help(), 2)[1])
 
 
@@ -57,12 +66,14 @@ def _zoo_path(args) -> Path:
 
 def cmd_zoo_build(args) -> int:
     t = time.time()
-    if args.dir or args.base_from:
+    if args.dir or args.base_from or args.train_base:
         path = _zoo_path(args)
         if is_built(path) and not args.force:
             print(f"zoo already built: {path} (use --force to rebuild)")
             return 0
-        path = build_zoo(path, args.profile, force=True, progress=not args.quiet, base_from=args.base_from)
+        prof = get_profile(args.profile)
+        prof = prof.with_overrides(prebuilt_base=None) if args.train_base else prof
+        path = build_zoo(path, prof, force=True, progress=not args.quiet, base_from=args.base_from)
     else:
         path = ensure_zoo(args.profile, force=args.force, progress=not args.quiet)
     info = json.loads((path / BUILD_INFO).read_text())
@@ -89,7 +100,8 @@ def zoo_listing(path: Path) -> dict:
         "base": {"name": m.base.name, "path": m.base.path, "kind": m.base.kind},
         "experts": experts,
         "datasets": {d: {"eval": v.eval, "train": v.train} for d, v in m.datasets.items()},
-        "build": {k: info.get(k) for k in ("profile", "seed", "seconds", "built_at", "parameters", "versions") if k in info},
+        "build": {k: info.get(k) for k in ("profile", "seed", "seconds", "built_at", "host", "parameters", "versions",
+                                           "weights_hash", "base_prebuilt", "base_from") if k in info},
     }
 
 
@@ -103,7 +115,13 @@ def cmd_zoo_list(args) -> int:
         print(json.dumps(listing, indent=2))
         return 0
     print(f"zoo {listing['name']} at {listing['zoo']}")
-    print(f"  base     {listing['base']['path']}")
+    build = listing["build"]
+    origin = ""
+    if build.get("base_prebuilt"):
+        origin = f"  (prebuilt, trained on {build['base_prebuilt'].get('trained_on')})"
+    elif build.get("base_from"):
+        origin = f"  (from {build['base_from'].get('path')})"
+    print(f"  base     {listing['base']['path']}{origin}")
     for e in listing["experts"]:
         print(f"  {e['name']:<14} {e['kind']:<5} {e['domain']:<8} {e['path']}")
     for d, v in listing["datasets"].items():
@@ -124,4 +142,13 @@ def cmd_zoo_trial(args) -> int:
             raise ValueError(f"--design {text!r} is not a JSON object")
     rows = trial_designs(args.zoo, designs, args.out)
     print(json.dumps(rows, indent=1) if args.json else trial_markdown(rows))
+    return 0
+
+
+def cmd_zoo_export_base(args) -> int:
+    from graft_ui.zoo.prebuilt import META, export_base
+
+    dest = export_base(args.zoo, args.dest)
+    print(f"prebuilt base written to {dest}")
+    print((dest / META).read_text())
     return 0

@@ -29,6 +29,7 @@ import torch
 from graft_ui.atomic import publish_folder, recover_folder
 from graft_ui.zoo import domains as D
 from graft_ui.zoo.pool import WorkerPool, process_cpu_seconds
+from graft_ui.zoo.prebuilt import cpu_name, take_base
 from graft_ui.zoo.profiles import DOMAINS, KINDS, Profile, get_profile
 from graft_ui.zoo.reuse import BASE_DONE, STAMP, design_key, reuse_base, reuse_experts, weights_hash, work_folder
 from graft_ui.zoo.stages import (_fix_adapter_base, _instruct_samples, _loss_summary, _quiet_transformers,
@@ -155,7 +156,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
     stages: dict[str, float] = {}
     cpu: dict[str, float] = {}  # CPU seconds per stage (workers included): the cost on an idle machine
     info: dict = {"format": FORMAT_VERSION, "profile": prof.name, "seed": prof.seed, "settings": prof.to_dict(),
-                  "versions": _versions(), "host": {"cpus": os.cpu_count(), "threads": prof.threads}}
+                  "versions": _versions(), "host": {"cpus": os.cpu_count(), "threads": prof.threads, "cpu": cpu_name()}}
     base_steps = 0 if prof.base_from else prof.base_steps + prof.instruct_steps
     total_steps = base_steps + len(KINDS) * sum(e.steps for e in prof.experts)
     bar = tqdm(total=total_steps, desc=f"zoo build ({prof.name})", unit="step", disable=not progress,
@@ -189,10 +190,9 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             stages["data"] = time.time() - t
             cpu["data"] = _cpu_seconds(pool) - c
 
+            t, c = time.time(), _cpu_seconds(pool)
             if prof.base_from:
                 # 2-3. the base (with its tokenizer and processor) of another built zoo
-                t = time.time()
-                c = _cpu_seconds(pool)
                 bar.set_postfix_str("base (reused)")
                 source, src_info = _built_zoo(base_from or prof.base_from)
                 reuse_base(prof, tmp, source, src_info)
@@ -205,8 +205,21 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
             elif prof.resumable and (tmp / "base" / BASE_DONE).is_file():
                 done_base = json.loads((tmp / "base" / BASE_DONE).read_text())
                 info["parameters"], info["loss"] = done_base["parameters"], done_base["loss"]
+                info.update({k: v for k, v in done_base.items() if k == "base_prebuilt"})
                 resumed.append("base")
                 bar.update(base_steps)
+            elif (prebuilt := take_base(prof, data_root, tmp / "base")) is not None:
+                # 2-3. the base (with its tokenizer and processor) shipped for this profile, when it is
+                # the one these settings and this data would train (graft_ui/zoo/prebuilt.py)
+                bar.set_postfix_str("base (prebuilt)")
+                info["base_prebuilt"] = {k: prebuilt.get(k) for k in ("trained_on", "built_at", "weights_sha256",
+                                                                      "versions")}
+                info["parameters"], info["loss"] = prebuilt["parameters"], dict(prebuilt["loss"])
+                (tmp / "base" / BASE_DONE).write_text(json.dumps({k: info[k] for k in (
+                    "parameters", "loss", "base_prebuilt")}))
+                bar.update(base_steps)
+                stages["base"] = time.time() - t  # checking and copying it
+                cpu["base"] = _cpu_seconds(pool) - c
             else:
                 # 2. tokenizer + processor
                 t = time.time()

@@ -158,6 +158,9 @@ class Profile:
     # another profile whose built base (and tokenizer) this one reuses instead of training its own;
     # every setting the base depends on (BASE_SETTINGS) must be equal, and the train splits are checked
     base_from: str | None = None
+    # a base trained once and shipped with the code (graft_ui/zoo/prebuilt.py): a folder name under
+    # graft_ui/zoo/prebuilt or a path; taken instead of training when its settings and data are this build's
+    prebuilt_base: str | None = None
     resumable: bool = False  # keep finished stages of an interrupted build and go on from them
 
     def base_settings(self) -> dict:
@@ -224,7 +227,7 @@ TARGETS = {
 PROFILES: dict[str, Profile] = {
     # strict (refuse a zoo that misses the targets) stays off until a build meets every target:
     # the last full build missed five (see docs/ZOO.md), and a refused zoo would stop the demo
-    "full": Profile(name="full", strict=False, resumable=True),
+    "full": Profile(name="full", strict=False, resumable=True, prebuilt_base="full"),
     # the fusion study's zoo: the full zoo's base and six designs (reused, not retrained), four more
     # designs (10 per kind: 45 pairs per kind) and 400 held-out items per domain (the first 150 are
     # the full zoo's), so a fusion's kept fraction is measured finely enough to rank pairs; the

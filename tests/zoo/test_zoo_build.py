@@ -8,18 +8,9 @@ import pytest
 import torch
 
 from graft_ui.zoo.profiles import DOMAINS
+from tiny_profile import tiny_profile as _tiny
 
 EXPECTED = {f"{d}-{k}" for d in DOMAINS for k in ("lora", "full")}
-
-
-def _tiny(**overrides):
-    """A few-second build of the ci pipeline (two-step experts, no self-check)."""
-    from graft_ui.zoo.profiles import ExpertSpec, get_profile
-
-    return get_profile("ci").with_overrides(**{
-        "general_train": 16, "domain_train": 8, "domain_eval": 2, "instruct_steps": 2, "instruct_general": 8,
-        "instruct_per_domain": {d: 2 for d in DOMAINS}, "batch_size": 4, "warmup": 1, "self_check": False,
-        "experts": tuple(ExpertSpec(d, 2, replay_general=4, replay_domains=1) for d in DOMAINS), **overrides})
 
 
 def test_manifest_lists_base_experts_and_datasets(ci_zoo, ci_manifest):
