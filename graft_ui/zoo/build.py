@@ -217,7 +217,7 @@ def build_zoo(out_dir: str | Path, profile: str | Profile = "full", *, force: bo
                 info["parameters"], info["loss"] = prebuilt["parameters"], dict(prebuilt["loss"])
                 (tmp / "base" / BASE_DONE).write_text(json.dumps({k: info[k] for k in (
                     "parameters", "loss", "base_prebuilt")}))
-                bar.update(base_steps)
+                bar.reset(total=total_steps - base_steps)  # steps this build runs: the experts'
                 stages["base"] = time.time() - t  # checking and copying it
                 cpu["base"] = _cpu_seconds(pool) - c
             else:

@@ -65,6 +65,11 @@ class ProgressBar:
     def close(self) -> None:
         self.bar.close()
 
+    def reset(self, total: int) -> None:
+        """A new total before any step ran (a build that will not train its base)."""
+        self.bar.reset(total=total)
+        self.total, self.done = int(total), 0
+
     def task_steps(self, design: int, n: int) -> None:
         self.per_design[design] = self.per_design.get(design, 0) + n
 

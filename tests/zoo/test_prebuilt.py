@@ -49,8 +49,13 @@ def test_a_build_takes_the_prebuilt_base_and_trains_the_same_experts(exported, t
     calls = _no_base_training(monkeypatch)
     from graft_ui.zoo.build import build_zoo
 
-    out = build_zoo(tmp_path / "zoo", tiny_profile(base_steps=3, prebuilt_base=str(pre)), progress=False)
+    snaps = []
+    prof = tiny_profile(base_steps=3, prebuilt_base=str(pre))
+    out = build_zoo(tmp_path / "zoo", prof, progress=False, report=snaps.append)
     assert calls == []  # the base was not trained
+    expert_steps = 2 * sum(e.steps for e in prof.experts)  # the progress counts the steps this build runs
+    assert snaps[-1]["total_steps"] == snaps[-1]["steps"] == expert_steps
+    assert "base (prebuilt)" in {s["stage"] for s in snaps}
     info = json.loads((out / "build_info.json").read_text())
     assert info["base_prebuilt"]["weights_sha256"] == json.loads((pre / "prebuilt.json").read_text())["weights_sha256"]
     assert "tokenizer" not in info["stages_seconds"] and info["loss"]["base (general)"]
