@@ -146,7 +146,8 @@ def cmd_zoo_trial(args) -> int:
 
 
 def cmd_zoo_export_base(args) -> int:
-    from graft_ui.zoo.prebuilt import META, export_base
+    from graft_ui.zoo.export import export_base
+    from graft_ui.zoo.prebuilt import META
 
     dest = export_base(args.zoo, args.dest)
     print(f"prebuilt base written to {dest}")

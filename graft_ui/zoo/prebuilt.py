@@ -2,8 +2,8 @@
 
 The full zoo's base (general training, then the instruct stage) is ~30% of a first build's
 wall time on two cores (146 of 477 s on an AMD Zen 4), and it is the same base on every
-machine but for float rounding. `export_base` copies the base of a from-scratch build into
-`graft_ui/zoo/prebuilt/<profile>/base` with `prebuilt.json`: the settings and the training
+machine but for float rounding. `export.export_base` copies the base of a from-scratch build into
+`graft_ui/zoo/prebuilt/<profile>/base` with `prebuilt.json` (graft_ui/zoo/export.py): the settings and the training
 data it was trained with, its sha256, where it was trained. A build of a profile whose
 `prebuilt_base` names such a folder takes it instead of training (`take_base`) when it would
 train the same base: equal base settings (profiles.BASE_SETTINGS) and byte-equal training
@@ -36,7 +36,7 @@ def prebuilt_folder(prof: Profile) -> Path | None:
     return folder if folder.is_absolute() else PREBUILT_ROOT / folder
 
 
-def _file_hash(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -96,7 +96,7 @@ def take_base(prof: Profile, data_root: Path, dest: Path) -> dict | None:
         log.warning("the prebuilt base at %s was trained on other data than this build made; training the base",
                     folder)
         return None
-    if _file_hash(folder / "base" / "model.safetensors") != meta.get("weights_sha256"):
+    if file_sha256(folder / "base" / "model.safetensors") != meta.get("weights_sha256"):
         log.warning("the prebuilt base's weights at %s are not the ones its prebuilt.json names; training the base",
                     folder)
         return None
@@ -104,44 +104,3 @@ def take_base(prof: Profile, data_root: Path, dest: Path) -> dict | None:
     shutil.copytree(folder / "base", dest)
     log.info("took the prebuilt base from %s (trained on %s)", folder, meta.get("trained_on"))
     return meta
-
-
-def export_base(zoo: str | Path, dest: str | Path | None = None) -> Path:
-    """Write the base of the built zoo `zoo` as its profile's prebuilt base (default
-    PREBUILT_ROOT/<profile>); returns the folder. The zoo's build info gives the settings and
-    losses; the training data is hashed from the zoo's own data folder."""
-    from graft_ui.atomic import publish_folder, temp_folder
-    from graft_ui.zoo.build import BUILD_INFO
-
-    zoo = Path(zoo).expanduser().resolve()
-    info = json.loads((zoo / BUILD_INFO).read_text())
-    if info.get("base_from"):
-        raise ValueError(f"the zoo at {str(zoo)!r} took its base from {info['base_from'].get('path')!r}; "
-                         "export that zoo's base instead")
-    prof = Profile.from_dict(info["settings"])
-    dest = Path(dest).expanduser().resolve() if dest else PREBUILT_ROOT / prof.name
-    tmp = temp_folder(dest, "exporting", hidden=True)
-    try:
-        (tmp / "base").mkdir()
-        for f in sorted((zoo / "base").iterdir()):
-            if f.is_file() and not f.name.startswith("."):  # not a partial build's bookkeeping
-                shutil.copyfile(f, tmp / "base" / f.name)
-        earlier = info.get("base_prebuilt") or {}  # a base taken from a prebuilt one keeps its provenance
-        meta = {
-            "profile": prof.name,
-            "base_settings": prof.base_settings(),
-            "train_data_sha256": train_data_hash(zoo / "data"),
-            "weights_sha256": _file_hash(zoo / "base" / "model.safetensors"),
-            "parameters": info.get("parameters"),
-            "loss": {k: v for k, v in (info.get("loss") or {}).items() if k.startswith("base")},
-            "trained_on": earlier.get("trained_on") or (info.get("host") or {}).get("cpu") or cpu_name(),
-            "built_at": earlier.get("built_at") or info.get("built_at"),
-            "versions": earlier.get("versions") or info.get("versions"),
-        }
-        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
-        publish_folder(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("exported the base of %s to %s", zoo, dest)
-    return dest

@@ -12,7 +12,7 @@ from tiny_profile import tiny_profile
 def exported(tmp_path_factory):
     """A tiny zoo that trained its own base, and that base exported as a prebuilt one."""
     from graft_ui.zoo.build import build_zoo
-    from graft_ui.zoo.prebuilt import export_base
+    from graft_ui.zoo.export import export_base
 
     root = tmp_path_factory.mktemp("prebuilt")
     zoo = build_zoo(root / "zoo", tiny_profile(base_steps=3), progress=False)
@@ -94,7 +94,7 @@ def test_a_prebuilt_base_that_does_not_fit_is_not_taken(exported, tmp_path, monk
 
 
 def test_export_refuses_a_zoo_that_took_another_zoos_base(tmp_path):
-    from graft_ui.zoo.prebuilt import export_base
+    from graft_ui.zoo.export import export_base
 
     (tmp_path / "build_info.json").write_text(json.dumps({"base_from": {"path": "/elsewhere/full"}, "settings": {}}))
     with pytest.raises(ValueError, match="took its base from '/elsewhere/full'"):
