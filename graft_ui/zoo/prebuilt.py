@@ -86,9 +86,9 @@ def take_base(prof: Profile, data_root: Path, dest: Path) -> dict | None:
     except (OSError, json.JSONDecodeError) as exc:
         log.warning("no usable prebuilt base at %s (%s); training the base", folder, exc)
         return None
-    ours = prof.base_settings()
-    theirs = json.loads(json.dumps(meta.get("base_settings") or {}))
-    diff = sorted(k for k, v in json.loads(json.dumps(ours)).items() if theirs.get(k) != v)
+    ours = json.loads(json.dumps(prof.base_settings()))  # as JSON has them (tuples become lists)
+    theirs = meta.get("base_settings") or {}
+    diff = sorted(k for k, v in ours.items() if theirs.get(k) != v)
     if diff:
         log.warning("the prebuilt base at %s was trained with other base settings %s; training the base", folder, diff)
         return None
