@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
     t.set_defaults(func=cmd_zoo_trial)
     e = zsub.add_parser("export-base", help="ship a built zoo's base as its profile's prebuilt base",
                         description="Copy the base of a built zoo, with the settings and data hash it was trained "
-                                    "with, to graft_ui/zoo/prebuilt/<profile> (graft_ui/zoo/prebuilt.py).")
+                                    "with, to graft_ui/zoo/prebuilt/<profile> (graft_ui/zoo/export.py).")
     e.add_argument("--zoo", required=True, help="a built zoo folder that trained its own base")
     e.add_argument("--dest", help="write here instead of graft_ui/zoo/prebuilt/<profile>")
     e.set_defaults(func=cmd_zoo_export_base)

@@ -37,11 +37,8 @@ def prebuilt_folder(prof: Profile) -> Path | None:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def train_data_hash(data_root: str | Path) -> str:
